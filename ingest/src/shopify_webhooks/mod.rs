@@ -1,0 +1,179 @@
+//! The Shopify webhook receiver.
+//!
+//! `POST /webhooks/shopify` verifies `X-Shopify-Hmac-Sha256` against the store's secret(s) and
+//! answers 200 only once the delivery is durably in `shopify.webhooks` (idempotent producer,
+//! acks=all). Answers, in the order they are checked:
+//!
+//! | status | when |
+//! |---|---|
+//! | 413 | the body is larger than `max_body_bytes` |
+//! | 400 | `X-Shopify-Shop-Domain` is missing |
+//! | 404 | the shop is not a connected store (unknown or disconnected): nothing is produced, and Shopify's retries give a store that is being connected a second chance |
+//! | 401 | the signature is missing, not base64, or matches none of the store's secrets |
+//! | 400 | a signed request lacks `X-Shopify-Topic`, `X-Shopify-Webhook-Id` or `X-Shopify-Api-Version`, or `X-Shopify-Triggered-At` is not an RFC 3339 time |
+//! | 503 | Kafka did not acknowledge within `produce_timeout_ms`; Shopify retries |
+//! | 200 | the delivery is in Kafka |
+//!
+//! A signed body that is not valid JSON is still accepted: it came from Shopify, and the normalizer
+//! sends it to the dead-letter topic with the parse error, where an operator can see and replay it.
+
+mod signature;
+mod stores;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde::Deserialize;
+use tributary_schemas::kafka::now_ms;
+use tributary_schemas::time::parse_rfc3339_ms;
+use tributary_schemas::{topics, AvroRecord, WebhookEnvelope};
+
+pub use signature::{sign, verify};
+pub use stores::StoreSecrets;
+
+/// Configuration of the webhook receiver (`[ingest]` in the config file).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address the receiver listens on.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Largest body accepted, in bytes; a larger one gets 413.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// How long to wait for Kafka's acknowledgement before answering 503. Shopify gives up on a
+    /// delivery after 5 s, so keep this well below.
+    #[serde(default = "default_produce_timeout_ms")]
+    pub produce_timeout_ms: u64,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_max_body_bytes() -> usize {
+    2 * 1024 * 1024
+}
+fn default_produce_timeout_ms() -> u64 {
+    2500
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            max_body_bytes: default_max_body_bytes(),
+            produce_timeout_ms: default_produce_timeout_ms(),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Receiver {
+    producer: FutureProducer,
+    stores: StoreSecrets,
+    produce_timeout: Duration,
+}
+
+/// The receiver's routes; the caller adds health and metrics routes and serves it.
+pub fn router(config: &Config, producer: FutureProducer, stores: StoreSecrets) -> Router {
+    let receiver = Arc::new(Receiver {
+        producer,
+        stores,
+        produce_timeout: Duration::from_millis(config.produce_timeout_ms),
+    });
+    Router::new()
+        .route("/webhooks/shopify", post(receive))
+        .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .with_state(receiver)
+}
+
+#[derive(Debug)]
+struct Rejection(StatusCode, String);
+
+impl IntoResponse for Rejection {
+    fn into_response(self) -> Response {
+        metrics::counter!("tributary_webhooks_total", "status" => self.0.as_u16().to_string()).increment(1);
+        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
+fn reject(status: StatusCode, message: impl Into<String>) -> Rejection {
+    Rejection(status, message.into())
+}
+
+async fn receive(
+    State(receiver): State<Arc<Receiver>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<StatusCode, Rejection> {
+    let started = Instant::now();
+    let shop = header(&headers, "x-shopify-shop-domain")
+        .ok_or_else(|| reject(StatusCode::BAD_REQUEST, "missing X-Shopify-Shop-Domain"))?
+        .to_ascii_lowercase();
+    let secrets = receiver
+        .stores
+        .secrets_for(&shop)
+        .ok_or_else(|| reject(StatusCode::NOT_FOUND, "unknown store"))?;
+    let signature = header(&headers, "x-shopify-hmac-sha256")
+        .ok_or_else(|| reject(StatusCode::UNAUTHORIZED, "missing X-Shopify-Hmac-Sha256"))?;
+    if !verify(&secrets, &body, signature) {
+        return Err(reject(StatusCode::UNAUTHORIZED, "invalid signature"));
+    }
+    let envelope = envelope(&headers, shop, body)?;
+    let key = topics::webhook_key(&envelope.topic, &envelope.shop_domain, &envelope.body);
+    let payload = envelope
+        .to_avro()
+        .map_err(|e| reject(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding envelope: {e}")))?;
+    produce(&receiver, &key, &payload).await?;
+    metrics::counter!("tributary_webhooks_total", "status" => "200").increment(1);
+    metrics::histogram!("tributary_webhook_ack_seconds").record(started.elapsed().as_secs_f64());
+    Ok(StatusCode::OK)
+}
+
+fn envelope(headers: &HeaderMap, shop_domain: String, body: Bytes) -> Result<WebhookEnvelope, Rejection> {
+    let required = |name: &'static str| {
+        header(headers, name).ok_or_else(|| reject(StatusCode::BAD_REQUEST, format!("missing {name}")))
+    };
+    let triggered_at = required("x-shopify-triggered-at")?;
+    let triggered_at_ms = parse_rfc3339_ms(triggered_at)
+        .ok_or_else(|| reject(StatusCode::BAD_REQUEST, "X-Shopify-Triggered-At is not an RFC 3339 time"))?;
+    Ok(WebhookEnvelope {
+        source: WebhookEnvelope::SOURCE_WEBHOOK.to_owned(),
+        shop_domain,
+        topic: required("x-shopify-topic")?.to_owned(),
+        webhook_id: required("x-shopify-webhook-id")?.to_owned(),
+        event_id: header(headers, "x-shopify-event-id").map(str::to_owned),
+        triggered_at_ms,
+        api_version: required("x-shopify-api-version")?.to_owned(),
+        received_at_ms: now_ms(),
+        body: body.to_vec(),
+    })
+}
+
+/// Produces and waits for the broker's acknowledgement, at most `produce_timeout`.
+async fn produce(receiver: &Receiver, key: &str, payload: &[u8]) -> Result<(), Rejection> {
+    let unavailable = |why: String| {
+        tracing::warn!(%why, "kafka did not take a webhook; answering 503 so Shopify retries");
+        reject(StatusCode::SERVICE_UNAVAILABLE, "event log unavailable, retry later")
+    };
+    let record = FutureRecord::to(topics::WEBHOOKS).key(key).payload(payload);
+    let delivery = receiver.producer.send_result(record).map_err(|(e, _)| unavailable(e.to_string()))?;
+    match tokio::time::timeout(receiver.produce_timeout, delivery).await {
+        Ok(Ok(Ok(_))) => Ok(()),
+        Ok(Ok(Err((e, _)))) => Err(unavailable(e.to_string())),
+        Ok(Err(_canceled)) => Err(unavailable("producer shut down".into())),
+        Err(_elapsed) => Err(unavailable("acknowledgement timed out".into())),
+    }
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim).filter(|v| !v.is_empty())
+}

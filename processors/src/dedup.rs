@@ -1,0 +1,63 @@
+//! Dedup: a delivery changes an order's result at most once.
+//!
+//! Two guards, in this order:
+//! - the order's recent deliveries: the same `X-Shopify-Webhook-Id` (a redelivery) or the same
+//!   `X-Shopify-Event-Id` (one merchant action delivered again under a new webhook id) is dropped;
+//! - the version order: a payload whose (`updated_at`, `X-Shopify-Triggered-At`) is not newer than
+//!   the one held is stale and changes nothing. This also covers a duplicate older than the window,
+//!   a reconciled copy of a version already seen, and a replayed topic.
+
+use tributary_schemas::{Attribution, OrderEvent};
+
+/// How many delivery ids an order remembers; older duplicates are caught by the version order.
+pub const DELIVERY_WINDOW: usize = 32;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Fresh,
+    DuplicateWebhook,
+    DuplicateEvent,
+    Stale,
+}
+
+impl Verdict {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Fresh => "fresh",
+            Self::DuplicateWebhook => "duplicate_webhook_id",
+            Self::DuplicateEvent => "duplicate_event_id",
+            Self::Stale => "stale_version",
+        }
+    }
+}
+
+fn webhook_tag(id: &str) -> String {
+    format!("w:{id}")
+}
+
+fn event_tag(id: &str) -> String {
+    format!("e:{id}")
+}
+
+pub fn judge(current: &Attribution, event: &OrderEvent) -> Verdict {
+    let seen = |tag: String| current.recent_delivery_ids.contains(&tag);
+    if seen(webhook_tag(&event.webhook_id)) {
+        Verdict::DuplicateWebhook
+    } else if event.event_id.as_deref().is_some_and(|id| seen(event_tag(id))) {
+        Verdict::DuplicateEvent
+    } else if event.version() <= current.latest_version() {
+        Verdict::Stale
+    } else {
+        Verdict::Fresh
+    }
+}
+
+/// Records an applied delivery in the window, dropping the oldest beyond [`DELIVERY_WINDOW`].
+pub fn remember(window: &mut Vec<String>, event: &OrderEvent) {
+    window.push(webhook_tag(&event.webhook_id));
+    if let Some(id) = &event.event_id {
+        window.push(event_tag(id));
+    }
+    let excess = window.len().saturating_sub(DELIVERY_WINDOW);
+    window.drain(..excess);
+}

@@ -1,0 +1,197 @@
+//! Raw Shopify webhook envelopes → typed order events.
+//!
+//! Handled topics: `orders/create` (PLACED), `orders/updated` (UPDATED), `orders/paid` (PAID),
+//! `orders/fulfilled` (FULFILLED), `orders/cancelled` (CANCELLED); each carries the full order.
+//! Every other topic (`orders/edited`, `refunds/create`, products, privacy, …) is skipped and
+//! counted in `tributary_normalize_skipped_total{topic}`; the envelope stays in `shopify.webhooks`
+//! for the stages that will read it. A payload that is not the JSON an order topic promises is an
+//! error, which the runner dead-letters.
+
+use rust_decimal::Decimal;
+use serde::Deserialize;
+use tributary_schemas::time::parse_rfc3339_ms;
+use tributary_schemas::{OrderEvent, OrderEventKind, WebhookEnvelope};
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum NormalizeError {
+    #[error("body is not a Shopify order: {0}")]
+    Json(String),
+    #[error("field {field} is not an RFC 3339 time: {value:?}")]
+    Time { field: &'static str, value: String },
+    #[error("order {0} has no current_total_price")]
+    MissingTotal(u64),
+}
+
+#[derive(Debug, PartialEq)]
+pub enum Normalized {
+    Order(Box<OrderEvent>),
+    Skipped,
+}
+
+pub fn kind_of(topic: &str) -> Option<OrderEventKind> {
+    Some(match topic {
+        "orders/create" => OrderEventKind::Placed,
+        "orders/updated" => OrderEventKind::Updated,
+        "orders/paid" => OrderEventKind::Paid,
+        "orders/fulfilled" => OrderEventKind::Fulfilled,
+        "orders/cancelled" => OrderEventKind::Cancelled,
+        _ => return None,
+    })
+}
+
+pub fn normalize(envelope: &WebhookEnvelope) -> Result<Normalized, NormalizeError> {
+    let Some(kind) = kind_of(&envelope.topic) else {
+        metrics::counter!("tributary_normalize_skipped_total", "topic" => envelope.topic.clone()).increment(1);
+        return Ok(Normalized::Skipped);
+    };
+    let order: ShopifyOrder =
+        serde_json::from_slice(&envelope.body).map_err(|e| NormalizeError::Json(e.to_string()))?;
+    let time = |field: &'static str, value: &str| {
+        parse_rfc3339_ms(value).ok_or_else(|| NormalizeError::Time { field, value: value.to_owned() })
+    };
+    let shop_money = order.current_total_price_set.as_ref().map(|set| &set.shop_money);
+    let current_total_price = order
+        .current_total_price
+        .or(shop_money.map(|m| m.amount))
+        .or(order.total_price)
+        .ok_or(NormalizeError::MissingTotal(order.id))?;
+    let presentment = order.current_total_price_set.as_ref().map(|set| &set.presentment_money);
+    let currency = order.currency.clone();
+    Ok(Normalized::Order(Box::new(OrderEvent {
+        kind,
+        shop_domain: envelope.shop_domain.clone(),
+        order_id: order.id,
+        webhook_id: envelope.webhook_id.clone(),
+        event_id: envelope.event_id.clone(),
+        triggered_at_ms: envelope.triggered_at_ms,
+        created_at_ms: time("created_at", &order.created_at)?,
+        updated_at_ms: time("updated_at", &order.updated_at)?,
+        name: order.name.unwrap_or_else(|| format!("#{}", order.id)),
+        email: order.email.or(order.contact_email).or(order.customer.as_ref().and_then(|c| c.email.clone())),
+        customer_id: order.customer.as_ref().map(|c| c.id),
+        current_total_price,
+        presentment_currency: presentment
+            .map(|m| m.currency_code.clone())
+            .or(order.presentment_currency)
+            .unwrap_or_else(|| currency.clone()),
+        current_total_price_presentment: presentment.map(|m| m.amount).unwrap_or(current_total_price),
+        currency,
+        discount_codes: order.discount_codes.into_iter().map(|d| d.code).collect(),
+        landing_site: order.landing_site,
+        source_name: order.source_name,
+        tags: order.tags.split(',').map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned).collect(),
+        test: order.test,
+        financial_status: order.financial_status,
+        fulfillment_status: order.fulfillment_status,
+        cancelled_at_ms: order.cancelled_at.as_deref().map(|t| time("cancelled_at", t)).transpose()?,
+    })))
+}
+
+/// The fields of Shopify's REST order payload that tributary reads. Money is a JSON string;
+/// a number there is refused rather than read through a float.
+#[derive(Deserialize)]
+struct ShopifyOrder {
+    id: u64,
+    name: Option<String>,
+    email: Option<String>,
+    contact_email: Option<String>,
+    created_at: String,
+    updated_at: String,
+    currency: String,
+    #[serde(default, with = "rust_decimal::serde::str_option")]
+    current_total_price: Option<Decimal>,
+    #[serde(default, with = "rust_decimal::serde::str_option")]
+    total_price: Option<Decimal>,
+    presentment_currency: Option<String>,
+    current_total_price_set: Option<MoneySet>,
+    #[serde(default)]
+    discount_codes: Vec<DiscountCode>,
+    landing_site: Option<String>,
+    source_name: Option<String>,
+    #[serde(default)]
+    tags: String,
+    #[serde(default)]
+    test: bool,
+    financial_status: Option<String>,
+    fulfillment_status: Option<String>,
+    cancelled_at: Option<String>,
+    customer: Option<Customer>,
+}
+
+#[derive(Deserialize)]
+struct MoneySet {
+    shop_money: Money,
+    presentment_money: Money,
+}
+
+#[derive(Deserialize)]
+struct Money {
+    #[serde(with = "rust_decimal::serde::str")]
+    amount: Decimal,
+    currency_code: String,
+}
+
+#[derive(Deserialize)]
+struct DiscountCode {
+    code: String,
+}
+
+#[derive(Deserialize)]
+struct Customer {
+    id: u64,
+    email: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+
+    fn envelope(topic: &str, body: &str) -> WebhookEnvelope {
+        WebhookEnvelope {
+            source: WebhookEnvelope::SOURCE_WEBHOOK.into(),
+            shop_domain: "s.myshopify.com".into(),
+            topic: topic.into(),
+            webhook_id: "w".into(),
+            event_id: None,
+            triggered_at_ms: 0,
+            api_version: "2025-10".into(),
+            received_at_ms: 0,
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    const ORDER: &str = r#"{"id": 9007199254740993, "name": "#1001", "email": "Buyer@Example.com",
+        "created_at": "2025-11-28T10:00:00-05:00", "updated_at": "2025-11-28T10:00:01-05:00",
+        "currency": "USD", "current_total_price": "100.10", "total_price": "120.00",
+        "current_total_price_set": {"shop_money": {"amount": "100.10", "currency_code": "USD"},
+                                    "presentment_money": {"amount": "92.35", "currency_code": "EUR"}},
+        "discount_codes": [{"code": "anna10", "amount": "10.00", "type": "percentage"}],
+        "landing_site": "/?ref=anna", "source_name": "web", "tags": "vip, Exclude ,",
+        "test": false, "financial_status": "paid", "cancelled_at": null,
+        "customer": {"id": 207119551, "email": "buyer@example.com"}}"#;
+
+    #[test]
+    fn reads_a_shopify_order_exactly() {
+        let Normalized::Order(event) = normalize(&envelope("orders/create", ORDER)).unwrap() else { panic!() };
+        assert_eq!(event.order_id, 9_007_199_254_740_993);
+        assert_eq!(event.kind, OrderEventKind::Placed);
+        assert_eq!(event.current_total_price, Decimal::from_str("100.10").unwrap());
+        assert_eq!(event.presentment_currency, "EUR");
+        assert_eq!(event.current_total_price_presentment, Decimal::from_str("92.35").unwrap());
+        assert_eq!(event.discount_codes, vec!["anna10"]);
+        assert_eq!(event.tags, vec!["vip", "Exclude"]);
+        assert_eq!(event.created_at_ms, 1_764_342_000_000);
+        assert_eq!(event.customer_id, Some(207_119_551));
+    }
+
+    #[test]
+    fn skips_topics_it_does_not_handle_and_refuses_bad_bodies() {
+        assert_eq!(normalize(&envelope("products/update", "{}")), Ok(Normalized::Skipped));
+        assert!(matches!(normalize(&envelope("orders/create", "{not json")), Err(NormalizeError::Json(_))));
+        let float_money = ORDER.replace("\"100.10\", \"total_price\"", "100.1, \"total_price\"");
+        assert!(matches!(normalize(&envelope("orders/create", &float_money)), Err(NormalizeError::Json(_))));
+        let bad_time = ORDER.replace("2025-11-28T10:00:00-05:00", "yesterday");
+        assert!(matches!(normalize(&envelope("orders/paid", &bad_time)), Err(NormalizeError::Time { .. })));
+    }
+}

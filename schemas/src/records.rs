@@ -1,0 +1,379 @@
+//! Rust types for every topic's records. Field names and order follow the `.avsc` files.
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::avro_record;
+
+/// One Shopify webhook delivery as received (topic `shopify.webhooks`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookEnvelope {
+    pub source: String,
+    pub shop_domain: String,
+    pub topic: String,
+    pub webhook_id: String,
+    pub event_id: Option<String>,
+    pub triggered_at_ms: i64,
+    pub api_version: String,
+    pub received_at_ms: i64,
+    #[serde(with = "apache_avro::serde_avro_bytes")]
+    pub body: Vec<u8>,
+}
+avro_record!(WebhookEnvelope, "webhook_envelope.avsc");
+
+impl WebhookEnvelope {
+    pub const SOURCE_WEBHOOK: &'static str = "shopify_webhook";
+    pub const SOURCE_RECONCILE: &'static str = "shopify_reconcile";
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OrderEventKind {
+    Placed,
+    Updated,
+    Edited,
+    Paid,
+    Fulfilled,
+    Cancelled,
+    Refunded,
+}
+
+/// A typed order event (topic `tributary.orders`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderEvent {
+    pub kind: OrderEventKind,
+    pub shop_domain: String,
+    pub order_id: u64,
+    pub webhook_id: String,
+    pub event_id: Option<String>,
+    pub triggered_at_ms: i64,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub name: String,
+    pub email: Option<String>,
+    pub customer_id: Option<u64>,
+    pub currency: String,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub current_total_price: Decimal,
+    pub presentment_currency: String,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub current_total_price_presentment: Decimal,
+    pub discount_codes: Vec<String>,
+    pub landing_site: Option<String>,
+    pub source_name: Option<String>,
+    pub tags: Vec<String>,
+    pub test: bool,
+    pub financial_status: Option<String>,
+    pub fulfillment_status: Option<String>,
+    pub cancelled_at_ms: Option<i64>,
+}
+avro_record!(OrderEvent, "order_event.avsc");
+
+impl OrderEvent {
+    /// The contract's version order: payload `updated_at`, then `X-Shopify-Triggered-At`.
+    pub fn version(&self) -> OrderVersion {
+        OrderVersion { updated_at_ms: self.updated_at_ms, triggered_at_ms: self.triggered_at_ms }
+    }
+}
+
+/// Orders of one order's versions: a newer `updated_at` wins; ties go to the later trigger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct OrderVersion {
+    pub updated_at_ms: i64,
+    pub triggered_at_ms: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Outcome {
+    Attributed,
+    Unattributed,
+    SelfReferral,
+    Excluded,
+}
+
+/// Where an attribution came from; the names analysts see are [`AttributionSource::label`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AttributionSource {
+    DiscountCode,
+    LandingSite,
+    Manual,
+    Unattributed,
+}
+
+impl AttributionSource {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::DiscountCode => "Discount Code",
+            Self::LandingSite => "Landing Site",
+            Self::Manual => "Manual",
+            Self::Unattributed => "Unattributed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RefundStatus {
+    None,
+    Partial,
+    Full,
+}
+
+/// The attribution processor's state for one order and its output (topic `tributary.attributions`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attribution {
+    pub shop_domain: String,
+    pub order_id: u64,
+    pub revision: u64,
+    pub order_name: String,
+    pub created_at_ms: i64,
+    pub latest_updated_at_ms: i64,
+    pub latest_triggered_at_ms: i64,
+    pub settled_updated_at_ms: i64,
+    pub financial_status: Option<String>,
+    pub cancelled: bool,
+    pub outcome: Outcome,
+    pub source: AttributionSource,
+    pub reason: String,
+    pub advocate_id: Option<String>,
+    pub advocate_identifier: Option<String>,
+    pub code: Option<String>,
+    pub customer_email: Option<String>,
+    pub customer_id: Option<u64>,
+    pub currency: String,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub gross: Decimal,
+    pub presentment_currency: String,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub presentment_gross: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub refunded: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub net: Decimal,
+    pub refund_status: RefundStatus,
+    pub recent_delivery_ids: Vec<String>,
+    pub input_offset: i64,
+}
+avro_record!(Attribution, "attribution.avsc");
+
+impl Attribution {
+    pub fn latest_version(&self) -> OrderVersion {
+        OrderVersion { updated_at_ms: self.latest_updated_at_ms, triggered_at_ms: self.latest_triggered_at_ms }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum StoreStatus {
+    Active,
+    Locked,
+    Disconnected,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreFeatures {
+    /// Mint a discount code when an advocate is activated.
+    #[serde(default)]
+    pub auto_mint_codes: bool,
+    /// Attribute orders to advocates. Off: orders are recorded as unattributed.
+    #[serde(default)]
+    pub order_attribution: bool,
+    /// Write an attribution note on the order in Shopify.
+    #[serde(default)]
+    pub order_notes: bool,
+    /// Tag attributed orders in Shopify.
+    #[serde(default)]
+    pub order_tags: bool,
+    /// Create reward requests for attributed orders.
+    #[serde(default)]
+    pub attribution_rewards: bool,
+}
+
+/// Control record for a store (topic `tributary.control.stores`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Store {
+    pub domain: String,
+    pub status: StoreStatus,
+    /// AES-256-GCM sealed (see [`crate::secrets`]); current secret first.
+    pub webhook_secrets_sealed: Vec<String>,
+    pub settle_delay_minutes: i32,
+    pub excluded_channels: Vec<String>,
+    pub excluded_tags: Vec<String>,
+    pub excluded_codes: Vec<String>,
+    pub features: StoreFeatures,
+    pub updated_at_ms: i64,
+}
+avro_record!(Store, "store.avsc");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AdvocateStatus {
+    Active,
+    Inactive,
+}
+
+/// Control record for an advocate (topic `tributary.control.advocates`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Advocate {
+    pub shop_domain: String,
+    pub id: String,
+    pub identifier: String,
+    pub first_name: String,
+    pub email: String,
+    pub status: AdvocateStatus,
+    pub codes: Vec<String>,
+    pub updated_at_ms: i64,
+}
+avro_record!(Advocate, "advocate.avsc");
+
+/// A record a stage could not process (topic `tributary.dlq`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub stage: String,
+    pub error: String,
+    pub source_topic: String,
+    pub source_partition: i32,
+    pub source_offset: i64,
+    #[serde(with = "apache_avro::serde_avro_bytes_opt")]
+    pub source_key: Option<Vec<u8>>,
+    #[serde(with = "apache_avro::serde_avro_bytes")]
+    pub payload: Vec<u8>,
+    pub failed_at_ms: i64,
+}
+avro_record!(DeadLetter, "dead_letter.avsc");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{AvroRecord, CodecError};
+    use std::str::FromStr;
+
+    fn round_trip<T: AvroRecord + PartialEq + std::fmt::Debug>(record: T) {
+        let bytes = record.to_avro().expect("encodes");
+        assert_eq!(&bytes[..2], &[0xC3, 0x01]);
+        assert_eq!(T::from_avro(&bytes).expect("decodes"), record);
+    }
+
+    pub fn sample_order_event() -> OrderEvent {
+        OrderEvent {
+            kind: OrderEventKind::Placed,
+            shop_domain: "a.myshopify.com".into(),
+            order_id: 9_007_199_254_740_993, // 2^53 + 1: not representable as f64
+            webhook_id: "w1".into(),
+            event_id: Some("e1".into()),
+            triggered_at_ms: 1_700_000_000_000,
+            created_at_ms: 1_700_000_000_000,
+            updated_at_ms: 1_700_000_000_001,
+            name: "#1001".into(),
+            email: None,
+            customer_id: Some(u64::MAX >> 1),
+            currency: "USD".into(),
+            current_total_price: Decimal::from_str("1234567.89").unwrap(),
+            presentment_currency: "EUR".into(),
+            current_total_price_presentment: Decimal::from_str("0.10").unwrap(),
+            discount_codes: vec!["ANNA10".into(), "SALE".into()],
+            landing_site: Some("/?ref=anna".into()),
+            source_name: Some("web".into()),
+            tags: vec![],
+            test: false,
+            financial_status: Some("paid".into()),
+            fulfillment_status: None,
+            cancelled_at_ms: None,
+        }
+    }
+
+    #[test]
+    fn every_record_round_trips() {
+        round_trip(WebhookEnvelope {
+            source: WebhookEnvelope::SOURCE_WEBHOOK.into(),
+            shop_domain: "a.myshopify.com".into(),
+            topic: "orders/create".into(),
+            webhook_id: "w".into(),
+            event_id: None,
+            triggered_at_ms: 1,
+            api_version: "2025-10".into(),
+            received_at_ms: 2,
+            body: b"{\"id\":1}\xff".to_vec(),
+        });
+        round_trip(sample_order_event());
+        round_trip(Attribution {
+            shop_domain: "a.myshopify.com".into(),
+            order_id: u64::MAX >> 1,
+            revision: 3,
+            order_name: "#1".into(),
+            created_at_ms: 1,
+            latest_updated_at_ms: 2,
+            latest_triggered_at_ms: 3,
+            settled_updated_at_ms: 2,
+            financial_status: None,
+            cancelled: false,
+            outcome: Outcome::SelfReferral,
+            source: AttributionSource::Unattributed,
+            reason: "self-referral".into(),
+            advocate_id: Some("7".into()),
+            advocate_identifier: None,
+            code: None,
+            customer_email: Some("x@y.z".into()),
+            customer_id: None,
+            currency: "USD".into(),
+            gross: Decimal::from_str("10.00").unwrap(),
+            presentment_currency: "USD".into(),
+            presentment_gross: Decimal::from_str("10.00").unwrap(),
+            refunded: Decimal::ZERO,
+            net: Decimal::from_str("10.00").unwrap(),
+            refund_status: RefundStatus::None,
+            recent_delivery_ids: vec!["a".into(), "b".into()],
+            input_offset: 42,
+        });
+        round_trip(Store {
+            domain: "a.myshopify.com".into(),
+            status: StoreStatus::Locked,
+            webhook_secrets_sealed: vec!["sealed".into()],
+            settle_delay_minutes: 0,
+            excluded_channels: vec!["pos".into()],
+            excluded_tags: vec!["Exclude".into()],
+            excluded_codes: vec!["HOLIDAY".into()],
+            features: StoreFeatures { order_attribution: true, ..Default::default() },
+            updated_at_ms: 5,
+        });
+        round_trip(Advocate {
+            shop_domain: "a.myshopify.com".into(),
+            id: "1".into(),
+            identifier: "anna".into(),
+            first_name: "Anna".into(),
+            email: "anna@example.com".into(),
+            status: AdvocateStatus::Active,
+            codes: vec!["ANNA10".into()],
+            updated_at_ms: 1,
+        });
+        round_trip(DeadLetter {
+            stage: "normalize".into(),
+            error: "bad".into(),
+            source_topic: "t".into(),
+            source_partition: 1,
+            source_offset: 2,
+            source_key: Some(b"k".to_vec()),
+            payload: vec![0, 1, 2],
+            failed_at_ms: 3,
+        });
+    }
+
+    #[test]
+    fn refuses_foreign_and_truncated_records() {
+        let bytes = sample_order_event().to_avro().unwrap();
+        assert!(matches!(Advocate::from_avro(&bytes), Err(CodecError::UnknownSchema { .. })));
+        assert!(matches!(OrderEvent::from_avro(b"{\"id\":1}"), Err(CodecError::NotSingleObject)));
+        let truncated = OrderEvent::from_avro(&bytes[..bytes.len() - 3]);
+        assert!(matches!(truncated, Err(CodecError::Invalid { .. })), "{truncated:?}");
+    }
+
+    #[test]
+    fn versions_order_by_updated_then_triggered() {
+        let v = |u, t| OrderVersion { updated_at_ms: u, triggered_at_ms: t };
+        assert!(v(2, 0) > v(1, 9));
+        assert!(v(1, 2) > v(1, 1));
+    }
+}

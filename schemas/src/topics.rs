@@ -1,0 +1,100 @@
+//! Topic names, keys and partitioning: the one place they are defined.
+//!
+//! | topic | record | key | cleanup |
+//! |---|---|---|---|
+//! | `shopify.webhooks` | [`WebhookEnvelope`](crate::WebhookEnvelope) | `<shop>/<order id>` (orders/*, refunds/create), else `<shop>` | delete |
+//! | `tributary.orders` | [`OrderEvent`](crate::OrderEvent) | `<shop>/<order id>` | delete |
+//! | `tributary.attributions` | [`Attribution`](crate::Attribution) | `<shop>/<order id>` | compact |
+//! | `tributary.control.stores` | [`Store`](crate::Store) | `<shop>` | compact |
+//! | `tributary.control.advocates` | [`Advocate`](crate::Advocate) | `<shop>/<advocate id>` | compact |
+//! | `tributary.dlq` | [`DeadLetter`](crate::DeadLetter) | the failed record's key | delete |
+//!
+//! Partitioning: producers hash keys with `murmur2_random` (the Java client's partitioner, so other
+//! clients agree), which puts every delivery of one order on one partition. The processor writes
+//! its outputs to the *same partition number* as the input record, so `shopify.webhooks`,
+//! `tributary.orders` and `tributary.attributions` must have the same partition count; `tributary
+//! topics create` provisions them so.
+
+use serde::Deserialize;
+
+pub const WEBHOOKS: &str = "shopify.webhooks";
+pub const ORDERS: &str = "tributary.orders";
+pub const ATTRIBUTIONS: &str = "tributary.attributions";
+pub const STORES: &str = "tributary.control.stores";
+pub const ADVOCATES: &str = "tributary.control.advocates";
+pub const DEAD_LETTERS: &str = "tributary.dlq";
+
+/// librdkafka's name for the Java client's default partitioner.
+pub const PARTITIONER: &str = "murmur2_random";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cleanup {
+    Delete,
+    Compact,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct TopicSpec {
+    pub name: &'static str,
+    pub cleanup: Cleanup,
+    /// Control topics are small; one partition keeps their order total.
+    pub single_partition: bool,
+}
+
+pub const ALL: [TopicSpec; 6] = [
+    TopicSpec { name: WEBHOOKS, cleanup: Cleanup::Delete, single_partition: false },
+    TopicSpec { name: ORDERS, cleanup: Cleanup::Delete, single_partition: false },
+    TopicSpec { name: ATTRIBUTIONS, cleanup: Cleanup::Compact, single_partition: false },
+    TopicSpec { name: STORES, cleanup: Cleanup::Compact, single_partition: true },
+    TopicSpec { name: ADVOCATES, cleanup: Cleanup::Compact, single_partition: true },
+    TopicSpec { name: DEAD_LETTERS, cleanup: Cleanup::Delete, single_partition: false },
+];
+
+pub fn order_key(shop_domain: &str, order_id: u64) -> String {
+    format!("{shop_domain}/{order_id}")
+}
+
+pub fn store_key(shop_domain: &str) -> String {
+    shop_domain.to_owned()
+}
+
+pub fn advocate_key(shop_domain: &str, advocate_id: &str) -> String {
+    format!("{shop_domain}/{advocate_id}")
+}
+
+/// The key of a webhook delivery: the order it is about, so that all of one order's deliveries
+/// share a partition. A body whose order id cannot be read is keyed by shop; the normalizer will
+/// dead-letter it with the parse error.
+pub fn webhook_key(shopify_topic: &str, shop_domain: &str, body: &[u8]) -> String {
+    #[derive(Deserialize)]
+    struct Probe {
+        id: Option<u64>,
+        order_id: Option<u64>,
+    }
+    let order_id = match serde_json::from_slice::<Probe>(body) {
+        Ok(p) if shopify_topic.starts_with("orders/") => p.id,
+        Ok(p) if shopify_topic.starts_with("refunds/") => p.order_id,
+        _ => None,
+    };
+    match order_id {
+        Some(id) => order_key(shop_domain, id),
+        None => store_key(shop_domain),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_deliveries_of_one_order_share_a_key() {
+        let created = br#"{"id": 12345678901234567, "total_price": "1.00"}"#;
+        let refund = br#"{"id": 5, "order_id": 12345678901234567}"#;
+        let k = webhook_key("orders/create", "s.myshopify.com", created);
+        assert_eq!(k, "s.myshopify.com/12345678901234567");
+        assert_eq!(webhook_key("orders/updated", "s.myshopify.com", created), k);
+        assert_eq!(webhook_key("refunds/create", "s.myshopify.com", refund), k);
+        assert_eq!(webhook_key("orders/create", "s.myshopify.com", b"not json"), "s.myshopify.com");
+        assert_eq!(webhook_key("products/create", "s.myshopify.com", created), "s.myshopify.com");
+    }
+}
