@@ -161,7 +161,7 @@ mod tests {
         }
     }
 
-    const ORDER: &str = r#"{"id": 9007199254740993, "name": "#1001", "email": "Buyer@Example.com",
+    const ORDER: &str = r##"{"id": 9007199254740993, "name": "#1001", "email": "Buyer@Example.com",
         "created_at": "2025-11-28T10:00:00-05:00", "updated_at": "2025-11-28T10:00:01-05:00",
         "currency": "USD", "current_total_price": "100.10", "total_price": "120.00",
         "current_total_price_set": {"shop_money": {"amount": "100.10", "currency_code": "USD"},
@@ -169,7 +169,7 @@ mod tests {
         "discount_codes": [{"code": "anna10", "amount": "10.00", "type": "percentage"}],
         "landing_site": "/?ref=anna", "source_name": "web", "tags": "vip, Exclude ,",
         "test": false, "financial_status": "paid", "cancelled_at": null,
-        "customer": {"id": 207119551, "email": "buyer@example.com"}}"#;
+        "customer": {"id": 207119551, "email": "buyer@example.com"}}"##;
 
     #[test]
     fn reads_a_shopify_order_exactly() {

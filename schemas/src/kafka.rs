@@ -60,8 +60,15 @@ pub struct EmbeddedBroker {
 }
 
 impl EmbeddedBroker {
-    pub fn start(brokers: i32) -> Result<Self, rdkafka::error::KafkaError> {
-        Ok(Self { cluster: MockCluster::new(brokers)? })
+    /// Starts the cluster with every topic of the contract. The mock cluster does not answer the
+    /// CreateTopics admin request, so topics are created through its own API here.
+    pub fn start(brokers: i32, partitions: i32) -> Result<Self, rdkafka::error::KafkaError> {
+        let cluster = MockCluster::new(brokers)?;
+        for spec in topics::ALL {
+            let count = if spec.single_partition { 1 } else { partitions };
+            cluster.create_topic(spec.name, count, brokers.min(3))?;
+        }
+        Ok(Self { cluster })
     }
 
     pub fn bootstrap_servers(&self) -> String {

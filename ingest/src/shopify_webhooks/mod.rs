@@ -31,7 +31,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tributary_schemas::kafka::now_ms;
 use tributary_schemas::time::parse_rfc3339_ms;
 use tributary_schemas::{topics, AvroRecord, WebhookEnvelope};
@@ -40,7 +40,7 @@ pub use signature::{sign, verify};
 pub use stores::StoreSecrets;
 
 /// Configuration of the webhook receiver (`[ingest]` in the config file).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Address the receiver listens on.

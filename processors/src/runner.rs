@@ -1,0 +1,309 @@
+//! The processor's consume-process-produce loop.
+//!
+//! Offset contract: a `shopify.webhooks` offset is committed only after every record its
+//! processing produced (order event, attribution, dead letter) has been acknowledged by the
+//! broker. A crash therefore replays at most the uncommitted tail, and replaying it is harmless:
+//! the partition's state is restored from `tributary.attributions`, which already holds whatever
+//! of that tail was emitted, so dedup drops it; what was not emitted is processed again, with the
+//! same result. Outputs go to the input's partition number, so a partition's state is found in the
+//! same partition of `tributary.attributions`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use tributary_schemas::kafka::{consumer_config, dlq_headers, now_ms, producer_config, read_partition, TopicError};
+use tributary_schemas::topics::{self, order_key};
+use tributary_schemas::{Attribution, AvroRecord, DeadLetter, WebhookEnvelope};
+
+use crate::attribution::decide;
+use crate::control::Control;
+use crate::normalize::{normalize, Normalized};
+use crate::state::{Applied, PartitionState};
+
+/// Configuration of the processor (`[processor]` in the config file).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Consumer group; processors in one group share the partitions of `shopify.webhooks`.
+    #[serde(default = "default_group")]
+    pub group_id: String,
+    /// How often produced records are awaited and input offsets committed.
+    #[serde(default = "default_commit_interval_ms")]
+    pub commit_interval_ms: u64,
+    /// Commit early once this many produced records await acknowledgement.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+}
+
+fn default_group() -> String {
+    "tributary-processor".into()
+}
+fn default_commit_interval_ms() -> u64 {
+    200
+}
+fn default_max_in_flight() -> usize {
+    20_000
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            group_id: default_group(),
+            commit_interval_ms: default_commit_interval_ms(),
+            max_in_flight: default_max_in_flight(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessorError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("restoring state: {0}")]
+    Restore(#[from] TopicError),
+    #[error("a produced record was not acknowledged: {0}")]
+    Delivery(String),
+}
+
+/// Records partitions taken away by a rebalance, so the loop drops their state; they are
+/// restored again if they come back.
+#[derive(Default)]
+struct RebalanceTracker {
+    revoked: Mutex<Vec<i32>>,
+}
+
+impl ClientContext for RebalanceTracker {}
+
+impl ConsumerContext for RebalanceTracker {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(partitions) = rebalance {
+            let mut revoked = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
+            revoked.extend(partitions.elements().iter().map(|e| e.partition()));
+        }
+    }
+}
+
+/// One record to produce.
+struct Output {
+    topic: &'static str,
+    partition: Option<i32>,
+    key: Vec<u8>,
+    payload: Vec<u8>,
+    headers: Option<OwnedHeaders>,
+}
+
+pub struct Processor {
+    bootstrap_servers: String,
+    config: Config,
+    control: Arc<RwLock<Control>>,
+}
+
+impl Processor {
+    pub fn new(bootstrap_servers: &str, config: Config, control: Arc<RwLock<Control>>) -> Self {
+        Self { bootstrap_servers: bootstrap_servers.to_owned(), config, control }
+    }
+
+    /// Runs until `shutdown`; commits what is done before returning.
+    pub async fn run(&self, ready: Arc<AtomicBool>, shutdown: CancellationToken) -> Result<(), ProcessorError> {
+        let consumer: StreamConsumer<RebalanceTracker> = consumer_config(&self.bootstrap_servers, &self.config.group_id)
+            .create_with_context(RebalanceTracker::default())?;
+        consumer.subscribe(&[topics::WEBHOOKS])?;
+        let producer: FutureProducer = producer_config(&self.bootstrap_servers, Duration::from_secs(30)).create()?;
+        let mut states: HashMap<i32, PartitionState> = HashMap::new();
+        let mut in_flight: Vec<DeliveryFuture> = Vec::new();
+        let mut done: HashMap<i32, i64> = HashMap::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(self.config.commit_interval_ms));
+        ready.store(true, Ordering::SeqCst);
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => checkpoint(&consumer, &mut in_flight, &mut done).await?,
+                received = consumer.recv() => {
+                    let message = match received {
+                        Ok(message) => message,
+                        Err(error) => {
+                            tracing::warn!(%error, "consumer error; continuing");
+                            continue;
+                        }
+                    };
+                    for partition in consumer.context().revoked.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+                        states.remove(&partition);
+                        done.remove(&partition);
+                    }
+                    let partition = message.partition();
+                    if !states.contains_key(&partition) {
+                        states.insert(partition, self.restore(partition).await?);
+                    }
+                    let state = states.get_mut(&partition).expect("restored above");
+                    for output in self.process(&message, state) {
+                        let delivery = send(&producer, output, &mut in_flight).await?;
+                        in_flight.push(delivery);
+                    }
+                    done.insert(partition, message.offset() + 1);
+                    metrics::counter!("tributary_processor_records_total").increment(1);
+                    if in_flight.len() >= self.config.max_in_flight {
+                        checkpoint(&consumer, &mut in_flight, &mut done).await?;
+                    }
+                }
+            }
+        }
+        checkpoint(&consumer, &mut in_flight, &mut done).await
+    }
+
+    /// Rebuilds a partition's order state from `tributary.attributions`.
+    async fn restore(&self, partition: i32) -> Result<PartitionState, ProcessorError> {
+        let bootstrap = self.bootstrap_servers.clone();
+        let started = std::time::Instant::now();
+        let records = tokio::task::spawn_blocking(move || {
+            let mut records = Vec::new();
+            read_partition(&bootstrap, topics::ATTRIBUTIONS, partition, |message| {
+                match message.payload().map(Attribution::from_avro) {
+                    Some(Ok(record)) => records.push(record),
+                    Some(Err(error)) => tracing::warn!(partition, offset = message.offset(), %error, "changelog record skipped"),
+                    None => {}
+                }
+            })
+            .map(|()| records)
+        })
+        .await
+        .map_err(|e| ProcessorError::Delivery(format!("restore task failed: {e}")))??;
+        let state = PartitionState::restore(records);
+        tracing::info!(partition, orders = state.len(), elapsed_ms = started.elapsed().as_millis() as u64, "partition state restored");
+        Ok(state)
+    }
+
+    /// Everything one input record produces.
+    fn process(&self, message: &BorrowedMessage<'_>, state: &mut PartitionState) -> Vec<Output> {
+        let envelope = match message.payload().map(WebhookEnvelope::from_avro) {
+            Some(Ok(envelope)) => envelope,
+            Some(Err(error)) => return vec![dead_letter(message, "decode", &error.to_string())],
+            None => return vec![dead_letter(message, "decode", "record has no value")],
+        };
+        let event = match normalize(&envelope) {
+            Ok(Normalized::Order(event)) => event,
+            Ok(Normalized::Skipped) => return Vec::new(),
+            Err(error) => return vec![dead_letter(message, "normalize", &error.to_string())],
+        };
+        let control = self.control.read().unwrap_or_else(|p| p.into_inner());
+        let Some(store) = control.active_store(&event.shop_domain) else {
+            metrics::counter!("tributary_processor_skipped_total", "reason" => "store_not_connected").increment(1);
+            tracing::debug!(shop = %event.shop_domain, "order of a store that is not connected; skipped");
+            return Vec::new();
+        };
+        let applied = state.apply(&event, message.offset(), || decide(&event, store, control.advocates(&event.shop_domain)));
+        let key = order_key(&event.shop_domain, event.order_id).into_bytes();
+        let partition = Some(message.partition());
+        let mut outputs = Vec::with_capacity(2);
+        let encoded = |topic, record: Result<Vec<u8>, _>| match record {
+            Ok(payload) => Output { topic, partition, key: key.clone(), payload, headers: None },
+            Err(error) => dead_letter(message, "encode", &format!("{error}")),
+        };
+        match applied {
+            Applied::Unchanged(verdict) if verdict.label().starts_with("duplicate") => {
+                metrics::counter!("tributary_dedup_dropped_total", "reason" => verdict.label()).increment(1);
+            }
+            Applied::Unchanged(verdict) => {
+                metrics::counter!("tributary_dedup_dropped_total", "reason" => verdict.label()).increment(1);
+                outputs.push(encoded(topics::ORDERS, event.to_avro()));
+            }
+            Applied::Changed(attribution) => {
+                outputs.push(encoded(topics::ORDERS, event.to_avro()));
+                outputs.push(encoded(topics::ATTRIBUTIONS, attribution.to_avro()));
+            }
+        }
+        outputs
+    }
+}
+
+/// Enqueues one record; when the producer's queue is full, waits for what is in flight first.
+async fn send(
+    producer: &FutureProducer,
+    output: Output,
+    in_flight: &mut Vec<DeliveryFuture>,
+) -> Result<DeliveryFuture, ProcessorError> {
+    loop {
+        let mut record = FutureRecord::to(output.topic).key(&output.key).payload(&output.payload);
+        if let Some(partition) = output.partition {
+            record = record.partition(partition);
+        }
+        if let Some(headers) = &output.headers {
+            record = record.headers(headers.clone());
+        }
+        match producer.send_result(record) {
+            Ok(delivery) => return Ok(delivery),
+            Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), _)) => {
+                await_deliveries(in_flight).await?;
+            }
+            Err((error, _)) => return Err(error.into()),
+        }
+    }
+}
+
+async fn await_deliveries(in_flight: &mut Vec<DeliveryFuture>) -> Result<(), ProcessorError> {
+    for delivery in in_flight.drain(..) {
+        match delivery.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((error, _))) => return Err(ProcessorError::Delivery(error.to_string())),
+            Err(_) => return Err(ProcessorError::Delivery("producer dropped a record".into())),
+        }
+    }
+    Ok(())
+}
+
+/// Waits until everything produced is acknowledged, then commits the input offsets it covers.
+async fn checkpoint<C: ConsumerContext>(
+    consumer: &StreamConsumer<C>,
+    in_flight: &mut Vec<DeliveryFuture>,
+    done: &mut HashMap<i32, i64>,
+) -> Result<(), ProcessorError> {
+    await_deliveries(in_flight).await?;
+    if done.is_empty() {
+        return Ok(());
+    }
+    let mut offsets = TopicPartitionList::new();
+    for (partition, next) in done.drain() {
+        offsets.add_partition_offset(topics::WEBHOOKS, partition, Offset::Offset(next))?;
+    }
+    // A commit refused after a rebalance is harmless: the new owner replays from the last commit.
+    if let Err(error) = consumer.commit(&offsets, CommitMode::Sync) {
+        tracing::warn!(%error, "offset commit refused; the partition's next owner will replay");
+    }
+    Ok(())
+}
+
+fn dead_letter(message: &BorrowedMessage<'_>, stage: &str, error: &str) -> Output {
+    metrics::counter!("tributary_dead_letters_total", "stage" => stage.to_owned()).increment(1);
+    tracing::warn!(topic = message.topic(), partition = message.partition(), offset = message.offset(), stage, %error, "record dead-lettered");
+    let record = DeadLetter {
+        stage: stage.to_owned(),
+        error: error.to_owned(),
+        source_topic: message.topic().to_owned(),
+        source_partition: message.partition(),
+        source_offset: message.offset(),
+        source_key: message.key().map(<[u8]>::to_vec),
+        payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+        failed_at_ms: now_ms(),
+    };
+    let headers = OwnedHeaders::new()
+        .insert(Header { key: dlq_headers::ERROR, value: Some(error) })
+        .insert(Header { key: dlq_headers::STAGE, value: Some(stage) })
+        .insert(Header { key: dlq_headers::SOURCE_TOPIC, value: Some(message.topic()) })
+        .insert(Header { key: dlq_headers::SOURCE_PARTITION, value: Some(&message.partition().to_string()) })
+        .insert(Header { key: dlq_headers::SOURCE_OFFSET, value: Some(&message.offset().to_string()) });
+    Output {
+        topic: topics::DEAD_LETTERS,
+        partition: None,
+        key: message.key().map(<[u8]>::to_vec).unwrap_or_default(),
+        payload: record.to_avro().unwrap_or_default(),
+        headers: Some(headers),
+    }
+}

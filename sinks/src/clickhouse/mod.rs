@@ -1,0 +1,251 @@
+//! The ClickHouse sink: `tributary.attributions` → table `attributions`.
+//!
+//! Offset contract: rows are inserted in batches (by rows and by time); a batch's offsets are
+//! committed only after ClickHouse accepted the insert. While ClickHouse is down the sink retries
+//! the same batch with backoff and commits nothing, so nothing is lost. A redelivered or replayed
+//! row is harmless: the table keeps the highest revision of each order (see `schema.sql`).
+
+mod row;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use tributary_schemas::kafka::consumer_config;
+use tributary_schemas::{topics, Attribution, AvroRecord};
+
+pub use row::AttributionRow;
+
+const SCHEMA: &str = include_str!("schema.sql");
+
+/// Configuration of the ClickHouse sink (`[clickhouse]` in the config file).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// ClickHouse HTTP endpoint.
+    #[serde(default = "default_url")]
+    pub url: String,
+    /// Database holding tributary's tables; created if missing.
+    #[serde(default = "default_database")]
+    pub database: String,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Insert once this many rows are buffered…
+    #[serde(default = "default_batch_rows")]
+    pub batch_rows: usize,
+    /// …or once the oldest buffered row is this old.
+    #[serde(default = "default_batch_ms")]
+    pub batch_ms: u64,
+    /// Consumer group of the sink.
+    #[serde(default = "default_group")]
+    pub group_id: String,
+}
+
+fn default_url() -> String {
+    "http://127.0.0.1:18123".into()
+}
+fn default_database() -> String {
+    "tributary".into()
+}
+fn default_batch_rows() -> usize {
+    20_000
+}
+fn default_batch_ms() -> u64 {
+    500
+}
+fn default_group() -> String {
+    "tributary-sink-clickhouse".into()
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            url: default_url(),
+            database: default_database(),
+            user: None,
+            password: None,
+            batch_rows: default_batch_rows(),
+            batch_ms: default_batch_ms(),
+            group_id: default_group(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("clickhouse: {0}")]
+    ClickHouse(#[from] ::clickhouse::error::Error),
+}
+
+impl Config {
+    /// A client for this database. Validation and compression are off: ClickHouse 18.16 knows
+    /// neither `RowBinaryWithNamesAndTypes` nor how to compress HTTP responses for this client.
+    pub fn client(&self) -> ::clickhouse::Client {
+        self.server_client().with_database(&self.database)
+    }
+
+    fn server_client(&self) -> ::clickhouse::Client {
+        let mut client = ::clickhouse::Client::default()
+            .with_url(&self.url)
+            .with_compression(::clickhouse::Compression::None)
+            .with_validation(false);
+        if let Some(user) = &self.user {
+            client = client.with_user(user);
+        }
+        if let Some(password) = &self.password {
+            client = client.with_password(password);
+        }
+        client
+    }
+
+    /// Creates the database, tables and views that are missing.
+    pub async fn migrate(&self) -> Result<(), SinkError> {
+        self.server_client()
+            .query(&format!("CREATE DATABASE IF NOT EXISTS `{}`", self.database.replace('`', "")))
+            .execute()
+            .await?;
+        let client = self.client();
+        for statement in SCHEMA.split("\n;\n").map(str::trim).filter(|s| !s.is_empty()) {
+            client.query(statement).execute().await?;
+        }
+        Ok(())
+    }
+}
+
+pub struct ClickHouseSink {
+    bootstrap_servers: String,
+    config: Config,
+}
+
+impl ClickHouseSink {
+    pub fn new(bootstrap_servers: &str, config: Config) -> Self {
+        Self { bootstrap_servers: bootstrap_servers.to_owned(), config }
+    }
+
+    pub async fn run(&self, ready: Arc<AtomicBool>, shutdown: CancellationToken) -> Result<(), SinkError> {
+        self.migrate_until_up(&shutdown).await;
+        let consumer: StreamConsumer = consumer_config(&self.bootstrap_servers, &self.config.group_id).create()?;
+        consumer.subscribe(&[topics::ATTRIBUTIONS])?;
+        let client = self.config.client();
+        let mut batch: Vec<AttributionRow> = Vec::with_capacity(self.config.batch_rows);
+        let mut offsets: HashMap<i32, i64> = HashMap::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(self.config.batch_ms));
+        ready.store(true, Ordering::SeqCst);
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => flush(&client, &consumer, &mut batch, &mut offsets, &shutdown).await?,
+                received = consumer.recv() => {
+                    let message = match received {
+                        Ok(message) => message,
+                        Err(error) => {
+                            tracing::warn!(%error, "consumer error; continuing");
+                            continue;
+                        }
+                    };
+                    match message.payload().map(Attribution::from_avro) {
+                        Some(Ok(record)) => batch.push(AttributionRow::from(&record)),
+                        // The processor is the only writer of this topic; a record it wrote that
+                        // this version cannot read is reported and skipped, never guessed at.
+                        Some(Err(error)) => {
+                            metrics::counter!("tributary_sink_unreadable_total").increment(1);
+                            tracing::error!(partition = message.partition(), offset = message.offset(), %error, "attribution record skipped");
+                        }
+                        None => {}
+                    }
+                    offsets.insert(message.partition(), message.offset() + 1);
+                    if batch.len() >= self.config.batch_rows {
+                        flush(&client, &consumer, &mut batch, &mut offsets, &shutdown).await?;
+                    }
+                }
+            }
+        }
+        flush(&client, &consumer, &mut batch, &mut offsets, &shutdown).await
+    }
+
+    async fn migrate_until_up(&self, shutdown: &CancellationToken) {
+        let mut backoff = Backoff::default();
+        while !shutdown.is_cancelled() {
+            match self.config.migrate().await {
+                Ok(()) => return,
+                Err(error) => {
+                    tracing::warn!(%error, "clickhouse not ready; retrying");
+                    backoff.wait().await;
+                }
+            }
+        }
+    }
+}
+
+/// Inserts the batch, retrying until ClickHouse takes it (or shutdown), then commits its offsets.
+async fn flush(
+    client: &::clickhouse::Client,
+    consumer: &StreamConsumer,
+    batch: &mut Vec<AttributionRow>,
+    offsets: &mut HashMap<i32, i64>,
+    shutdown: &CancellationToken,
+) -> Result<(), SinkError> {
+    if offsets.is_empty() {
+        return Ok(());
+    }
+    let mut backoff = Backoff::default();
+    while !batch.is_empty() {
+        match insert(client, batch).await {
+            Ok(()) => {
+                metrics::counter!("tributary_sink_rows_total").increment(batch.len() as u64);
+                batch.clear();
+            }
+            Err(error) => {
+                metrics::counter!("tributary_sink_insert_failures_total").increment(1);
+                tracing::warn!(%error, rows = batch.len(), "insert failed; retrying the same batch");
+                if shutdown.is_cancelled() {
+                    // Leave the offsets uncommitted: the next run inserts this batch again.
+                    return Ok(());
+                }
+                backoff.wait().await;
+            }
+        }
+    }
+    let mut list = TopicPartitionList::new();
+    for (partition, next) in offsets.drain() {
+        list.add_partition_offset(topics::ATTRIBUTIONS, partition, Offset::Offset(next))?;
+    }
+    if let Err(error) = consumer.commit(&list, CommitMode::Sync) {
+        tracing::warn!(%error, "offset commit refused; rows will be inserted again, which is harmless");
+    }
+    Ok(())
+}
+
+async fn insert(client: &::clickhouse::Client, rows: &[AttributionRow]) -> Result<(), ::clickhouse::error::Error> {
+    let mut insert = client.insert::<AttributionRow>("attributions").await?;
+    for row in rows {
+        insert.write(row).await?;
+    }
+    insert.end().await
+}
+
+/// Exponential backoff from 100 ms to 5 s.
+struct Backoff(Duration);
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self(Duration::from_millis(100))
+    }
+}
+
+impl Backoff {
+    async fn wait(&mut self) {
+        tokio::time::sleep(self.0).await;
+        self.0 = (self.0 * 2).min(Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,96 @@
+//! The `attributions` row in RowBinary: Decimal(18, 4) is an i64 of ten-thousandths, DateTime is
+//! u32 seconds.
+
+use clickhouse::Row;
+use rust_decimal::Decimal;
+use serde::Serialize;
+use tributary_schemas::Attribution;
+
+pub const MONEY_SCALE: u32 = 4;
+
+#[derive(Debug, Clone, Row, Serialize)]
+pub struct AttributionRow {
+    pub shop_domain: String,
+    pub order_id: u64,
+    pub revision: u64,
+    pub order_name: String,
+    pub created_at: u32,
+    pub latest_updated_at: u32,
+    pub settled_updated_at: u32,
+    pub financial_status: String,
+    pub cancelled: u8,
+    pub outcome: String,
+    pub source: String,
+    pub reason: String,
+    pub advocate_id: String,
+    pub advocate_identifier: String,
+    pub code: String,
+    pub customer_email: String,
+    pub customer_id: u64,
+    pub currency: String,
+    pub gross: i64,
+    pub presentment_currency: String,
+    pub presentment_gross: i64,
+    pub refunded: i64,
+    pub net: i64,
+    pub refund_status: String,
+}
+
+/// Decimal(18, 4) mantissa. Amounts beyond ±922 trillion saturate rather than wrap.
+pub fn money(value: Decimal) -> i64 {
+    let mut scaled = value;
+    scaled.rescale(MONEY_SCALE);
+    i64::try_from(scaled.mantissa()).unwrap_or(if value.is_sign_negative() { i64::MIN } else { i64::MAX })
+}
+
+fn seconds(ms: i64) -> u32 {
+    u32::try_from(ms.div_euclid(1000)).unwrap_or(0)
+}
+
+fn label<T: Serialize>(value: &T) -> String {
+    serde_json::to_value(value).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+}
+
+impl From<&Attribution> for AttributionRow {
+    fn from(a: &Attribution) -> Self {
+        Self {
+            shop_domain: a.shop_domain.clone(),
+            order_id: a.order_id,
+            revision: a.revision,
+            order_name: a.order_name.clone(),
+            created_at: seconds(a.created_at_ms),
+            latest_updated_at: seconds(a.latest_updated_at_ms),
+            settled_updated_at: seconds(a.settled_updated_at_ms),
+            financial_status: a.financial_status.clone().unwrap_or_default(),
+            cancelled: a.cancelled.into(),
+            outcome: label(&a.outcome),
+            source: a.source.label().to_owned(),
+            reason: a.reason.clone(),
+            advocate_id: a.advocate_id.clone().unwrap_or_default(),
+            advocate_identifier: a.advocate_identifier.clone().unwrap_or_default(),
+            code: a.code.clone().unwrap_or_default(),
+            customer_email: a.customer_email.clone().unwrap_or_default(),
+            customer_id: a.customer_id.unwrap_or_default(),
+            currency: a.currency.clone(),
+            gross: money(a.gross),
+            presentment_currency: a.presentment_currency.clone(),
+            presentment_gross: money(a.presentment_gross),
+            refunded: money(a.refunded),
+            net: money(a.net),
+            refund_status: label(&a.refund_status),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+
+    #[test]
+    fn money_is_exact_ten_thousandths() {
+        assert_eq!(money(Decimal::from_str("1234.56").unwrap()), 12_345_600);
+        assert_eq!(money(Decimal::from_str("0.001").unwrap()), 10);
+        assert_eq!(money(Decimal::ZERO), 0);
+    }
+}

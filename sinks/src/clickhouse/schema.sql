@@ -1,0 +1,84 @@
+-- tributary's ClickHouse schema. Runs on ClickHouse 18.16 and on current releases.
+-- Statements are separated by a line holding only ';'. Every statement is idempotent.
+
+-- One row per order: the order's facts and its attribution. The sink inserts every revision the
+-- processor emits; ReplacingMergeTree keeps the highest revision per (shop_domain, order_id), and
+-- every query reads through FINAL (the views below), so redelivered or replayed rows never count
+-- twice. Money is Decimal(18, 4) in the shop currency (gross, refunded, net) and in the presentment
+-- currency (presentment_gross).
+CREATE TABLE IF NOT EXISTS attributions
+(
+    shop_domain String,
+    order_id UInt64,
+    revision UInt64,
+    order_name String,
+    created_at DateTime,
+    latest_updated_at DateTime,
+    settled_updated_at DateTime,
+    financial_status String,
+    cancelled UInt8,
+    outcome String,
+    source String,
+    reason String,
+    advocate_id String,
+    advocate_identifier String,
+    code String,
+    customer_email String,
+    customer_id UInt64,
+    currency String,
+    gross Decimal(18, 4),
+    presentment_currency String,
+    presentment_gross Decimal(18, 4),
+    refunded Decimal(18, 4),
+    net Decimal(18, 4),
+    refund_status String
+)
+ENGINE = ReplacingMergeTree(revision)
+PARTITION BY toYYYYMM(created_at)
+ORDER BY (shop_domain, order_id)
+;
+-- The current state of every order.
+CREATE VIEW IF NOT EXISTS attributions_current AS
+SELECT * FROM attributions FINAL
+;
+-- Per advocate and currency: attributed orders, gross, refunded, net and the last order.
+CREATE VIEW IF NOT EXISTS advocate_stats AS
+SELECT
+    shop_domain,
+    advocate_id,
+    any(advocate_identifier) AS advocate_identifier,
+    currency,
+    count() AS orders,
+    sum(gross) AS gross,
+    sum(refunded) AS refunded,
+    sum(net) AS net,
+    max(created_at) AS last_order_at
+FROM attributions FINAL
+WHERE outcome = 'ATTRIBUTED'
+GROUP BY shop_domain, advocate_id, currency
+;
+-- The 25 newest attributed orders of each store.
+CREATE VIEW IF NOT EXISTS recent_attributed_orders AS
+SELECT
+    shop_domain, order_id, order_name, created_at, advocate_id, advocate_identifier, source, code,
+    currency, gross, net, refund_status
+FROM attributions FINAL
+WHERE outcome = 'ATTRIBUTED'
+ORDER BY shop_domain, created_at DESC, order_id DESC
+LIMIT 25 BY shop_domain
+;
+-- Revenue by day (UTC, of created_at), source and currency; excluded orders (test, channel, tag)
+-- are not revenue and are left out. Self-referrals count as Unattributed.
+CREATE VIEW IF NOT EXISTS revenue_by_day AS
+SELECT
+    shop_domain,
+    toDate(created_at) AS day,
+    source,
+    currency,
+    count() AS orders,
+    sum(gross) AS gross,
+    sum(refunded) AS refunded,
+    sum(net) AS net
+FROM attributions FINAL
+WHERE outcome != 'EXCLUDED'
+GROUP BY shop_domain, day, source, currency

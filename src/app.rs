@@ -1,0 +1,174 @@
+//! Wiring: each service with its control data, health and metrics, and a shared shutdown.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::routing::get;
+use axum::Router;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use rdkafka::producer::FutureProducer;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use tributary_ingest::shopify_webhooks::{self, StoreSecrets};
+use tributary_processors::control::Control;
+use tributary_processors::runner::Processor;
+use tributary_schemas::control::follow;
+use tributary_schemas::kafka::producer_config;
+use tributary_schemas::secrets::MasterKey;
+use tributary_schemas::{topics, Advocate, Store};
+use tributary_sinks::clickhouse::ClickHouseSink;
+
+use crate::config::Config;
+
+/// Readiness of the services in this process; `/readyz` is 200 once all are ready.
+#[derive(Clone, Default)]
+pub struct Readiness(Arc<RwLock<Vec<(&'static str, Arc<AtomicBool>)>>>);
+
+impl Readiness {
+    pub fn flag(&self, service: &'static str) -> Arc<AtomicBool> {
+        let flag = Arc::new(AtomicBool::new(false));
+        self.0.write().unwrap_or_else(|p| p.into_inner()).push((service, flag.clone()));
+        flag
+    }
+
+    fn not_ready(&self) -> Vec<&'static str> {
+        let flags = self.0.read().unwrap_or_else(|p| p.into_inner());
+        flags.iter().filter(|(_, f)| !f.load(Ordering::SeqCst)).map(|(name, _)| *name).collect()
+    }
+}
+
+pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
+    PrometheusBuilder::new().install_recorder().context("installing the Prometheus recorder")
+}
+
+/// `/healthz` (the process is up), `/readyz` (every service is ready) and `/metrics`.
+pub fn ops_router(readiness: Readiness, metrics: PrometheusHandle) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let waiting = readiness.not_ready();
+                async move {
+                    if waiting.is_empty() {
+                        (axum::http::StatusCode::OK, "ready".to_owned())
+                    } else {
+                        (axum::http::StatusCode::SERVICE_UNAVAILABLE, format!("waiting for: {}", waiting.join(", ")))
+                    }
+                }
+            }),
+        )
+        .route("/metrics", get(move || std::future::ready(metrics.render())))
+}
+
+pub async fn serve(listen: std::net::SocketAddr, router: Router, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+    tracing::info!(%listen, "serving http");
+    axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
+    Ok(())
+}
+
+/// Follows a control topic in the background; returns once it has caught up.
+async fn follow_control<T, F>(
+    bootstrap: &str,
+    topic: &'static str,
+    shutdown: &CancellationToken,
+    apply: F,
+) -> anyhow::Result<()>
+where
+    T: tributary_schemas::AvroRecord + 'static,
+    F: FnMut(&str, Option<T>) + Send + 'static,
+{
+    let (tx, rx) = oneshot::channel();
+    let bootstrap = bootstrap.to_owned();
+    let shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            Err(error) = follow::<T, F>(&bootstrap, topic, apply, tx) => {
+                tracing::error!(topic, %error, "control topic reader stopped");
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(60), rx)
+        .await
+        .with_context(|| format!("reading {topic} timed out"))?
+        .with_context(|| format!("reading {topic} failed"))
+}
+
+/// The webhook receiver, serving the ops routes beside it.
+pub async fn run_ingest(
+    config: &Config,
+    bootstrap: &str,
+    readiness: Readiness,
+    metrics: PrometheusHandle,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let ready = readiness.flag("ingest");
+    let master_key = MasterKey::load(&config.secrets.master_key_file, true)?;
+    let stores = StoreSecrets::default();
+    let table = stores.clone();
+    follow_control::<Store, _>(bootstrap, topics::STORES, &shutdown, move |key, store| {
+        table.apply(key, store, &master_key)
+    })
+        .await?;
+    let timeout = Duration::from_millis(config.ingest.produce_timeout_ms);
+    let producer: FutureProducer = producer_config(bootstrap, timeout).create()?;
+    let router = shopify_webhooks::router(&config.ingest, producer, stores).merge(ops_router(readiness, metrics));
+    ready.store(true, Ordering::SeqCst);
+    serve(config.ingest.listen, router, shutdown).await
+}
+
+pub async fn run_processor(
+    config: &Config,
+    bootstrap: &str,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let ready = readiness.flag("processor");
+    let control = Arc::new(RwLock::new(Control::default()));
+    let stores = control.clone();
+    follow_control::<Store, _>(bootstrap, topics::STORES, &shutdown, move |key, store| {
+        stores.write().unwrap_or_else(|p| p.into_inner()).apply_store(key, store)
+    })
+    .await?;
+    let advocates = control.clone();
+    follow_control::<Advocate, _>(bootstrap, topics::ADVOCATES, &shutdown, move |key, advocate| {
+        advocates.write().unwrap_or_else(|p| p.into_inner()).apply_advocate(key, advocate)
+    })
+    .await?;
+    Processor::new(bootstrap, config.processor.clone(), control).run(ready, shutdown).await?;
+    Ok(())
+}
+
+pub async fn run_sink(
+    config: &Config,
+    bootstrap: &str,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let ready = readiness.flag("sink");
+    ClickHouseSink::new(bootstrap, config.clickhouse.clone()).run(ready, shutdown).await?;
+    Ok(())
+}
+
+/// Cancels `token` on Ctrl-C or SIGTERM.
+pub fn shutdown_on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => return,
+            };
+            tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("shutting down");
+        token.cancel();
+    });
+}

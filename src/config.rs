@@ -1,0 +1,114 @@
+//! `tributary.toml`, with environment overrides: `TRIBUTARY_<SECTION>__<KEY>`, e.g.
+//! `TRIBUTARY_KAFKA__BOOTSTRAP_SERVERS=broker:9092`. Unknown keys are rejected.
+
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub kafka: KafkaConfig,
+    #[serde(default)]
+    pub ingest: IngestSection,
+    #[serde(default)]
+    pub processor: ProcessorSection,
+    #[serde(default)]
+    pub clickhouse: ClickHouseSection,
+    #[serde(default)]
+    pub secrets: SecretsConfig,
+    #[serde(default)]
+    pub ops: OpsConfig,
+}
+
+/// `[kafka]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Brokers to use. Unset: `tributary run` starts the embedded broker (librdkafka's mock
+    /// cluster) in process; the other services refuse to start.
+    #[serde(default)]
+    pub bootstrap_servers: Option<String>,
+    /// Partitions of each partitioned topic (`tributary topics create`).
+    #[serde(default = "default_partitions")]
+    pub partitions: i32,
+    /// Replication factor of each topic.
+    #[serde(default = "default_replication")]
+    pub replication: i32,
+}
+
+fn default_partitions() -> i32 {
+    6
+}
+fn default_replication() -> i32 {
+    1
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self { bootstrap_servers: None, partitions: default_partitions(), replication: default_replication() }
+    }
+}
+
+/// `[secrets]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsConfig {
+    /// File holding the base64 AES-256 master key; `TRIBUTARY_MASTER_KEY` takes precedence.
+    /// Generated on first use when missing.
+    #[serde(default = "default_master_key_file")]
+    pub master_key_file: PathBuf,
+}
+
+fn default_master_key_file() -> PathBuf {
+    PathBuf::from(".tributary/master.key")
+}
+
+impl Default for SecretsConfig {
+    fn default() -> Self {
+        Self { master_key_file: default_master_key_file() }
+    }
+}
+
+/// `[ops]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpsConfig {
+    /// Where `/healthz`, `/readyz` and `/metrics` are served for `process` and `sink` (ingest
+    /// serves them beside the webhook route).
+    #[serde(default = "default_ops_listen")]
+    pub listen: std::net::SocketAddr,
+}
+
+fn default_ops_listen() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], 9100))
+}
+
+impl Default for OpsConfig {
+    fn default() -> Self {
+        Self { listen: default_ops_listen() }
+    }
+}
+
+// The library config structs are re-exported so their doc comments document the file.
+pub type IngestSection = tributary_ingest::shopify_webhooks::Config;
+pub type ProcessorSection = tributary_processors::runner::Config;
+pub type ClickHouseSection = tributary_sinks::clickhouse::Config;
+
+impl Config {
+    /// Defaults, then the file (if any), then the environment.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        match file {
+            Some(path) if !path.exists() => anyhow::bail!("config file {} not found", path.display()),
+            Some(path) => figment = figment.merge(Toml::file(path)),
+            None if Path::new("tributary.toml").exists() => figment = figment.merge(Toml::file("tributary.toml")),
+            None => {}
+        }
+        figment = figment.merge(Env::prefixed("TRIBUTARY_").split("__").ignore(&["master_key"]));
+        Ok(figment.extract()?)
+    }
+}

@@ -1,0 +1,169 @@
+//! Operator files for control data: stores (TOML) and advocates (CSV), published to the control
+//! topics. Webhook secrets are sealed with the master key before they leave this process.
+//!
+//! `stores.toml`:
+//! ```toml
+//! [[store]]
+//! domain = "demo-outdoors.myshopify.com"
+//! webhook_secrets = ["current", "previous-during-rotation"]
+//! settle_delay_minutes = 0
+//! excluded_channels = ["pos"]
+//! excluded_tags = ["Exclude"]
+//! excluded_codes = ["HOLIDAY"]
+//! features = { order_attribution = true }
+//! ```
+//! `advocates.csv` columns: `shop_domain,id,identifier,first_name,email,status,codes`, with
+//! `status` `active` or `inactive` and `codes` separated by `;`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde::Deserialize;
+use tributary_schemas::kafka::{now_ms, producer_config};
+use tributary_schemas::secrets::{webhook_secret_purpose, MasterKey};
+use tributary_schemas::topics::{self, advocate_key, store_key};
+use tributary_schemas::{Advocate, AdvocateStatus, AvroRecord, Store, StoreFeatures, StoreStatus};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoresFile {
+    #[serde(default)]
+    pub store: Vec<StoreEntry>,
+}
+
+/// One `[[store]]` of `stores.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreEntry {
+    /// The shop's `*.myshopify.com` domain.
+    pub domain: String,
+    /// App secrets that sign webhooks: the current one first, the previous one during a rotation.
+    pub webhook_secrets: Vec<String>,
+    /// Minutes an order is held before it is attributed (0: at once).
+    #[serde(default)]
+    pub settle_delay_minutes: i32,
+    /// `source_name` values whose orders are excluded (e.g. `pos`).
+    #[serde(default)]
+    pub excluded_channels: Vec<String>,
+    /// Order tags that exclude an order (e.g. `Exclude`).
+    #[serde(default)]
+    pub excluded_tags: Vec<String>,
+    /// Coupon codes that never attribute (site-wide, holiday codes).
+    #[serde(default)]
+    pub excluded_codes: Vec<String>,
+    /// Feature toggles; all off unless set.
+    #[serde(default)]
+    pub features: StoreFeatures,
+    /// Set to true to disconnect the store.
+    #[serde(default)]
+    pub disconnected: bool,
+}
+
+impl StoresFile {
+    pub fn read(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AdvocateLine {
+    pub shop_domain: String,
+    pub id: String,
+    pub identifier: String,
+    pub first_name: String,
+    pub email: String,
+    pub status: String,
+    pub codes: String,
+}
+
+impl AdvocateLine {
+    pub fn codes(&self) -> Vec<String> {
+        self.codes.split(';').map(str::trim).filter(|c| !c.is_empty()).map(str::to_owned).collect()
+    }
+
+    pub fn active(&self) -> bool {
+        self.status.trim().eq_ignore_ascii_case("active")
+    }
+}
+
+pub fn read_advocates(path: &Path) -> anyhow::Result<Vec<AdvocateLine>> {
+    let mut reader = csv::Reader::from_path(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut lines = Vec::new();
+    for (index, line) in reader.deserialize().enumerate() {
+        let line: AdvocateLine = line.with_context(|| format!("{} line {}", path.display(), index + 2))?;
+        if !matches!(line.status.trim().to_ascii_lowercase().as_str(), "active" | "inactive") {
+            anyhow::bail!("{} line {}: status must be active or inactive", path.display(), index + 2);
+        }
+        lines.push(line);
+    }
+    Ok(lines)
+}
+
+pub fn store_record(entry: &StoreEntry, master_key: &MasterKey) -> Store {
+    let domain = entry.domain.trim().to_ascii_lowercase();
+    let purpose = webhook_secret_purpose(&domain);
+    Store {
+        webhook_secrets_sealed: entry.webhook_secrets.iter().map(|s| master_key.seal(&purpose, s)).collect(),
+        status: if entry.disconnected { StoreStatus::Disconnected } else { StoreStatus::Active },
+        settle_delay_minutes: entry.settle_delay_minutes,
+        excluded_channels: entry.excluded_channels.clone(),
+        excluded_tags: entry.excluded_tags.clone(),
+        excluded_codes: entry.excluded_codes.clone(),
+        features: entry.features.clone(),
+        updated_at_ms: now_ms(),
+        domain,
+    }
+}
+
+pub fn advocate_record(line: &AdvocateLine) -> Advocate {
+    Advocate {
+        shop_domain: line.shop_domain.trim().to_ascii_lowercase(),
+        id: line.id.trim().to_owned(),
+        identifier: line.identifier.trim().to_owned(),
+        first_name: line.first_name.trim().to_owned(),
+        email: line.email.trim().to_owned(),
+        status: if line.active() { AdvocateStatus::Active } else { AdvocateStatus::Inactive },
+        codes: line.codes(),
+        updated_at_ms: now_ms(),
+    }
+}
+
+/// Publishes records to a control topic and waits for every acknowledgement.
+pub async fn publish<T: AvroRecord>(bootstrap: &str, topic: &str, records: &[(String, T)]) -> anyhow::Result<usize> {
+    let producer: FutureProducer = producer_config(bootstrap, Duration::from_secs(10)).create()?;
+    for (key, record) in records {
+        let payload = record.to_avro()?;
+        producer
+            .send(FutureRecord::to(topic).key(key).payload(&payload), Duration::from_secs(10))
+            .await
+            .map_err(|(e, _)| anyhow::anyhow!("publishing to {topic}: {e}"))?;
+    }
+    Ok(records.len())
+}
+
+pub async fn load_stores(bootstrap: &str, path: &Path, master_key: &MasterKey) -> anyhow::Result<usize> {
+    let file = StoresFile::read(path)?;
+    let records: Vec<(String, Store)> = file
+        .store
+        .iter()
+        .map(|entry| {
+            let record = store_record(entry, master_key);
+            (store_key(&record.domain), record)
+        })
+        .collect();
+    publish(bootstrap, topics::STORES, &records).await
+}
+
+pub async fn load_advocates(bootstrap: &str, path: &Path) -> anyhow::Result<usize> {
+    let records: Vec<(String, Advocate)> = read_advocates(path)?
+        .iter()
+        .map(|line| {
+            let record = advocate_record(line);
+            (advocate_key(&record.shop_domain, &record.id), record)
+        })
+        .collect();
+    publish(bootstrap, topics::ADVOCATES, &records).await
+}

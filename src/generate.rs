@@ -1,0 +1,432 @@
+//! A realistic stream of signed Shopify order webhooks, and what it should add up to.
+//!
+//! The expectation is computed here from the generator's own intent (which advocate each order was
+//! made for, which version is delivered first), not by calling the processor's code, so the two
+//! can disagree.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::stream::{self, StreamExt};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rust_decimal::Decimal;
+use serde_json::{json, Value};
+use tributary_ingest::shopify_webhooks::sign;
+use tributary_schemas::time::format_rfc3339_ms;
+
+use crate::control_files::{AdvocateLine, StoreEntry};
+
+/// One HTTP delivery of a webhook.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub shop: String,
+    pub topic: &'static str,
+    pub webhook_id: String,
+    pub event_id: String,
+    pub triggered_at_ms: i64,
+    pub body: Vec<u8>,
+    pub secret: String,
+}
+
+impl Delivery {
+    pub fn request(&self, client: &reqwest::Client, url: &str) -> reqwest::RequestBuilder {
+        client
+            .post(url)
+            .header("Content-Type", "application/json")
+            .header("X-Shopify-Topic", self.topic)
+            .header("X-Shopify-Hmac-Sha256", sign(&self.secret, &self.body))
+            .header("X-Shopify-Shop-Domain", &self.shop)
+            .header("X-Shopify-Webhook-Id", &self.webhook_id)
+            .header("X-Shopify-Event-Id", &self.event_id)
+            .header("X-Shopify-Triggered-At", format_rfc3339_ms(self.triggered_at_ms))
+            .header("X-Shopify-Api-Version", "2025-10")
+            .body(self.body.clone())
+    }
+}
+
+/// Per advocate: attributed orders and gross, in shop currency.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Expected {
+    pub per_advocate: BTreeMap<(String, String), (u64, Decimal)>,
+    pub unattributed_orders: u64,
+    pub excluded_orders: u64,
+}
+
+pub struct Plan {
+    /// Each order's deliveries, to be sent in this order.
+    pub orders: Vec<Vec<Delivery>>,
+    pub expected: Expected,
+}
+
+impl Plan {
+    pub fn deliveries(&self) -> usize {
+        self.orders.iter().map(Vec::len).sum()
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Scenario {
+    Code,
+    StackedAfterExcluded,
+    TwoAdvocateCodes,
+    ExcludedCodeOnly,
+    ShareLinkRef,
+    ShareLinkUtm,
+    SelfReferral,
+    Organic,
+    Test,
+    Pos,
+    Tagged,
+}
+
+const SCENARIOS: [(Scenario, u32); 11] = [
+    (Scenario::Code, 30),
+    (Scenario::StackedAfterExcluded, 6),
+    (Scenario::TwoAdvocateCodes, 6),
+    (Scenario::ExcludedCodeOnly, 5),
+    (Scenario::ShareLinkRef, 12),
+    (Scenario::ShareLinkUtm, 8),
+    (Scenario::SelfReferral, 4),
+    (Scenario::Organic, 17),
+    (Scenario::Test, 4),
+    (Scenario::Pos, 4),
+    (Scenario::Tagged, 4),
+];
+
+#[derive(Clone, Copy, Debug)]
+enum Pattern {
+    Once,
+    Redelivered,
+    EventResent,
+    NewerFirst,
+    UpdatesOutOfOrder,
+}
+
+const PATTERNS: [(Pattern, u32); 5] = [
+    (Pattern::Once, 60),
+    (Pattern::Redelivered, 10),
+    (Pattern::EventResent, 10),
+    (Pattern::NewerFirst, 10),
+    (Pattern::UpdatesOutOfOrder, 10),
+];
+
+fn pick<T: Copy>(rng: &mut StdRng, weighted: &[(T, u32)]) -> T {
+    let total: u32 = weighted.iter().map(|(_, w)| w).sum();
+    let mut roll = rng.gen_range(0..total);
+    for (item, weight) in weighted {
+        if roll < *weight {
+            return *item;
+        }
+        roll -= weight;
+    }
+    weighted[0].0
+}
+
+/// Plans `orders` orders per store, deterministically from `seed`.
+pub fn plan(stores: &[StoreEntry], advocates: &[AdvocateLine], orders: usize, seed: u64) -> anyhow::Result<Plan> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut expected = Expected::default();
+    let mut planned = Vec::new();
+    let start_ms = 1_764_316_800_000 + (seed as i64 % 1000) * 86_400_000; // 2025-11-28 + seed days
+    for (store_index, store) in stores.iter().enumerate() {
+        let secret = store.webhook_secrets.first().cloned().ok_or_else(|| anyhow::anyhow!("{} has no secret", store.domain))?;
+        let domain = store.domain.to_ascii_lowercase();
+        let active: Vec<&AdvocateLine> = advocates
+            .iter()
+            .filter(|a| a.shop_domain.eq_ignore_ascii_case(&domain) && a.active() && !a.codes().is_empty())
+            .collect();
+        anyhow::ensure!(active.len() >= 2, "{domain} needs at least two active advocates with codes");
+        let excluded_code = store.excluded_codes.first().cloned().unwrap_or_else(|| "SITEWIDE".into());
+        for n in 0..orders {
+            let order_id: u64 = (1u64 << 53) + (seed << 24) + ((store_index as u64) << 20) + n as u64 * 7 + 1;
+            let created_ms = start_ms + n as i64 * 1_500;
+            let scenario = pick(&mut rng, &SCENARIOS);
+            let advocate = *active.choose(&mut rng).expect("non-empty");
+            let other = *active.iter().find(|a| a.id != advocate.id).expect("two advocates");
+            let mut order = OrderSpec::new(&mut rng, order_id, n, created_ms, &domain);
+            let code = |a: &AdvocateLine, rng: &mut StdRng| messy_case(rng, &a.codes()[0]);
+            let credited = match scenario {
+                Scenario::Code => {
+                    order.codes = vec![code(advocate, &mut rng)];
+                    Credit::To(advocate)
+                }
+                Scenario::StackedAfterExcluded => {
+                    order.codes = vec![excluded_code.to_lowercase(), code(advocate, &mut rng)];
+                    Credit::To(advocate)
+                }
+                Scenario::TwoAdvocateCodes => {
+                    order.codes = vec![code(advocate, &mut rng), code(other, &mut rng)];
+                    Credit::To(advocate)
+                }
+                Scenario::ExcludedCodeOnly => {
+                    order.codes = vec![excluded_code.clone()];
+                    Credit::Nobody
+                }
+                Scenario::ShareLinkRef => {
+                    order.landing_site = format!("/products/trail-runner-2?variant=4471&ref={}", advocate.identifier.to_uppercase());
+                    Credit::To(advocate)
+                }
+                Scenario::ShareLinkUtm => {
+                    order.landing_site = format!(
+                        "https://{domain}/?utm_source=instagram&utm_medium=advocate&utm_campaign={}",
+                        advocate.identifier
+                    );
+                    Credit::To(advocate)
+                }
+                Scenario::SelfReferral => {
+                    order.codes = vec![code(advocate, &mut rng)];
+                    order.email = advocate.email.to_uppercase();
+                    Credit::Nobody
+                }
+                Scenario::Organic => Credit::Nobody,
+                Scenario::Test => {
+                    order.codes = vec![code(advocate, &mut rng)];
+                    order.test = true;
+                    Credit::Excluded
+                }
+                Scenario::Pos => {
+                    order.codes = vec![code(advocate, &mut rng)];
+                    order.source_name = "pos".into();
+                    Credit::Excluded
+                }
+                Scenario::Tagged => {
+                    order.landing_site = format!("/?ref={}", advocate.identifier);
+                    order.tags = "wholesale, Exclude".into();
+                    Credit::Excluded
+                }
+            };
+            let pattern = pick(&mut rng, &PATTERNS);
+            let deliveries = deliveries(&mut rng, &order, pattern, &secret);
+            // What the first delivered version says is what settles (a settle delay of 0).
+            let first_total = deliveries.first().map(|(_, total)| *total).unwrap_or_default();
+            match credited {
+                Credit::To(a) => {
+                    let entry = expected.per_advocate.entry((domain.clone(), a.identifier.clone())).or_default();
+                    entry.0 += 1;
+                    entry.1 += first_total;
+                }
+                Credit::Nobody => expected.unattributed_orders += 1,
+                Credit::Excluded => expected.excluded_orders += 1,
+            }
+            planned.push(deliveries.into_iter().map(|(d, _)| d).collect());
+        }
+    }
+    Ok(Plan { orders: planned, expected })
+}
+
+enum Credit<'a> {
+    To(&'a AdvocateLine),
+    Nobody,
+    Excluded,
+}
+
+fn messy_case(rng: &mut StdRng, code: &str) -> String {
+    match rng.gen_range(0..3) {
+        0 => code.to_owned(),
+        1 => code.to_lowercase(),
+        _ => format!(" {} ", code.to_lowercase()),
+    }
+}
+
+/// The order a shopper placed; versions differ only by updated_at, total and status.
+struct OrderSpec {
+    id: u64,
+    number: usize,
+    created_ms: i64,
+    shop: String,
+    email: String,
+    codes: Vec<String>,
+    landing_site: String,
+    source_name: String,
+    tags: String,
+    test: bool,
+    total: Decimal,
+    presentment_currency: &'static str,
+    lines: Vec<(String, Decimal, u32)>,
+}
+
+const PRODUCTS: [(&str, &str); 8] = [
+    ("Trail Runner 2", "89.00"),
+    ("Merino Crew Sock", "18.50"),
+    ("Packable Rain Shell", "149.99"),
+    ("Insulated Bottle 750ml", "34.95"),
+    ("Headlamp 400lm", "42.00"),
+    ("Ultralight Tent 2P", "389.00"),
+    ("Camp Mug", "12.75"),
+    ("Trekking Poles", "119.00"),
+];
+
+impl OrderSpec {
+    fn new(rng: &mut StdRng, id: u64, number: usize, created_ms: i64, shop: &str) -> Self {
+        let lines: Vec<(String, Decimal, u32)> = (0..rng.gen_range(1..=4))
+            .map(|_| {
+                let (title, price) = PRODUCTS[rng.gen_range(0..PRODUCTS.len())];
+                (title.to_owned(), price.parse().expect("literal price"), rng.gen_range(1..=3))
+            })
+            .collect();
+        let total = lines.iter().map(|(_, p, q)| *p * Decimal::from(*q)).sum::<Decimal>() + Decimal::new(599, 2);
+        Self {
+            id,
+            number,
+            created_ms,
+            shop: shop.to_owned(),
+            email: format!("shopper{}@example.net", rng.gen_range(1..5000)),
+            codes: vec![],
+            landing_site: "/".into(),
+            source_name: "web".into(),
+            tags: String::new(),
+            test: false,
+            total,
+            presentment_currency: if rng.gen_bool(0.2) { "EUR" } else { "USD" },
+            lines,
+        }
+    }
+
+    /// A realistic Shopify REST order payload (about 3–7 KB).
+    fn body(&self, updated_ms: i64, total: Decimal, financial_status: &str) -> Vec<u8> {
+        let money = |amount: Decimal| {
+            let presentment = if self.presentment_currency == "EUR" { (amount * Decimal::new(92, 2)).round_dp(2) } else { amount };
+            json!({"shop_money": {"amount": amount.to_string(), "currency_code": "USD"},
+                   "presentment_money": {"amount": presentment.to_string(), "currency_code": self.presentment_currency}})
+        };
+        let line_items: Vec<Value> = self
+            .lines
+            .iter()
+            .enumerate()
+            .map(|(i, (title, price, quantity))| {
+                json!({"id": self.id * 10 + i as u64, "admin_graphql_api_id": format!("gid://shopify/LineItem/{}", self.id * 10 + i as u64),
+                       "title": title, "name": title, "quantity": quantity, "price": price.to_string(), "price_set": money(*price),
+                       "sku": format!("SKU-{}", title.len() * 97), "vendor": "Tributary Outdoors", "product_id": 7_000_000_000u64 + title.len() as u64,
+                       "variant_id": 44_000_000_000u64 + i as u64, "requires_shipping": true, "taxable": true, "gift_card": false,
+                       "fulfillment_service": "manual", "grams": 450, "total_discount": "0.00", "total_discount_set": money(Decimal::ZERO),
+                       "fulfillable_quantity": quantity, "fulfillment_status": null, "product_exists": true, "variant_inventory_management": "shopify",
+                       "properties": [], "tax_lines": [{"title": "State Tax", "price": "0.00", "rate": 0.06, "price_set": money(Decimal::ZERO)}],
+                       "discount_allocations": [], "duties": []})
+            })
+            .collect();
+        let address = json!({"first_name": "Sam", "last_name": "Rivera", "address1": "123 Alder St", "address2": "", "city": "Portland",
+                             "province": "Oregon", "country": "United States", "zip": "97205", "phone": "555-0100", "company": null,
+                             "latitude": 45.52, "longitude": -122.68, "country_code": "US", "province_code": "OR", "name": "Sam Rivera"});
+        let created = format_rfc3339_ms(self.created_ms);
+        let order = json!({
+            "id": self.id, "admin_graphql_api_id": format!("gid://shopify/Order/{}", self.id),
+            "app_id": 580111, "browser_ip": "203.0.113.7", "buyer_accepts_marketing": false, "cancel_reason": null, "cancelled_at": null,
+            "cart_token": format!("c1-{:x}", self.id), "checkout_id": self.id + 3, "checkout_token": format!("{:x}", self.id * 31),
+            "confirmation_number": format!("K{:08X}", self.id % 99_999_999), "confirmed": true, "contact_email": self.email,
+            "created_at": created, "currency": "USD", "current_subtotal_price": total.to_string(),
+            "current_total_price": total.to_string(), "current_total_price_set": money(total), "current_total_tax": "0.00",
+            "customer_locale": "en-US", "discount_codes": self.codes.iter().map(|c| json!({"code": c, "amount": "10.00", "type": "percentage"})).collect::<Vec<_>>(),
+            "email": self.email, "estimated_taxes": false, "financial_status": financial_status, "fulfillment_status": null,
+            "landing_site": self.landing_site, "landing_site_ref": null, "name": format!("#{}", 1000 + self.number), "note": null,
+            "note_attributes": [], "number": self.number, "order_number": 1000 + self.number,
+            "order_status_url": format!("https://{}/orders/{:x}/authenticate", self.shop, self.id),
+            "payment_gateway_names": ["shopify_payments"], "presentment_currency": self.presentment_currency,
+            "processed_at": created, "referring_site": "https://www.instagram.com/", "source_name": self.source_name,
+            "subtotal_price": self.total.to_string(), "subtotal_price_set": money(self.total), "tags": self.tags, "taxes_included": false,
+            "test": self.test, "token": format!("{:x}", self.id * 17), "total_discounts": "0.00", "total_discounts_set": money(Decimal::ZERO),
+            "total_line_items_price": self.total.to_string(), "total_price": self.total.to_string(), "total_price_set": money(self.total),
+            "total_shipping_price_set": money(Decimal::new(599, 2)), "total_tax": "0.00", "total_weight": 1350,
+            "updated_at": format_rfc3339_ms(updated_ms), "billing_address": address, "shipping_address": address,
+            "customer": {"id": 6_000_000_000u64 + self.id % 100_000, "email": self.email, "first_name": "Sam", "last_name": "Rivera",
+                         "state": "enabled", "verified_email": true, "tags": "", "currency": "USD", "accepts_marketing": false,
+                         "default_address": address},
+            "line_items": line_items,
+            "shipping_lines": [{"id": self.id + 5, "title": "Standard", "price": "5.99", "code": "STANDARD", "source": "shopify",
+                                "price_set": money(Decimal::new(599, 2)), "discount_allocations": [], "tax_lines": []}],
+            "fulfillments": [], "refunds": [], "tax_lines": [], "discount_applications": []
+        });
+        serde_json::to_vec(&order).expect("json! values serialize")
+    }
+}
+
+/// Each delivery with the total its payload carries.
+fn deliveries(rng: &mut StdRng, order: &OrderSpec, pattern: Pattern, secret: &str) -> Vec<(Delivery, Decimal)> {
+    let upsell = order.total + Decimal::new(1800, 2);
+    let version = |topic: &'static str, n: i64, total: Decimal, status: &str, id: &str| {
+        let updated = order.created_ms + n * 60_000;
+        (
+            Delivery {
+                shop: order.shop.clone(),
+                topic,
+                webhook_id: format!("{id}-{:x}", order.id),
+                event_id: format!("evt-{}-{:x}", n, order.id),
+                triggered_at_ms: updated + 200,
+                body: order.body(updated, total, status),
+                secret: secret.to_owned(),
+            },
+            total,
+        )
+    };
+    let created = version("orders/create", 0, order.total, "paid", "wh-create");
+    match pattern {
+        Pattern::Once => vec![created],
+        Pattern::Redelivered => vec![created.clone(), created],
+        Pattern::EventResent => {
+            let mut again = created.clone();
+            again.0.webhook_id = format!("wh-retry-{}-{:x}", rng.gen::<u16>(), order.id);
+            vec![created, again]
+        }
+        Pattern::NewerFirst => vec![version("orders/updated", 2, upsell, "paid", "wh-upd2"), created],
+        Pattern::UpdatesOutOfOrder => vec![
+            created,
+            version("orders/fulfilled", 3, upsell, "paid", "wh-ful3"),
+            version("orders/updated", 2, upsell, "paid", "wh-upd2"),
+        ],
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct SendReport {
+    pub sent: usize,
+    pub failed: usize,
+    pub latencies_us: Vec<u64>,
+    pub elapsed: Duration,
+}
+
+/// Sends every order's deliveries in order; different orders go concurrently.
+pub async fn send(url: &str, plan: &Plan, concurrency: usize, progress: Option<indicatif::ProgressBar>) -> SendReport {
+    let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build().unwrap_or_default();
+    let progress = Arc::new(progress);
+    let started = Instant::now();
+    let results: Vec<(usize, usize, Vec<u64>)> = stream::iter(plan.orders.iter())
+        .map(|deliveries| {
+            let client = client.clone();
+            let progress = progress.clone();
+            async move {
+                let (mut sent, mut failed, mut latencies) = (0, 0, Vec::with_capacity(deliveries.len()));
+                for delivery in deliveries {
+                    // Retry as Shopify would, so a 503 during a broker hiccup is not a loss.
+                    for attempt in 0..8u32 {
+                        let t = Instant::now();
+                        let result = delivery.request(&client, url).send().await;
+                        latencies.push(t.elapsed().as_micros() as u64);
+                        match result {
+                            Ok(r) if r.status().is_success() => {
+                                sent += 1;
+                                break;
+                            }
+                            _ if attempt == 7 => failed += 1,
+                            _ => tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt + 1))).await,
+                        }
+                    }
+                    if let Some(bar) = progress.as_ref() {
+                        bar.inc(1);
+                    }
+                }
+                (sent, failed, latencies)
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    let mut report = SendReport { elapsed: started.elapsed(), ..Default::default() };
+    for (sent, failed, latencies) in results {
+        report.sent += sent;
+        report.failed += failed;
+        report.latencies_us.extend(latencies);
+    }
+    report
+}

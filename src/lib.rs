@@ -1,0 +1,9 @@
+#![recursion_limit = "512"]
+//! The `tributary` binary's library: configuration, wiring and operator commands over the
+//! `schemas`, `ingest`, `processors` and `sinks` crates. End-to-end tests use it directly.
+
+pub mod app;
+pub mod config;
+pub mod control_files;
+pub mod generate;
+pub mod report;
