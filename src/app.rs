@@ -39,8 +39,14 @@ impl Readiness {
     }
 }
 
+/// The process's Prometheus recorder, installed on first use.
 pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
-    PrometheusBuilder::new().install_recorder().context("installing the Prometheus recorder")
+    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    if let Some(handle) = HANDLE.get() {
+        return Ok(handle.clone());
+    }
+    let handle = PrometheusBuilder::new().install_recorder().context("installing the Prometheus recorder")?;
+    Ok(HANDLE.get_or_init(|| handle).clone())
 }
 
 /// `/healthz` (the process is up), `/readyz` (every service is ready) and `/metrics`.
@@ -172,3 +178,17 @@ pub fn shutdown_on_signal(token: CancellationToken) {
         token.cancel();
     });
 }
+
+/// Ingest, processor and sink in this process; the first to fail stops the others.
+pub async fn run_all(config: &Config, bootstrap: &str, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let readiness = Readiness::default();
+    let metrics = install_metrics()?;
+    let result = tokio::select! {
+        r = run_ingest(config, bootstrap, readiness.clone(), metrics, shutdown.clone()) => r.context("ingest"),
+        r = run_processor(config, bootstrap, readiness.clone(), shutdown.clone()) => r.context("processor"),
+        r = run_sink(config, bootstrap, readiness.clone(), shutdown.clone()) => r.context("sink"),
+    };
+    shutdown.cancel();
+    result
+}
+

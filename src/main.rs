@@ -124,7 +124,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Run => {
             let (_embedded, bootstrap) = broker_or_embedded(&config).await?;
-            run_all(&config, &bootstrap, shutdown).await
+            app::run_all(&config, &bootstrap, shutdown).await
         }
         Command::Broker { bootstrap_file, brokers } => {
             let broker = EmbeddedBroker::start(brokers, config.kafka.partitions)?;
@@ -213,19 +213,6 @@ fn serve_ops(config: &Config, shutdown: CancellationToken) -> anyhow::Result<Rea
     Ok(readiness)
 }
 
-/// Ingest, processor and sink in this process; the first to fail stops the others.
-async fn run_all(config: &Config, bootstrap: &str, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let readiness = Readiness::default();
-    let metrics = app::install_metrics()?;
-    let result = tokio::select! {
-        r = app::run_ingest(config, bootstrap, readiness.clone(), metrics, shutdown.clone()) => r.context("ingest"),
-        r = app::run_processor(config, bootstrap, readiness.clone(), shutdown.clone()) => r.context("processor"),
-        r = app::run_sink(config, bootstrap, readiness.clone(), shutdown.clone()) => r.context("sink"),
-    };
-    shutdown.cancel();
-    result
-}
-
 fn plan(args: &GenerateArgs) -> anyhow::Result<generate::Plan> {
     let stores = control_files::StoresFile::read(&args.stores)?;
     let advocates = control_files::read_advocates(&args.advocates)?;
@@ -254,7 +241,7 @@ async fn demo(mut config: Config, args: GenerateArgs, shutdown: CancellationToke
     control_files::load_advocates(&bootstrap, &args.advocates).await?;
     let pipeline = {
         let (config, bootstrap, shutdown) = (config.clone(), bootstrap.clone(), shutdown.clone());
-        tokio::spawn(async move { run_all(&config, &bootstrap, shutdown).await })
+        tokio::spawn(async move { app::run_all(&config, &bootstrap, shutdown).await })
     };
     let url = format!("http://{}/webhooks/shopify", config.ingest.listen);
     wait_ready(&format!("http://{}/readyz", config.ingest.listen)).await?;

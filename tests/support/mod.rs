@@ -1,0 +1,248 @@
+//! Test harness: an embedded broker, the pipeline in process, a fresh ClickHouse database per test,
+//! and helpers to sign webhooks and read results back.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rust_decimal::Decimal;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use tributary::config::Config;
+use tributary::control_files;
+use tributary::generate::Delivery;
+use tributary_schemas::kafka::EmbeddedBroker;
+use tributary_schemas::secrets::MasterKey;
+
+pub const SHOP: &str = "demo-outdoors.myshopify.com";
+pub const SECRET: &str = "demo-app-secret-2025";
+pub const PREVIOUS_SECRET: &str = "demo-app-secret-previous";
+
+pub fn repo_path(relative: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+pub fn clickhouse_url() -> String {
+    std::env::var("TRIBUTARY_CH_URL").unwrap_or_else(|_| "http://127.0.0.1:18123".into())
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+/// A config for one test: its own database, ports and master key file.
+pub fn test_config(name: &str, dir: &Path) -> Config {
+    let mut config = Config::default();
+    config.clickhouse.url = clickhouse_url();
+    config.clickhouse.database = format!("e2e_{name}_{}", std::process::id());
+    config.clickhouse.batch_ms = 100;
+    config.ingest.listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    config.processor.commit_interval_ms = 50;
+    config.secrets.master_key_file = dir.join("master.key");
+    config.kafka.partitions = 4;
+    config
+}
+
+pub struct Pipeline {
+    pub config: Config,
+    pub bootstrap: String,
+    pub shutdown: CancellationToken,
+    pub webhook_url: String,
+    pub _broker: EmbeddedBroker,
+    pub _dir: tempfile::TempDir,
+}
+
+impl Pipeline {
+    /// Starts a broker, loads the demo stores and advocates, and runs the whole pipeline.
+    pub async fn start(name: &str, adjust: impl FnOnce(&mut Config)) -> Pipeline {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = test_config(name, dir.path());
+        adjust(&mut config);
+        let broker = EmbeddedBroker::start(1, config.kafka.partitions).expect("mock cluster");
+        let bootstrap = broker.bootstrap_servers();
+        reset_database(&config).await;
+        load_demo_control(&config, &bootstrap).await;
+        let shutdown = CancellationToken::new();
+        {
+            let (config, bootstrap, shutdown) = (config.clone(), bootstrap.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                if let Err(e) = tributary::app::run_all(&config, &bootstrap, shutdown).await {
+                    panic!("pipeline failed: {e:#}");
+                }
+            });
+        }
+        let webhook_url = format!("http://{}/webhooks/shopify", config.ingest.listen);
+        wait_ready(&format!("http://{}/readyz", config.ingest.listen)).await;
+        Pipeline { config, bootstrap, shutdown, webhook_url, _broker: broker, _dir: dir }
+    }
+
+    pub fn clickhouse(&self) -> clickhouse::Client {
+        self.config.clickhouse.client()
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub async fn reset_database(config: &Config) {
+    let server = clickhouse::Client::default().with_url(&config.clickhouse.url).with_validation(false);
+    server
+        .query(&format!("DROP DATABASE IF EXISTS `{}`", config.clickhouse.database))
+        .execute()
+        .await
+        .expect("ClickHouse is running (scripts/clickhouse.sh start)");
+}
+
+pub async fn load_demo_control(config: &Config, bootstrap: &str) {
+    let key = MasterKey::load(&config.secrets.master_key_file, true).expect("master key");
+    control_files::load_stores(bootstrap, &repo_path("deploy/demo/stores.toml"), &key).await.expect("stores");
+    control_files::load_advocates(bootstrap, &repo_path("deploy/demo/advocates.csv")).await.expect("advocates");
+}
+
+pub async fn wait_ready(url: &str) {
+    let client = reqwest::Client::new();
+    for _ in 0..600 {
+        if client.get(url).send().await.is_ok_and(|r| r.status().is_success()) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{url} never became ready");
+}
+
+/// A Shopify order payload with the fields attribution reads.
+#[derive(Clone)]
+pub struct Order {
+    pub id: u64,
+    pub total: &'static str,
+    pub codes: Vec<&'static str>,
+    pub landing_site: &'static str,
+    pub email: &'static str,
+    pub source_name: &'static str,
+    pub tags: &'static str,
+    pub test: bool,
+    pub updated_minute: i64,
+}
+
+impl Order {
+    pub fn new(id: u64, total: &'static str) -> Self {
+        Order { id, total, codes: vec![], landing_site: "/", email: "shopper@example.net", source_name: "web", tags: "", test: false, updated_minute: 0 }
+    }
+
+    pub fn body(&self) -> Vec<u8> {
+        let created = 1_764_331_200_000i64; // 2025-11-28T12:00:00Z
+        serde_json::to_vec(&json!({
+            "id": self.id, "name": format!("#{}", self.id % 100_000), "email": self.email,
+            "created_at": tributary_schemas::time::format_rfc3339_ms(created),
+            "updated_at": tributary_schemas::time::format_rfc3339_ms(created + self.updated_minute * 60_000),
+            "currency": "USD", "current_total_price": self.total, "total_price": self.total,
+            "current_total_price_set": {"shop_money": {"amount": self.total, "currency_code": "USD"},
+                                        "presentment_money": {"amount": self.total, "currency_code": "USD"}},
+            "discount_codes": self.codes.iter().map(|c| json!({"code": c, "amount": "1.00", "type": "fixed_amount"})).collect::<Vec<_>>(),
+            "landing_site": self.landing_site, "source_name": self.source_name, "tags": self.tags, "test": self.test,
+            "financial_status": "paid", "cancelled_at": null, "line_items": [], "customer": {"id": 42, "email": self.email}
+        }))
+        .expect("json")
+    }
+
+    pub fn delivery(&self, topic: &'static str, webhook_id: &str, event_id: &str) -> Delivery {
+        Delivery {
+            shop: SHOP.into(),
+            topic,
+            webhook_id: webhook_id.into(),
+            event_id: event_id.into(),
+            triggered_at_ms: 1_764_331_200_000 + self.updated_minute * 60_000 + 100,
+            body: self.body(),
+            secret: SECRET.into(),
+        }
+    }
+}
+
+pub async fn post(url: &str, delivery: &Delivery) -> u16 {
+    delivery.request(&reqwest::Client::new(), url).send().await.expect("http").status().as_u16()
+}
+
+/// Polls ClickHouse until `query` (one String column) returns `expected`, or fails after 30 s.
+pub async fn eventually(client: &clickhouse::Client, query: &str, expected: &str) {
+    let mut last = String::new();
+    for _ in 0..300 {
+        if let Ok(rows) = client.query(query).fetch_all::<String>().await {
+            last = normalize_decimals(&rows.join("|"));
+            if last == expected {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("query {query}\n  expected {expected}\n  last got {last}");
+}
+
+/// One order's current row: outcome, source, advocate, gross.
+pub async fn order_row(client: &clickhouse::Client, id: u64) -> String {
+    let query = format!(
+        "SELECT concat(outcome, ',', source, ',', advocate_identifier, ',', toString(gross)) FROM attributions_current WHERE order_id = {id}"
+    );
+    normalize_decimals(&client.query(&query).fetch_all::<String>().await.expect("query").join("|"))
+}
+
+/// ClickHouse 18.16 prints Decimal(18, 4) as `100.0000`, newer releases as `100`: compare values.
+pub fn normalize_decimals(text: &str) -> String {
+    let mut out = String::new();
+    let mut token = String::new();
+    let flush = |token: &mut String, out: &mut String| {
+        match token.parse::<Decimal>() {
+            Ok(d) if token.contains('.') => out.push_str(&d.normalize().to_string()),
+            _ => out.push_str(token),
+        }
+        token.clear();
+    };
+    for c in text.chars() {
+        if matches!(c, ':' | ',' | '|') {
+            flush(&mut token, &mut out);
+            out.push(c);
+        } else {
+            token.push(c);
+        }
+    }
+    flush(&mut token, &mut out);
+    out
+}
+
+pub fn dec(s: &str) -> Decimal {
+    s.parse().expect("decimal")
+}
+
+/// A TCP proxy in front of ClickHouse that can refuse connections, to take ClickHouse "down".
+pub struct Switch {
+    pub url: String,
+    pub up: Arc<AtomicBool>,
+}
+
+pub async fn clickhouse_switch() -> Switch {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let target = clickhouse_url().trim_start_matches("http://").to_owned();
+    let up = Arc::new(AtomicBool::new(true));
+    let flag = up.clone();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            if !flag.load(Ordering::SeqCst) {
+                continue; // dropped: connection reset
+            }
+            let target = target.clone();
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    Switch { url: format!("http://127.0.0.1:{port}"), up }
+}
