@@ -108,7 +108,9 @@ impl Config {
             None if Path::new("tributary.toml").exists() => figment = figment.merge(Toml::file("tributary.toml")),
             None => {}
         }
-        figment = figment.merge(Env::prefixed("TRIBUTARY_").split("__").ignore(&["master_key"]));
+        // Only section-qualified variables are config; TRIBUTARY_CONFIG, TRIBUTARY_MASTER_KEY and
+        // the scripts' own variables are not.
+        figment = figment.merge(Env::prefixed("TRIBUTARY_").filter(|key| key.as_str().contains("__")).split("__"));
         Ok(figment.extract()?)
     }
 }

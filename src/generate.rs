@@ -391,13 +391,14 @@ pub async fn send(url: &str, plan: &Plan, concurrency: usize, progress: Option<i
     let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build().unwrap_or_default();
     let progress = Arc::new(progress);
     let started = Instant::now();
-    let results: Vec<(usize, usize, Vec<u64>)> = stream::iter(plan.orders.iter())
+    // Owned items: a stream over borrowed ones cannot be moved into a spawned task.
+    let results: Vec<(usize, usize, Vec<u64>)> = stream::iter(plan.orders.iter().cloned())
         .map(|deliveries| {
             let client = client.clone();
             let progress = progress.clone();
             async move {
                 let (mut sent, mut failed, mut latencies) = (0, 0, Vec::with_capacity(deliveries.len()));
-                for delivery in deliveries {
+                for delivery in &deliveries {
                     // Retry as Shopify would, so a 503 during a broker hiccup is not a loss.
                     for attempt in 0..8u32 {
                         let t = Instant::now();
