@@ -71,6 +71,9 @@ enum Command {
     /// The demo: everything in one process, a generated stream, and ClickHouse's totals beside
     /// the generator's.
     Demo(GenerateArgs),
+    /// The demo's path, measured: webhooks/s, ack latency percentiles, end-to-end time to the last
+    /// row in ClickHouse, and peak RSS.
+    Bench(GenerateArgs),
 }
 
 #[derive(Subcommand)]
@@ -180,7 +183,8 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Dlq { command: DlqCommand::List } => list_dead_letters(&bootstrap(&config)?),
-        Command::Demo(args) => demo(config, args, shutdown).await,
+        Command::Demo(args) => demo(config, args, shutdown, false).await,
+        Command::Bench(args) => demo(config, args, shutdown, true).await,
     }
 }
 
@@ -229,7 +233,7 @@ async fn send_with_progress(url: &str, plan: &generate::Plan, concurrency: usize
     report
 }
 
-async fn demo(mut config: Config, args: GenerateArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+async fn demo(mut config: Config, args: GenerateArgs, shutdown: CancellationToken, bench: bool) -> anyhow::Result<()> {
     if config.clickhouse.database == "tributary" {
         config.clickhouse.database = "tributary_demo".into();
     }
@@ -249,15 +253,19 @@ async fn demo(mut config: Config, args: GenerateArgs, shutdown: CancellationToke
     println!("sending {} deliveries for {} orders to {url}", plan.deliveries(), plan.orders.len());
     let sent = send_with_progress(&url, &plan, args.concurrency).await;
     println!("sent {} ({} failed) in {:.1?}; waiting for ClickHouse", sent.sent, sent.failed, sent.elapsed);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let drained = std::time::Instant::now();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
     let (table, matched) = loop {
         let actual = report::advocate_totals(&client).await.unwrap_or_default();
         let (table, matched) = report::compare(&actual, &plan.expected);
         if matched || tokio::time::Instant::now() > deadline {
             break (table, matched);
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(if bench { 50 } else { 500 })).await;
     };
+    if bench {
+        print_bench(&plan, &sent, sent.elapsed + drained.elapsed());
+    }
     println!("\nper-advocate revenue: ClickHouse (orders, gross) beside the generator's expectation\n{table}");
     println!(
         "unattributed orders expected: {}, excluded orders expected: {}",
@@ -307,4 +315,20 @@ fn list_dead_letters(bootstrap: &str) -> anyhow::Result<()> {
     })?;
     println!("{count} dead letter(s)");
     Ok(())
+}
+
+fn print_bench(plan: &generate::Plan, sent: &generate::SendReport, to_last_row: Duration) {
+    let mut latencies = sent.latencies_us.clone();
+    latencies.sort_unstable();
+    let pct = |p: f64| latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1))).copied().unwrap_or(0);
+    let mean_body = plan.orders.iter().flatten().map(|d| d.body.len()).sum::<usize>() / plan.deliveries().max(1);
+    let peak_rss_kb = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
+        .unwrap_or(0);
+    println!("\nbench ({} deliveries, mean body {} bytes, one process: ingest + processor + sink + embedded broker + generator)", plan.deliveries(), mean_body);
+    println!("  ingest: {:.0} webhooks/s acknowledged", sent.sent as f64 / sent.elapsed.as_secs_f64());
+    println!("  ack latency: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms", pct(0.5) as f64 / 1e3, pct(0.9) as f64 / 1e3, pct(0.99) as f64 / 1e3, pct(1.0) as f64 / 1e3);
+    println!("  end to end: first webhook to the last row in ClickHouse {:.2?} ({:.0} orders/s through processor and sink)", to_last_row, plan.orders.len() as f64 / to_last_row.as_secs_f64());
+    println!("  peak RSS: {} MiB", peak_rss_kb / 1024);
 }
