@@ -29,13 +29,20 @@ pub struct Readiness(Arc<RwLock<Vec<(&'static str, Arc<AtomicBool>)>>>);
 impl Readiness {
     pub fn flag(&self, service: &'static str) -> Arc<AtomicBool> {
         let flag = Arc::new(AtomicBool::new(false));
-        self.0.write().unwrap_or_else(|p| p.into_inner()).push((service, flag.clone()));
+        self.0
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((service, flag.clone()));
         flag
     }
 
     fn not_ready(&self) -> Vec<&'static str> {
         let flags = self.0.read().unwrap_or_else(|p| p.into_inner());
-        flags.iter().filter(|(_, f)| !f.load(Ordering::SeqCst)).map(|(name, _)| *name).collect()
+        flags
+            .iter()
+            .filter(|(_, f)| !f.load(Ordering::SeqCst))
+            .map(|(name, _)| *name)
+            .collect()
     }
 }
 
@@ -45,7 +52,9 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     if let Some(handle) = HANDLE.get() {
         return Ok(handle.clone());
     }
-    let handle = PrometheusBuilder::new().install_recorder().context("installing the Prometheus recorder")?;
+    let handle = PrometheusBuilder::new()
+        .install_recorder()
+        .context("installing the Prometheus recorder")?;
     Ok(HANDLE.get_or_init(|| handle).clone())
 }
 
@@ -61,18 +70,32 @@ pub fn ops_router(readiness: Readiness, metrics: PrometheusHandle) -> Router {
                     if waiting.is_empty() {
                         (axum::http::StatusCode::OK, "ready".to_owned())
                     } else {
-                        (axum::http::StatusCode::SERVICE_UNAVAILABLE, format!("waiting for: {}", waiting.join(", ")))
+                        (
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                            format!("waiting for: {}", waiting.join(", ")),
+                        )
                     }
                 }
             }),
         )
-        .route("/metrics", get(move || std::future::ready(metrics.render())))
+        .route(
+            "/metrics",
+            get(move || std::future::ready(metrics.render())),
+        )
 }
 
-pub async fn serve(listen: std::net::SocketAddr, router: Router, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+pub async fn serve(
+    listen: std::net::SocketAddr,
+    router: Router,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
     tracing::info!(%listen, "serving http");
-    axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await?;
     Ok(())
 }
 
@@ -119,10 +142,11 @@ pub async fn run_ingest(
     follow_control::<Store, _>(bootstrap, topics::STORES, &shutdown, move |key, store| {
         table.apply(key, store, &master_key)
     })
-        .await?;
+    .await?;
     let timeout = Duration::from_millis(config.ingest.produce_timeout_ms);
     let producer: FutureProducer = producer_config(bootstrap, timeout).create()?;
-    let router = shopify_webhooks::router(&config.ingest, producer, stores).merge(ops_router(readiness, metrics));
+    let router = shopify_webhooks::router(&config.ingest, producer, stores)
+        .merge(ops_router(readiness, metrics));
     ready.store(true, Ordering::SeqCst);
     serve(config.ingest.listen, router, shutdown).await
 }
@@ -137,15 +161,28 @@ pub async fn run_processor(
     let control = Arc::new(RwLock::new(Control::default()));
     let stores = control.clone();
     follow_control::<Store, _>(bootstrap, topics::STORES, &shutdown, move |key, store| {
-        stores.write().unwrap_or_else(|p| p.into_inner()).apply_store(key, store)
+        stores
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .apply_store(key, store)
     })
     .await?;
     let advocates = control.clone();
-    follow_control::<Advocate, _>(bootstrap, topics::ADVOCATES, &shutdown, move |key, advocate| {
-        advocates.write().unwrap_or_else(|p| p.into_inner()).apply_advocate(key, advocate)
-    })
+    follow_control::<Advocate, _>(
+        bootstrap,
+        topics::ADVOCATES,
+        &shutdown,
+        move |key, advocate| {
+            advocates
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .apply_advocate(key, advocate)
+        },
+    )
     .await?;
-    Processor::new(bootstrap, config.processor.clone(), control).run(ready, shutdown).await?;
+    Processor::new(bootstrap, config.processor.clone(), control)
+        .run(ready, shutdown)
+        .await?;
     Ok(())
 }
 
@@ -156,7 +193,9 @@ pub async fn run_sink(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let ready = readiness.flag("sink");
-    ClickHouseSink::new(bootstrap, config.clickhouse.clone()).run(ready, shutdown).await?;
+    ClickHouseSink::new(bootstrap, config.clickhouse.clone())
+        .run(ready, shutdown)
+        .await?;
     Ok(())
 }
 
@@ -166,10 +205,11 @@ pub fn shutdown_on_signal(token: CancellationToken) {
         let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]
         {
-            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(_) => return,
-            };
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(term) => term,
+                    Err(_) => return,
+                };
             tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
         }
         #[cfg(not(unix))]
@@ -180,7 +220,11 @@ pub fn shutdown_on_signal(token: CancellationToken) {
 }
 
 /// Ingest, processor and sink in this process; the first to fail stops the others.
-pub async fn run_all(config: &Config, bootstrap: &str, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run_all(
+    config: &Config,
+    bootstrap: &str,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let readiness = Readiness::default();
     let metrics = install_metrics()?;
     let result = tokio::select! {
@@ -191,4 +235,3 @@ pub async fn run_all(config: &Config, bootstrap: &str, shutdown: CancellationTok
     shutdown.cancel();
     result
 }
-

@@ -49,7 +49,11 @@ fn default_replication() -> i32 {
 
 impl Default for KafkaConfig {
     fn default() -> Self {
-        Self { bootstrap_servers: None, partitions: default_partitions(), replication: default_replication() }
+        Self {
+            bootstrap_servers: None,
+            partitions: default_partitions(),
+            replication: default_replication(),
+        }
     }
 }
 
@@ -69,7 +73,9 @@ fn default_master_key_file() -> PathBuf {
 
 impl Default for SecretsConfig {
     fn default() -> Self {
-        Self { master_key_file: default_master_key_file() }
+        Self {
+            master_key_file: default_master_key_file(),
+        }
     }
 }
 
@@ -89,7 +95,9 @@ fn default_ops_listen() -> std::net::SocketAddr {
 
 impl Default for OpsConfig {
     fn default() -> Self {
-        Self { listen: default_ops_listen() }
+        Self {
+            listen: default_ops_listen(),
+        }
     }
 }
 
@@ -103,14 +111,22 @@ impl Config {
     pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         match file {
-            Some(path) if !path.exists() => anyhow::bail!("config file {} not found", path.display()),
+            Some(path) if !path.exists() => {
+                anyhow::bail!("config file {} not found", path.display())
+            }
             Some(path) => figment = figment.merge(Toml::file(path)),
-            None if Path::new("tributary.toml").exists() => figment = figment.merge(Toml::file("tributary.toml")),
+            None if Path::new("tributary.toml").exists() => {
+                figment = figment.merge(Toml::file("tributary.toml"))
+            }
             None => {}
         }
         // Only section-qualified variables are config; TRIBUTARY_CONFIG, TRIBUTARY_MASTER_KEY and
         // the scripts' own variables are not.
-        figment = figment.merge(Env::prefixed("TRIBUTARY_").filter(|key| key.as_str().contains("__")).split("__"));
+        figment = figment.merge(
+            Env::prefixed("TRIBUTARY_")
+                .filter(|key| key.as_str().contains("__"))
+                .split("__"),
+        );
         Ok(figment.extract()?)
     }
 }

@@ -63,7 +63,8 @@ pub struct StoreEntry {
 
 impl StoresFile {
     pub fn read(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
     }
 }
@@ -81,7 +82,12 @@ pub struct AdvocateLine {
 
 impl AdvocateLine {
     pub fn codes(&self) -> Vec<String> {
-        self.codes.split(';').map(str::trim).filter(|c| !c.is_empty()).map(str::to_owned).collect()
+        self.codes
+            .split(';')
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .map(str::to_owned)
+            .collect()
     }
 
     pub fn active(&self) -> bool {
@@ -90,12 +96,21 @@ impl AdvocateLine {
 }
 
 pub fn read_advocates(path: &Path) -> anyhow::Result<Vec<AdvocateLine>> {
-    let mut reader = csv::Reader::from_path(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut reader =
+        csv::Reader::from_path(path).with_context(|| format!("reading {}", path.display()))?;
     let mut lines = Vec::new();
     for (index, line) in reader.deserialize().enumerate() {
-        let line: AdvocateLine = line.with_context(|| format!("{} line {}", path.display(), index + 2))?;
-        if !matches!(line.status.trim().to_ascii_lowercase().as_str(), "active" | "inactive") {
-            anyhow::bail!("{} line {}: status must be active or inactive", path.display(), index + 2);
+        let line: AdvocateLine =
+            line.with_context(|| format!("{} line {}", path.display(), index + 2))?;
+        if !matches!(
+            line.status.trim().to_ascii_lowercase().as_str(),
+            "active" | "inactive"
+        ) {
+            anyhow::bail!(
+                "{} line {}: status must be active or inactive",
+                path.display(),
+                index + 2
+            );
         }
         lines.push(line);
     }
@@ -106,8 +121,16 @@ pub fn store_record(entry: &StoreEntry, master_key: &MasterKey) -> Store {
     let domain = entry.domain.trim().to_ascii_lowercase();
     let purpose = webhook_secret_purpose(&domain);
     Store {
-        webhook_secrets_sealed: entry.webhook_secrets.iter().map(|s| master_key.seal(&purpose, s)).collect(),
-        status: if entry.disconnected { StoreStatus::Disconnected } else { StoreStatus::Active },
+        webhook_secrets_sealed: entry
+            .webhook_secrets
+            .iter()
+            .map(|s| master_key.seal(&purpose, s))
+            .collect(),
+        status: if entry.disconnected {
+            StoreStatus::Disconnected
+        } else {
+            StoreStatus::Active
+        },
         settle_delay_minutes: entry.settle_delay_minutes,
         excluded_channels: entry.excluded_channels.clone(),
         excluded_tags: entry.excluded_tags.clone(),
@@ -125,26 +148,41 @@ pub fn advocate_record(line: &AdvocateLine) -> Advocate {
         identifier: line.identifier.trim().to_owned(),
         first_name: line.first_name.trim().to_owned(),
         email: line.email.trim().to_owned(),
-        status: if line.active() { AdvocateStatus::Active } else { AdvocateStatus::Inactive },
+        status: if line.active() {
+            AdvocateStatus::Active
+        } else {
+            AdvocateStatus::Inactive
+        },
         codes: line.codes(),
         updated_at_ms: now_ms(),
     }
 }
 
 /// Publishes records to a control topic and waits for every acknowledgement.
-pub async fn publish<T: AvroRecord>(bootstrap: &str, topic: &str, records: &[(String, T)]) -> anyhow::Result<usize> {
+pub async fn publish<T: AvroRecord>(
+    bootstrap: &str,
+    topic: &str,
+    records: &[(String, T)],
+) -> anyhow::Result<usize> {
     let producer: FutureProducer = producer_config(bootstrap, Duration::from_secs(10)).create()?;
     for (key, record) in records {
         let payload = record.to_avro()?;
         producer
-            .send(FutureRecord::to(topic).key(key).payload(&payload), Duration::from_secs(10))
+            .send(
+                FutureRecord::to(topic).key(key).payload(&payload),
+                Duration::from_secs(10),
+            )
             .await
             .map_err(|(e, _)| anyhow::anyhow!("publishing to {topic}: {e}"))?;
     }
     Ok(records.len())
 }
 
-pub async fn load_stores(bootstrap: &str, path: &Path, master_key: &MasterKey) -> anyhow::Result<usize> {
+pub async fn load_stores(
+    bootstrap: &str,
+    path: &Path,
+    master_key: &MasterKey,
+) -> anyhow::Result<usize> {
     let file = StoresFile::read(path)?;
     let records: Vec<(String, Store)> = file
         .store

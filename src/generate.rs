@@ -41,7 +41,10 @@ impl Delivery {
             .header("X-Shopify-Shop-Domain", &self.shop)
             .header("X-Shopify-Webhook-Id", &self.webhook_id)
             .header("X-Shopify-Event-Id", &self.event_id)
-            .header("X-Shopify-Triggered-At", format_rfc3339_ms(self.triggered_at_ms))
+            .header(
+                "X-Shopify-Triggered-At",
+                format_rfc3339_ms(self.triggered_at_ms),
+            )
             .header("X-Shopify-Api-Version", "2025-10")
             .body(self.body.clone())
     }
@@ -126,26 +129,48 @@ fn pick<T: Copy>(rng: &mut StdRng, weighted: &[(T, u32)]) -> T {
 }
 
 /// Plans `orders` orders per store, deterministically from `seed`.
-pub fn plan(stores: &[StoreEntry], advocates: &[AdvocateLine], orders: usize, seed: u64) -> anyhow::Result<Plan> {
+pub fn plan(
+    stores: &[StoreEntry],
+    advocates: &[AdvocateLine],
+    orders: usize,
+    seed: u64,
+) -> anyhow::Result<Plan> {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut expected = Expected::default();
     let mut planned = Vec::new();
     let start_ms = 1_764_316_800_000 + (seed as i64 % 1000) * 86_400_000; // 2025-11-28 + seed days
     for (store_index, store) in stores.iter().enumerate() {
-        let secret = store.webhook_secrets.first().cloned().ok_or_else(|| anyhow::anyhow!("{} has no secret", store.domain))?;
+        let secret = store
+            .webhook_secrets
+            .first()
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("{} has no secret", store.domain))?;
         let domain = store.domain.to_ascii_lowercase();
         let active: Vec<&AdvocateLine> = advocates
             .iter()
-            .filter(|a| a.shop_domain.eq_ignore_ascii_case(&domain) && a.active() && !a.codes().is_empty())
+            .filter(|a| {
+                a.shop_domain.eq_ignore_ascii_case(&domain) && a.active() && !a.codes().is_empty()
+            })
             .collect();
-        anyhow::ensure!(active.len() >= 2, "{domain} needs at least two active advocates with codes");
-        let excluded_code = store.excluded_codes.first().cloned().unwrap_or_else(|| "SITEWIDE".into());
+        anyhow::ensure!(
+            active.len() >= 2,
+            "{domain} needs at least two active advocates with codes"
+        );
+        let excluded_code = store
+            .excluded_codes
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "SITEWIDE".into());
         for n in 0..orders {
-            let order_id: u64 = (1u64 << 53) + (seed << 24) + ((store_index as u64) << 20) + n as u64 * 7 + 1;
+            let order_id: u64 =
+                (1u64 << 53) + (seed << 24) + ((store_index as u64) << 20) + n as u64 * 7 + 1;
             let created_ms = start_ms + n as i64 * 1_500;
             let scenario = pick(&mut rng, &SCENARIOS);
             let advocate = *active.choose(&mut rng).expect("non-empty");
-            let other = *active.iter().find(|a| a.id != advocate.id).expect("two advocates");
+            let other = *active
+                .iter()
+                .find(|a| a.id != advocate.id)
+                .expect("two advocates");
             let mut order = OrderSpec::new(&mut rng, order_id, n, created_ms, &domain);
             let code = |a: &AdvocateLine, rng: &mut StdRng| messy_case(rng, &a.codes()[0]);
             let credited = match scenario {
@@ -166,7 +191,10 @@ pub fn plan(stores: &[StoreEntry], advocates: &[AdvocateLine], orders: usize, se
                     Credit::Nobody
                 }
                 Scenario::ShareLinkRef => {
-                    order.landing_site = format!("/products/trail-runner-2?variant=4471&ref={}", advocate.identifier.to_uppercase());
+                    order.landing_site = format!(
+                        "/products/trail-runner-2?variant=4471&ref={}",
+                        advocate.identifier.to_uppercase()
+                    );
                     Credit::To(advocate)
                 }
                 Scenario::ShareLinkUtm => {
@@ -201,10 +229,16 @@ pub fn plan(stores: &[StoreEntry], advocates: &[AdvocateLine], orders: usize, se
             let pattern = pick(&mut rng, &PATTERNS);
             let deliveries = deliveries(&mut rng, &order, pattern, &secret);
             // What the first delivered version says is what settles (a settle delay of 0).
-            let first_total = deliveries.first().map(|(_, total)| *total).unwrap_or_default();
+            let first_total = deliveries
+                .first()
+                .map(|(_, total)| *total)
+                .unwrap_or_default();
             match credited {
                 Credit::To(a) => {
-                    let entry = expected.per_advocate.entry((domain.clone(), a.identifier.clone())).or_default();
+                    let entry = expected
+                        .per_advocate
+                        .entry((domain.clone(), a.identifier.clone()))
+                        .or_default();
                     entry.0 += 1;
                     entry.1 += first_total;
                 }
@@ -214,7 +248,10 @@ pub fn plan(stores: &[StoreEntry], advocates: &[AdvocateLine], orders: usize, se
             planned.push(deliveries.into_iter().map(|(d, _)| d).collect());
         }
     }
-    Ok(Plan { orders: planned, expected })
+    Ok(Plan {
+        orders: planned,
+        expected,
+    })
 }
 
 enum Credit<'a> {
@@ -264,10 +301,18 @@ impl OrderSpec {
         let lines: Vec<(String, Decimal, u32)> = (0..rng.gen_range(1..=4))
             .map(|_| {
                 let (title, price) = PRODUCTS[rng.gen_range(0..PRODUCTS.len())];
-                (title.to_owned(), price.parse().expect("literal price"), rng.gen_range(1..=3))
+                (
+                    title.to_owned(),
+                    price.parse().expect("literal price"),
+                    rng.gen_range(1..=3),
+                )
             })
             .collect();
-        let total = lines.iter().map(|(_, p, q)| *p * Decimal::from(*q)).sum::<Decimal>() + Decimal::new(599, 2);
+        let total = lines
+            .iter()
+            .map(|(_, p, q)| *p * Decimal::from(*q))
+            .sum::<Decimal>()
+            + Decimal::new(599, 2);
         Self {
             id,
             number,
@@ -288,7 +333,11 @@ impl OrderSpec {
     /// A realistic Shopify REST order payload (about 3–7 KB).
     fn body(&self, updated_ms: i64, total: Decimal, financial_status: &str) -> Vec<u8> {
         let money = |amount: Decimal| {
-            let presentment = if self.presentment_currency == "EUR" { (amount * Decimal::new(92, 2)).round_dp(2) } else { amount };
+            let presentment = if self.presentment_currency == "EUR" {
+                (amount * Decimal::new(92, 2)).round_dp(2)
+            } else {
+                amount
+            };
             json!({"shop_money": {"amount": amount.to_string(), "currency_code": "USD"},
                    "presentment_money": {"amount": presentment.to_string(), "currency_code": self.presentment_currency}})
         };
@@ -343,7 +392,12 @@ impl OrderSpec {
 }
 
 /// Each delivery with the total its payload carries.
-fn deliveries(rng: &mut StdRng, order: &OrderSpec, pattern: Pattern, secret: &str) -> Vec<(Delivery, Decimal)> {
+fn deliveries(
+    rng: &mut StdRng,
+    order: &OrderSpec,
+    pattern: Pattern,
+    secret: &str,
+) -> Vec<(Delivery, Decimal)> {
     let upsell = order.total + Decimal::new(1800, 2);
     let version = |topic: &'static str, n: i64, total: Decimal, status: &str, id: &str| {
         let updated = order.created_ms + n * 60_000;
@@ -369,7 +423,10 @@ fn deliveries(rng: &mut StdRng, order: &OrderSpec, pattern: Pattern, secret: &st
             again.0.webhook_id = format!("wh-retry-{}-{:x}", rng.gen::<u16>(), order.id);
             vec![created, again]
         }
-        Pattern::NewerFirst => vec![version("orders/updated", 2, upsell, "paid", "wh-upd2"), created],
+        Pattern::NewerFirst => vec![
+            version("orders/updated", 2, upsell, "paid", "wh-upd2"),
+            created,
+        ],
         Pattern::UpdatesOutOfOrder => vec![
             created,
             version("orders/fulfilled", 3, upsell, "paid", "wh-ful3"),
@@ -387,8 +444,16 @@ pub struct SendReport {
 }
 
 /// Sends every order's deliveries in order; different orders go concurrently.
-pub async fn send(url: &str, plan: &Plan, concurrency: usize, progress: Option<indicatif::ProgressBar>) -> SendReport {
-    let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build().unwrap_or_default();
+pub async fn send(
+    url: &str,
+    plan: &Plan,
+    concurrency: usize,
+    progress: Option<indicatif::ProgressBar>,
+) -> SendReport {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()
+        .unwrap_or_default();
     let progress = Arc::new(progress);
     let started = Instant::now();
     // Owned items: a stream over borrowed ones cannot be moved into a spawned task.
@@ -397,7 +462,8 @@ pub async fn send(url: &str, plan: &Plan, concurrency: usize, progress: Option<i
             let client = client.clone();
             let progress = progress.clone();
             async move {
-                let (mut sent, mut failed, mut latencies) = (0, 0, Vec::with_capacity(deliveries.len()));
+                let (mut sent, mut failed, mut latencies) =
+                    (0, 0, Vec::with_capacity(deliveries.len()));
                 for delivery in &deliveries {
                     // Retry as Shopify would, so a 503 during a broker hiccup is not a loss.
                     for attempt in 0..8u32 {
@@ -410,7 +476,12 @@ pub async fn send(url: &str, plan: &Plan, concurrency: usize, progress: Option<i
                                 break;
                             }
                             _ if attempt == 7 => failed += 1,
-                            _ => tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt + 1))).await,
+                            _ => {
+                                tokio::time::sleep(Duration::from_millis(
+                                    200 * u64::from(attempt + 1),
+                                ))
+                                .await
+                            }
                         }
                     }
                     if let Some(bar) = progress.as_ref() {
@@ -423,7 +494,10 @@ pub async fn send(url: &str, plan: &Plan, concurrency: usize, progress: Option<i
         .buffer_unordered(concurrency)
         .collect()
         .await;
-    let mut report = SendReport { elapsed: started.elapsed(), ..Default::default() };
+    let mut report = SendReport {
+        elapsed: started.elapsed(),
+        ..Default::default()
+    };
     for (sent, failed, latencies) in results {
         report.sent += sent;
         report.failed += failed;

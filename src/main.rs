@@ -116,7 +116,8 @@ struct GenerateArgs {
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,rdkafka=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,rdkafka=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -129,11 +130,15 @@ async fn main() -> anyhow::Result<()> {
             let (_embedded, bootstrap) = broker_or_embedded(&config).await?;
             app::run_all(&config, &bootstrap, shutdown).await
         }
-        Command::Broker { bootstrap_file, brokers } => {
+        Command::Broker {
+            bootstrap_file,
+            brokers,
+        } => {
             let broker = EmbeddedBroker::start(brokers, config.kafka.partitions)?;
             let bootstrap = broker.bootstrap_servers();
             if let Some(path) = bootstrap_file {
-                std::fs::write(&path, &bootstrap).with_context(|| format!("writing {}", path.display()))?;
+                std::fs::write(&path, &bootstrap)
+                    .with_context(|| format!("writing {}", path.display()))?;
             }
             println!("{bootstrap}");
             shutdown.cancelled().await;
@@ -141,28 +146,48 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Ingest => {
             let metrics = app::install_metrics()?;
-            app::run_ingest(&config, &bootstrap(&config)?, Readiness::default(), metrics, shutdown).await
+            app::run_ingest(
+                &config,
+                &bootstrap(&config)?,
+                Readiness::default(),
+                metrics,
+                shutdown,
+            )
+            .await
         }
         Command::Process => {
-            let (readiness, bootstrap) = (serve_ops(&config, shutdown.clone())?, bootstrap(&config)?);
+            let (readiness, bootstrap) =
+                (serve_ops(&config, shutdown.clone())?, bootstrap(&config)?);
             app::run_processor(&config, &bootstrap, readiness, shutdown).await
         }
         Command::Sink => {
-            let (readiness, bootstrap) = (serve_ops(&config, shutdown.clone())?, bootstrap(&config)?);
+            let (readiness, bootstrap) =
+                (serve_ops(&config, shutdown.clone())?, bootstrap(&config)?);
             app::run_sink(&config, &bootstrap, readiness, shutdown).await
         }
-        Command::Topics { command: TopicsCommand::Create } => {
-            let created = provision_topics(&bootstrap(&config)?, config.kafka.partitions, config.kafka.replication).await?;
+        Command::Topics {
+            command: TopicsCommand::Create,
+        } => {
+            let created = provision_topics(
+                &bootstrap(&config)?,
+                config.kafka.partitions,
+                config.kafka.replication,
+            )
+            .await?;
             println!("created {} topic(s): {}", created.len(), created.join(", "));
             Ok(())
         }
-        Command::Stores { command: LoadCommand::Load { file } } => {
+        Command::Stores {
+            command: LoadCommand::Load { file },
+        } => {
             let key = MasterKey::load(&config.secrets.master_key_file, true)?;
             let n = control_files::load_stores(&bootstrap(&config)?, &file, &key).await?;
             println!("published {n} store(s)");
             Ok(())
         }
-        Command::Advocates { command: LoadCommand::Load { file } } => {
+        Command::Advocates {
+            command: LoadCommand::Load { file },
+        } => {
             let n = control_files::load_advocates(&bootstrap(&config)?, &file).await?;
             println!("published {n} advocate(s)");
             Ok(())
@@ -170,7 +195,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Generate(args) => {
             let plan = plan(&args)?;
             let report = send_with_progress(&args.url, &plan, args.concurrency).await;
-            println!("sent {} deliveries ({} failed) in {:.1?}", report.sent, report.failed, report.elapsed);
+            println!(
+                "sent {} deliveries ({} failed) in {:.1?}",
+                report.sent, report.failed, report.elapsed
+            );
             let (table, _) = report::compare(&Default::default(), &plan.expected);
             println!("expected per advocate (the orders and gross columns are empty: this is the generator's side)\n{table}");
             Ok(())
@@ -178,11 +206,16 @@ async fn main() -> anyhow::Result<()> {
         Command::Report => {
             let totals = report::advocate_totals(&config.clickhouse.client()).await?;
             for ((shop, advocate), (orders, gross)) in totals {
-                println!("{shop:<32} {advocate:<12} {orders:>8} {:>14}", gross.round_dp(2));
+                println!(
+                    "{shop:<32} {advocate:<12} {orders:>8} {:>14}",
+                    gross.round_dp(2)
+                );
             }
             Ok(())
         }
-        Command::Dlq { command: DlqCommand::List } => list_dead_letters(&bootstrap(&config)?),
+        Command::Dlq {
+            command: DlqCommand::List,
+        } => list_dead_letters(&bootstrap(&config)?),
         Command::Demo(args) => demo(config, args, shutdown, false).await,
         Command::Bench(args) => demo(config, args, shutdown, true).await,
     }
@@ -223,22 +256,39 @@ fn plan(args: &GenerateArgs) -> anyhow::Result<generate::Plan> {
     generate::plan(&stores.store, &advocates, args.orders, args.seed)
 }
 
-async fn send_with_progress(url: &str, plan: &generate::Plan, concurrency: usize) -> generate::SendReport {
+async fn send_with_progress(
+    url: &str,
+    plan: &generate::Plan,
+    concurrency: usize,
+) -> generate::SendReport {
     let bar = indicatif::ProgressBar::new(plan.deliveries() as u64).with_style(
-        indicatif::ProgressStyle::with_template("{spinner} sending webhooks {bar:40} {pos}/{len} {per_sec} eta {eta}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(
+            "{spinner} sending webhooks {bar:40} {pos}/{len} {per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let report = generate::send(url, plan, concurrency, Some(bar.clone())).await;
     bar.finish();
     report
 }
 
-async fn demo(mut config: Config, args: GenerateArgs, shutdown: CancellationToken, bench: bool) -> anyhow::Result<()> {
+async fn demo(
+    mut config: Config,
+    args: GenerateArgs,
+    shutdown: CancellationToken,
+    bench: bool,
+) -> anyhow::Result<()> {
     if config.clickhouse.database == "tributary" {
         config.clickhouse.database = "tributary_demo".into();
     }
     let client = config.clickhouse.client();
-    let _ = client.query(&format!("DROP DATABASE IF EXISTS `{}`", config.clickhouse.database)).execute().await;
+    let _ = client
+        .query(&format!(
+            "DROP DATABASE IF EXISTS `{}`",
+            config.clickhouse.database
+        ))
+        .execute()
+        .await;
     let (_embedded, bootstrap) = broker_or_embedded(&config).await?;
     let key = MasterKey::load(&config.secrets.master_key_file, true)?;
     control_files::load_stores(&bootstrap, &args.stores, &key).await?;
@@ -250,9 +300,16 @@ async fn demo(mut config: Config, args: GenerateArgs, shutdown: CancellationToke
     let url = format!("http://{}/webhooks/shopify", config.ingest.listen);
     wait_ready(&format!("http://{}/readyz", config.ingest.listen)).await?;
     let plan = plan(&args)?;
-    println!("sending {} deliveries for {} orders to {url}", plan.deliveries(), plan.orders.len());
+    println!(
+        "sending {} deliveries for {} orders to {url}",
+        plan.deliveries(),
+        plan.orders.len()
+    );
     let sent = send_with_progress(&url, &plan, args.concurrency).await;
-    println!("sent {} ({} failed) in {:.1?}; waiting for ClickHouse", sent.sent, sent.failed, sent.elapsed);
+    println!(
+        "sent {} ({} failed) in {:.1?}; waiting for ClickHouse",
+        sent.sent, sent.failed, sent.elapsed
+    );
     let drained = std::time::Instant::now();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
     let (table, matched) = loop {
@@ -281,7 +338,12 @@ async fn demo(mut config: Config, args: GenerateArgs, shutdown: CancellationToke
 async fn wait_ready(url: &str) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
     for _ in 0..300 {
-        if client.get(url).send().await.is_ok_and(|r| r.status().is_success()) {
+        if client
+            .get(url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -302,7 +364,11 @@ fn list_dead_letters(bootstrap: &str) -> anyhow::Result<()> {
                 .unwrap_or_default()
         };
         let letter = message.payload().map(DeadLetter::from_avro);
-        let bytes = letter.as_ref().and_then(|l| l.as_ref().ok()).map(|l| l.payload.len()).unwrap_or_default();
+        let bytes = letter
+            .as_ref()
+            .and_then(|l| l.as_ref().ok())
+            .map(|l| l.payload.len())
+            .unwrap_or_default();
         println!(
             "{}:{}@{}\tstage={}\terror={}\tpayload={} bytes",
             header(dlq_headers::SOURCE_TOPIC),
@@ -320,15 +386,39 @@ fn list_dead_letters(bootstrap: &str) -> anyhow::Result<()> {
 fn print_bench(plan: &generate::Plan, sent: &generate::SendReport, to_last_row: Duration) {
     let mut latencies = sent.latencies_us.clone();
     latencies.sort_unstable();
-    let pct = |p: f64| latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1))).copied().unwrap_or(0);
-    let mean_body = plan.orders.iter().flatten().map(|d| d.body.len()).sum::<usize>() / plan.deliveries().max(1);
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
+    let mean_body = plan
+        .orders
+        .iter()
+        .flatten()
+        .map(|d| d.body.len())
+        .sum::<usize>()
+        / plan.deliveries().max(1);
     let peak_rss_kb = std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
         .unwrap_or(0);
     println!("\nbench ({} deliveries, mean body {} bytes, one process: ingest + processor + sink + embedded broker + generator)", plan.deliveries(), mean_body);
-    println!("  ingest: {:.0} webhooks/s acknowledged", sent.sent as f64 / sent.elapsed.as_secs_f64());
-    println!("  ack latency: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms", pct(0.5) as f64 / 1e3, pct(0.9) as f64 / 1e3, pct(0.99) as f64 / 1e3, pct(1.0) as f64 / 1e3);
+    println!(
+        "  ingest: {:.0} webhooks/s acknowledged",
+        sent.sent as f64 / sent.elapsed.as_secs_f64()
+    );
+    println!(
+        "  ack latency: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        pct(0.5) as f64 / 1e3,
+        pct(0.9) as f64 / 1e3,
+        pct(0.99) as f64 / 1e3,
+        pct(1.0) as f64 / 1e3
+    );
     println!("  end to end: first webhook to the last row in ClickHouse {:.2?} ({:.0} orders/s through processor and sink)", to_last_row, plan.orders.len() as f64 / to_last_row.as_secs_f64());
     println!("  peak RSS: {} MiB", peak_rss_kb / 1024);
 }

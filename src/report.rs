@@ -7,7 +7,9 @@ use rust_decimal::Decimal;
 use crate::generate::Expected;
 
 /// (shop, advocate identifier) → (orders, gross) from the `advocate_stats` view.
-pub async fn advocate_totals(client: &clickhouse::Client) -> anyhow::Result<BTreeMap<(String, String), (u64, Decimal)>> {
+pub async fn advocate_totals(
+    client: &clickhouse::Client,
+) -> anyhow::Result<BTreeMap<(String, String), (u64, Decimal)>> {
     let rows: Vec<(String, String, String, String)> = client
         .query(
             "SELECT shop_domain, advocate_identifier, toString(sum(orders)), toString(sum(gross))
@@ -16,16 +18,25 @@ pub async fn advocate_totals(client: &clickhouse::Client) -> anyhow::Result<BTre
         .fetch_all()
         .await?;
     rows.into_iter()
-        .map(|(shop, advocate, orders, gross)| Ok(((shop, advocate), (orders.parse()?, gross.parse()?))))
+        .map(|(shop, advocate, orders, gross)| {
+            Ok(((shop, advocate), (orders.parse()?, gross.parse()?)))
+        })
         .collect()
 }
 
 /// The side-by-side table; returns it and whether every row matches.
-pub fn compare(actual: &BTreeMap<(String, String), (u64, Decimal)>, expected: &Expected) -> (String, bool) {
-    let mut keys: Vec<&(String, String)> = actual.keys().chain(expected.per_advocate.keys()).collect();
+pub fn compare(
+    actual: &BTreeMap<(String, String), (u64, Decimal)>,
+    expected: &Expected,
+) -> (String, bool) {
+    let mut keys: Vec<&(String, String)> =
+        actual.keys().chain(expected.per_advocate.keys()).collect();
     keys.sort();
     keys.dedup();
-    let mut out = format!("{:<32} {:<12} {:>8} {:>14} {:>8} {:>14}  {}\n", "store", "advocate", "orders", "gross", "expect", "expected gross", "");
+    let mut out = format!(
+        "{:<32} {:<12} {:>8} {:>14} {:>8} {:>14}  {}\n",
+        "store", "advocate", "orders", "gross", "expect", "expected gross", ""
+    );
     let mut all_match = true;
     for key in keys {
         let got = actual.get(key).copied().unwrap_or_default();

@@ -20,7 +20,12 @@ struct Services {
 impl Services {
     fn spawn(&self, subcommand: &str, extra: &[(&str, String)]) -> Child {
         let mut command = Command::new(env!("CARGO_BIN_EXE_tributary"));
-        command.arg(subcommand).env("RUST_LOG", "warn").stdout(Stdio::null()).stderr(Stdio::inherit()).kill_on_drop(true);
+        command
+            .arg(subcommand)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
         for (k, v) in &self.env {
             command.env(k, v);
         }
@@ -61,13 +66,31 @@ async fn killing_processor_and_sink_mid_stream_keeps_totals_exact() {
     load_demo_control(&config, &bootstrap).await;
     let services = Services {
         env: vec![
-            ("TRIBUTARY_KAFKA__BOOTSTRAP_SERVERS".into(), bootstrap.clone()),
-            ("TRIBUTARY_SECRETS__MASTER_KEY_FILE".into(), config.secrets.master_key_file.display().to_string()),
-            ("TRIBUTARY_INGEST__LISTEN".into(), config.ingest.listen.to_string()),
-            ("TRIBUTARY_CLICKHOUSE__URL".into(), config.clickhouse.url.clone()),
-            ("TRIBUTARY_CLICKHOUSE__DATABASE".into(), config.clickhouse.database.clone()),
+            (
+                "TRIBUTARY_KAFKA__BOOTSTRAP_SERVERS".into(),
+                bootstrap.clone(),
+            ),
+            (
+                "TRIBUTARY_SECRETS__MASTER_KEY_FILE".into(),
+                config.secrets.master_key_file.display().to_string(),
+            ),
+            (
+                "TRIBUTARY_INGEST__LISTEN".into(),
+                config.ingest.listen.to_string(),
+            ),
+            (
+                "TRIBUTARY_CLICKHOUSE__URL".into(),
+                config.clickhouse.url.clone(),
+            ),
+            (
+                "TRIBUTARY_CLICKHOUSE__DATABASE".into(),
+                config.clickhouse.database.clone(),
+            ),
             ("TRIBUTARY_CLICKHOUSE__BATCH_MS".into(), "100".into()),
-            ("TRIBUTARY_PROCESSOR__COMMIT_INTERVAL_MS".into(), "300".into()),
+            (
+                "TRIBUTARY_PROCESSOR__COMMIT_INTERVAL_MS".into(),
+                "300".into(),
+            ),
         ],
     };
     let ops = |port: u16| [("TRIBUTARY_OPS__LISTEN", format!("127.0.0.1:{port}"))];
@@ -85,7 +108,10 @@ async fn killing_processor_and_sink_mid_stream_keeps_totals_exact() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(std::process::id() as u64);
     let mut kills = 0;
     for (n, orders) in plan.orders.chunks(plan.orders.len() / 8 + 1).enumerate() {
-        let chunk = generate::Plan { orders: orders.to_vec(), expected: Default::default() };
+        let chunk = generate::Plan {
+            orders: orders.to_vec(),
+            expected: Default::default(),
+        };
         let sent = generate::send(&url, &chunk, 8, None).await;
         assert_eq!(sent.failed, 0);
         tokio::time::sleep(Duration::from_millis(rng.gen_range(0..150))).await;
@@ -104,12 +130,21 @@ async fn killing_processor_and_sink_mid_stream_keeps_totals_exact() {
 
     let ch = config.clickhouse.client();
     let expected_orders = plan.orders.len().to_string();
-    eventually(&ch, "SELECT toString(count()) FROM attributions_current", &expected_orders).await;
+    eventually(
+        &ch,
+        "SELECT toString(count()) FROM attributions_current",
+        &expected_orders,
+    )
+    .await;
     let mut last = String::new();
     for _ in 0..100 {
-        let (table, matched) = report::compare(&report::advocate_totals(&ch).await.unwrap(), &plan.expected);
+        let (table, matched) =
+            report::compare(&report::advocate_totals(&ch).await.unwrap(), &plan.expected);
         if matched {
-            eprintln!("crash test: {kills} kills, {} deliveries, totals exact\n{table}", plan.deliveries());
+            eprintln!(
+                "crash test: {kills} kills, {} deliveries, totals exact\n{table}",
+                plan.deliveries()
+            );
             return;
         }
         last = table;

@@ -28,35 +28,79 @@ async fn receiver_answers_each_bad_request_clearly_and_produces_nothing() {
     let mut forged = good.clone();
     forged.secret = "not-the-secret".into();
     assert_eq!(post(&p.webhook_url, &forged).await, 401, "wrong secret");
-    let unsigned = client.post(&p.webhook_url).header("X-Shopify-Shop-Domain", SHOP).body(good.body.clone());
-    assert_eq!(unsigned.send().await.unwrap().status(), 401, "missing signature");
+    let unsigned = client
+        .post(&p.webhook_url)
+        .header("X-Shopify-Shop-Domain", SHOP)
+        .body(good.body.clone());
+    assert_eq!(
+        unsigned.send().await.unwrap().status(),
+        401,
+        "missing signature"
+    );
     let mut tampered = good.request(&client, &p.webhook_url).build().unwrap();
-    *tampered.body_mut() = Some(b"{\"id\": 1, \"total_price\": \"999999.00\"}".to_vec().into());
-    assert_eq!(client.execute(tampered).await.unwrap().status(), 401, "body changed after signing");
+    *tampered.body_mut() = Some(
+        b"{\"id\": 1, \"total_price\": \"999999.00\"}"
+            .to_vec()
+            .into(),
+    );
+    assert_eq!(
+        client.execute(tampered).await.unwrap().status(),
+        401,
+        "body changed after signing"
+    );
     let mut unknown = good.clone();
     unknown.shop = "stranger.myshopify.com".into();
     assert_eq!(post(&p.webhook_url, &unknown).await, 404, "unknown store");
     let replaced = |name: &'static str, value: &'static str| {
         let mut request = good.request(&client, &p.webhook_url).build().unwrap();
-        request.headers_mut().insert(name, reqwest::header::HeaderValue::from_static(value));
+        request
+            .headers_mut()
+            .insert(name, reqwest::header::HeaderValue::from_static(value));
         request
     };
-    assert_eq!(client.execute(replaced("x-shopify-webhook-id", "")).await.unwrap().status(), 400, "empty webhook id");
-    assert_eq!(client.execute(replaced("x-shopify-triggered-at", "yesterday")).await.unwrap().status(), 400, "bad time");
+    assert_eq!(
+        client
+            .execute(replaced("x-shopify-webhook-id", ""))
+            .await
+            .unwrap()
+            .status(),
+        400,
+        "empty webhook id"
+    );
+    assert_eq!(
+        client
+            .execute(replaced("x-shopify-triggered-at", "yesterday"))
+            .await
+            .unwrap()
+            .status(),
+        400,
+        "bad time"
+    );
     let mut huge = good.clone();
     huge.body = vec![b' '; 100 * 1024];
     assert_eq!(post(&p.webhook_url, &huge).await, 413, "oversized body");
-    assert_eq!(count_records(&p.bootstrap, topics::WEBHOOKS), 0, "nothing rejected was produced");
+    assert_eq!(
+        count_records(&p.bootstrap, topics::WEBHOOKS),
+        0,
+        "nothing rejected was produced"
+    );
 
     assert_eq!(post(&p.webhook_url, &good).await, 200);
     let mut rotated = order.delivery("orders/create", "w-old-secret", "e-old-secret");
     rotated.secret = PREVIOUS_SECRET.into();
-    assert_eq!(post(&p.webhook_url, &rotated).await, 200, "previous secret accepted during rotation");
+    assert_eq!(
+        post(&p.webhook_url, &rotated).await,
+        200,
+        "previous secret accepted during rotation"
+    );
     // Header names are case-insensitive.
     let lower = client
         .post(&p.webhook_url)
         .header("x-shopify-topic", "orders/create")
-        .header("x-shopify-hmac-sha256", tributary_ingest::shopify_webhooks::sign(SECRET, &good.body))
+        .header(
+            "x-shopify-hmac-sha256",
+            tributary_ingest::shopify_webhooks::sign(SECRET, &good.body),
+        )
         .header("x-shopify-shop-domain", SHOP.to_uppercase())
         .header("x-shopify-webhook-id", "w-lower")
         .header("x-shopify-triggered-at", "2025-11-28T12:00:00Z")
@@ -64,7 +108,14 @@ async fn receiver_answers_each_bad_request_clearly_and_produces_nothing() {
         .body(good.body.clone());
     assert_eq!(lower.send().await.unwrap().status(), 200);
     assert_eq!(count_records(&p.bootstrap, topics::WEBHOOKS), 3);
-    let metrics = client.get(format!("http://{}/metrics", p.config.ingest.listen)).send().await.unwrap().text().await.unwrap();
+    let metrics = client
+        .get(format!("http://{}/metrics", p.config.ingest.listen))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(metrics.contains("tributary_webhooks_total"), "{metrics}");
 }
 
@@ -78,49 +129,156 @@ async fn every_rule_exclusion_and_duplicate_lands_exactly() {
         o
     };
     let cases: Vec<(Order, &str)> = vec![
-        (with(1, &|o| o.codes = vec!["ANNA10"]), "ATTRIBUTED,Discount Code,anna,100"),
-        (with(2, &|o| o.codes = vec![" anna-summer "]), "ATTRIBUTED,Discount Code,anna,100"),
-        (with(3, &|o| o.codes = vec!["HOLIDAY25", "bjorn15", "ANNA10"]), "ATTRIBUTED,Discount Code,bjorn,100"),
-        (with(4, &|o| o.codes = vec!["holiday25"]), "UNATTRIBUTED,Unattributed,,100"),
-        (with(5, &|o| o.landing_site = "/products/tent?ref=CHIDI"), "ATTRIBUTED,Landing Site,chidi,100"),
-        (with(6, &|o| o.landing_site = "https://x.example/?utm_medium=advocate&utm_campaign=dara"), "ATTRIBUTED,Landing Site,dara,100"),
-        (with(7, &|o| o.landing_site = "/?utm_medium=email&utm_campaign=dara"), "UNATTRIBUTED,Unattributed,,100"),
-        (with(8, &|o| { o.codes = vec!["FARAH"]; o.email = "Farah@Example.org"; }), "SELF_REFERRAL,Unattributed,,100"),
-        (with(9, &|o| o.codes = vec!["GUS10"]), "UNATTRIBUTED,Unattributed,,100"),
+        (
+            with(1, &|o| o.codes = vec!["ANNA10"]),
+            "ATTRIBUTED,Discount Code,anna,100",
+        ),
+        (
+            with(2, &|o| o.codes = vec![" anna-summer "]),
+            "ATTRIBUTED,Discount Code,anna,100",
+        ),
+        (
+            with(3, &|o| o.codes = vec!["HOLIDAY25", "bjorn15", "ANNA10"]),
+            "ATTRIBUTED,Discount Code,bjorn,100",
+        ),
+        (
+            with(4, &|o| o.codes = vec!["holiday25"]),
+            "UNATTRIBUTED,Unattributed,,100",
+        ),
+        (
+            with(5, &|o| o.landing_site = "/products/tent?ref=CHIDI"),
+            "ATTRIBUTED,Landing Site,chidi,100",
+        ),
+        (
+            with(6, &|o| {
+                o.landing_site = "https://x.example/?utm_medium=advocate&utm_campaign=dara"
+            }),
+            "ATTRIBUTED,Landing Site,dara,100",
+        ),
+        (
+            with(7, &|o| {
+                o.landing_site = "/?utm_medium=email&utm_campaign=dara"
+            }),
+            "UNATTRIBUTED,Unattributed,,100",
+        ),
+        (
+            with(8, &|o| {
+                o.codes = vec!["FARAH"];
+                o.email = "Farah@Example.org";
+            }),
+            "SELF_REFERRAL,Unattributed,,100",
+        ),
+        (
+            with(9, &|o| o.codes = vec!["GUS10"]),
+            "UNATTRIBUTED,Unattributed,,100",
+        ),
         (with(10, &|_| {}), "UNATTRIBUTED,Unattributed,,100"),
-        (with(11, &|o| { o.codes = vec!["ANNA10"]; o.test = true; }), "EXCLUDED,Unattributed,,100"),
-        (with(12, &|o| { o.codes = vec!["ANNA10"]; o.source_name = "pos"; }), "EXCLUDED,Unattributed,,100"),
-        (with(13, &|o| { o.codes = vec!["ANNA10"]; o.tags = "vip, exclude"; }), "EXCLUDED,Unattributed,,100"),
+        (
+            with(11, &|o| {
+                o.codes = vec!["ANNA10"];
+                o.test = true;
+            }),
+            "EXCLUDED,Unattributed,,100",
+        ),
+        (
+            with(12, &|o| {
+                o.codes = vec!["ANNA10"];
+                o.source_name = "pos";
+            }),
+            "EXCLUDED,Unattributed,,100",
+        ),
+        (
+            with(13, &|o| {
+                o.codes = vec!["ANNA10"];
+                o.tags = "vip, exclude";
+            }),
+            "EXCLUDED,Unattributed,,100",
+        ),
     ];
     for (order, _) in &cases {
-        assert_eq!(post(&p.webhook_url, &order.delivery("orders/create", &format!("w{}", order.id), &format!("e{}", order.id))).await, 200);
+        assert_eq!(
+            post(
+                &p.webhook_url,
+                &order.delivery(
+                    "orders/create",
+                    &format!("w{}", order.id),
+                    &format!("e{}", order.id)
+                )
+            )
+            .await,
+            200
+        );
     }
     // Redelivery (same webhook id) and a re-sent event (same event id, new webhook id).
     let twice = with(20, &|o| o.codes = vec!["EUNJI20"]);
     for (webhook, event) in [("w20", "e20"), ("w20", "e20"), ("w20-retry", "e20")] {
-        assert_eq!(post(&p.webhook_url, &twice.delivery("orders/create", webhook, event)).await, 200);
+        assert_eq!(
+            post(
+                &p.webhook_url,
+                &twice.delivery("orders/create", webhook, event)
+            )
+            .await,
+            200
+        );
     }
     // The newer version (an upsell, 130.00) arrives first; the older create arrives last.
     let mut newer = with(21, &|o| o.codes = vec!["BJORN15"]);
     newer.total = "130.00";
     newer.updated_minute = 5;
     let older = with(21, &|o| o.codes = vec!["BJORN15"]);
-    assert_eq!(post(&p.webhook_url, &newer.delivery("orders/updated", "w21b", "e21b")).await, 200);
-    assert_eq!(post(&p.webhook_url, &older.delivery("orders/create", "w21a", "e21a")).await, 200);
+    assert_eq!(
+        post(
+            &p.webhook_url,
+            &newer.delivery("orders/updated", "w21b", "e21b")
+        )
+        .await,
+        200
+    );
+    assert_eq!(
+        post(
+            &p.webhook_url,
+            &older.delivery("orders/create", "w21a", "e21a")
+        )
+        .await,
+        200
+    );
 
     let ch = p.clickhouse();
-    eventually(&ch, "SELECT toString(count()) FROM attributions_current", &(cases.len() + 2).to_string()).await;
+    eventually(
+        &ch,
+        "SELECT toString(count()) FROM attributions_current",
+        &(cases.len() + 2).to_string(),
+    )
+    .await;
     for (order, expected) in &cases {
-        assert_eq!(order_row(&ch, order.id).await, *expected, "order {}", order.id % 100);
+        assert_eq!(
+            order_row(&ch, order.id).await,
+            *expected,
+            "order {}",
+            order.id % 100
+        );
     }
-    assert_eq!(order_row(&ch, base + 20).await, "ATTRIBUTED,Discount Code,eun-ji,100");
-    assert_eq!(order_row(&ch, base + 21).await, "ATTRIBUTED,Discount Code,bjorn,130");
+    assert_eq!(
+        order_row(&ch, base + 20).await,
+        "ATTRIBUTED,Discount Code,eun-ji,100"
+    );
+    assert_eq!(
+        order_row(&ch, base + 21).await,
+        "ATTRIBUTED,Discount Code,bjorn,130"
+    );
     let latest = ch
-        .query(&format!("SELECT toString(latest_updated_at) FROM attributions_current WHERE order_id = {}", base + 21))
+        .query(&format!(
+            "SELECT toString(latest_updated_at) FROM attributions_current WHERE order_id = {}",
+            base + 21
+        ))
         .fetch_all::<String>()
         .await
         .unwrap();
-    assert_eq!(latest, vec!["2025-11-28 12:05:00"], "the older version did not override the newer");
+    assert_eq!(
+        latest,
+        vec!["2025-11-28 12:05:00"],
+        "the older version did not override the newer"
+    );
     eventually(
         &ch,
         "SELECT concat(advocate_identifier, ':', toString(orders), ':', toString(gross)) FROM advocate_stats ORDER BY advocate_identifier",
@@ -138,53 +296,102 @@ async fn every_rule_exclusion_and_duplicate_lands_exactly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn generated_stream_matches_the_generators_totals_to_the_cent() {
     let p = Pipeline::start("generated", |_| {}).await;
-    let stores = tributary::control_files::StoresFile::read(&repo_path("deploy/demo/stores.toml")).unwrap();
-    let advocates = tributary::control_files::read_advocates(&repo_path("deploy/demo/advocates.csv")).unwrap();
+    let stores =
+        tributary::control_files::StoresFile::read(&repo_path("deploy/demo/stores.toml")).unwrap();
+    let advocates =
+        tributary::control_files::read_advocates(&repo_path("deploy/demo/advocates.csv")).unwrap();
     let plan = generate::plan(&stores.store, &advocates, 600, 11).unwrap();
     let report = generate::send(&p.webhook_url, &plan, 16, None).await;
     assert_eq!((report.sent, report.failed), (plan.deliveries(), 0));
     let ch = p.clickhouse();
-    eventually(&ch, "SELECT toString(count()) FROM attributions_current", "600").await;
+    eventually(
+        &ch,
+        "SELECT toString(count()) FROM attributions_current",
+        "600",
+    )
+    .await;
     let actual = tributary::report::advocate_totals(&ch).await.unwrap();
     let (table, matched) = tributary::report::compare(&actual, &plan.expected);
     assert!(matched, "{table}");
-    assert!(plan.expected.per_advocate.len() >= 5 && plan.expected.excluded_orders > 0 && plan.expected.unattributed_orders > 0);
+    assert!(
+        plan.expected.per_advocate.len() >= 5
+            && plan.expected.excluded_orders > 0
+            && plan.expected.unattributed_orders > 0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn poison_records_go_to_the_dead_letter_topic_while_the_rest_flows() {
     let p = Pipeline::start("poison", |_| {}).await;
     // Not Avro at all, straight into the topic.
-    let producer: FutureProducer = producer_config(&p.bootstrap, Duration::from_secs(5)).create().unwrap();
+    let producer: FutureProducer = producer_config(&p.bootstrap, Duration::from_secs(5))
+        .create()
+        .unwrap();
     producer
-        .send(FutureRecord::to(topics::WEBHOOKS).key("junk").payload(b"{\"not\": \"avro\"}"), Duration::from_secs(5))
+        .send(
+            FutureRecord::to(topics::WEBHOOKS)
+                .key("junk")
+                .payload(b"{\"not\": \"avro\"}"),
+            Duration::from_secs(5),
+        )
         .await
         .unwrap();
     // Signed by Shopify but not an order.
-    let mut broken = Order::new(3_000_000_000_001, "5.00").delivery("orders/create", "w-broken", "e-broken");
+    let mut broken =
+        Order::new(3_000_000_000_001, "5.00").delivery("orders/create", "w-broken", "e-broken");
     broken.body = b"{\"id\": 3000000000001, \"created_at\": ".to_vec();
     assert_eq!(post(&p.webhook_url, &broken).await, 200);
     // Money as a float is refused rather than rounded.
-    let mut float = Order::new(3_000_000_000_002, "5.00").delivery("orders/create", "w-float", "e-float");
-    float.body = String::from_utf8(float.body).unwrap().replace("\"current_total_price\":\"5.00\"", "\"current_total_price\":5.0").into_bytes();
+    let mut float =
+        Order::new(3_000_000_000_002, "5.00").delivery("orders/create", "w-float", "e-float");
+    float.body = String::from_utf8(float.body)
+        .unwrap()
+        .replace(
+            "\"current_total_price\":\"5.00\"",
+            "\"current_total_price\":5.0",
+        )
+        .into_bytes();
     assert_eq!(post(&p.webhook_url, &float).await, 200);
     let mut fine = Order::new(3_000_000_000_003, "7.00");
     fine.codes = vec!["ANNA10"];
-    assert_eq!(post(&p.webhook_url, &fine.delivery("orders/create", "w-fine", "e-fine")).await, 200);
+    assert_eq!(
+        post(
+            &p.webhook_url,
+            &fine.delivery("orders/create", "w-fine", "e-fine")
+        )
+        .await,
+        200
+    );
 
     let ch = p.clickhouse();
-    eventually(&ch, "SELECT toString(count()) FROM attributions_current", "1").await;
-    assert_eq!(order_row(&ch, 3_000_000_000_003).await, "ATTRIBUTED,Discount Code,anna,7");
+    eventually(
+        &ch,
+        "SELECT toString(count()) FROM attributions_current",
+        "1",
+    )
+    .await;
+    assert_eq!(
+        order_row(&ch, 3_000_000_000_003).await,
+        "ATTRIBUTED,Discount Code,anna,7"
+    );
     let mut letters = Vec::new();
     for _ in 0..100 {
         letters.clear();
         read_topic(&p.bootstrap, topics::DEAD_LETTERS, |m| {
             let header = |name: &str| {
-                m.headers().and_then(|h| h.iter().find(|x| x.key == name).and_then(|x| x.value)).map(|v| String::from_utf8_lossy(v).into_owned())
+                m.headers()
+                    .and_then(|h| h.iter().find(|x| x.key == name).and_then(|x| x.value))
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
             };
             let letter = DeadLetter::from_avro(m.payload().unwrap()).unwrap();
-            assert_eq!(header(dlq_headers::SOURCE_TOPIC).as_deref(), Some(topics::WEBHOOKS));
-            assert_eq!(header(dlq_headers::SOURCE_OFFSET), Some(letter.source_offset.to_string()));
+            assert_eq!(
+                header(dlq_headers::SOURCE_TOPIC).as_deref(),
+                Some(topics::WEBHOOKS)
+            );
+            assert_eq!(
+                header(dlq_headers::SOURCE_OFFSET),
+                Some(letter.source_offset.to_string())
+            );
             letters.push((header(dlq_headers::STAGE).unwrap(), letter.error));
         })
         .unwrap();
@@ -197,7 +404,12 @@ async fn poison_records_go_to_the_dead_letter_topic_while_the_rest_flows() {
     assert_eq!(letters.len(), 3, "{letters:?}");
     assert_eq!(letters[0].0, "decode");
     assert!(letters[0].1.contains("single-object"), "{letters:?}");
-    assert!(letters[1..].iter().all(|(stage, error)| stage == "normalize" && error.contains("not a Shopify order")), "{letters:?}");
+    assert!(
+        letters[1..]
+            .iter()
+            .all(|(stage, error)| stage == "normalize" && error.contains("not a Shopify order")),
+        "{letters:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -206,19 +418,46 @@ async fn clickhouse_down_for_a_while_then_back_loses_nothing() {
     let url = switch.url.clone();
     let p = Pipeline::start("outage", move |c| c.clickhouse.url = url).await;
     let ch = p.clickhouse();
-    eventually(&ch, "SELECT toString(count()) FROM attributions_current", "0").await;
+    eventually(
+        &ch,
+        "SELECT toString(count()) FROM attributions_current",
+        "0",
+    )
+    .await;
     switch.up.store(false, std::sync::atomic::Ordering::SeqCst);
-    let stores = tributary::control_files::StoresFile::read(&repo_path("deploy/demo/stores.toml")).unwrap();
-    let advocates = tributary::control_files::read_advocates(&repo_path("deploy/demo/advocates.csv")).unwrap();
+    let stores =
+        tributary::control_files::StoresFile::read(&repo_path("deploy/demo/stores.toml")).unwrap();
+    let advocates =
+        tributary::control_files::read_advocates(&repo_path("deploy/demo/advocates.csv")).unwrap();
     let plan = generate::plan(&stores.store, &advocates, 300, 23).unwrap();
     let report = generate::send(&p.webhook_url, &plan, 16, None).await;
     assert_eq!(report.failed, 0);
     tokio::time::sleep(Duration::from_secs(2)).await; // the sink retries against a dead ClickHouse
-    let direct = tributary_sinks::clickhouse::Config { url: clickhouse_url(), ..p.config.clickhouse.clone() }.client();
-    let during = direct.query("SELECT toString(count()) FROM attributions").fetch_all::<String>().await.unwrap();
-    assert_eq!(during, vec!["0"], "nothing reached ClickHouse while it was down");
+    let direct = tributary_sinks::clickhouse::Config {
+        url: clickhouse_url(),
+        ..p.config.clickhouse.clone()
+    }
+    .client();
+    let during = direct
+        .query("SELECT toString(count()) FROM attributions")
+        .fetch_all::<String>()
+        .await
+        .unwrap();
+    assert_eq!(
+        during,
+        vec!["0"],
+        "nothing reached ClickHouse while it was down"
+    );
     switch.up.store(true, std::sync::atomic::Ordering::SeqCst);
-    eventually(&ch, "SELECT toString(count()) FROM attributions_current", "300").await;
-    let (table, matched) = tributary::report::compare(&tributary::report::advocate_totals(&ch).await.unwrap(), &plan.expected);
+    eventually(
+        &ch,
+        "SELECT toString(count()) FROM attributions_current",
+        "300",
+    )
+    .await;
+    let (table, matched) = tributary::report::compare(
+        &tributary::report::advocate_totals(&ch).await.unwrap(),
+        &plan.expected,
+    );
     assert!(matched, "{table}");
 }

@@ -28,7 +28,13 @@ pub struct Decision {
 
 impl Decision {
     fn unattributed(outcome: Outcome, reason: String) -> Self {
-        Self { outcome, source: AttributionSource::Unattributed, reason, advocate: None, code: None }
+        Self {
+            outcome,
+            source: AttributionSource::Unattributed,
+            reason,
+            advocate: None,
+            code: None,
+        }
     }
 }
 
@@ -37,19 +43,30 @@ pub fn decide(order: &OrderEvent, store: &Store, advocates: &ShopAdvocates) -> D
         return Decision::unattributed(Outcome::Excluded, reason);
     }
     if !store.features.order_attribution {
-        return Decision::unattributed(Outcome::Unattributed, "order attribution is off for this store".into());
+        return Decision::unattributed(
+            Outcome::Unattributed,
+            "order attribution is off for this store".into(),
+        );
     }
     let candidate = by_code(order, store, advocates)
         .map(|(advocate, code)| (advocate, AttributionSource::DiscountCode, Some(code)))
-        .or_else(|| by_share_link(order, advocates).map(|a| (a, AttributionSource::LandingSite, None)));
+        .or_else(|| {
+            by_share_link(order, advocates).map(|a| (a, AttributionSource::LandingSite, None))
+        });
     let Some((advocate, source, code)) = candidate else {
-        return Decision::unattributed(Outcome::Unattributed, "no advocate code or share link".into());
+        return Decision::unattributed(
+            Outcome::Unattributed,
+            "no advocate code or share link".into(),
+        );
     };
     let buyer = order.email.as_deref().map(str::trim).unwrap_or_default();
     if !buyer.is_empty() && buyer.eq_ignore_ascii_case(advocate.email.trim()) {
         return Decision::unattributed(
             Outcome::SelfReferral,
-            format!("self-referral: the buyer is advocate {}", advocate.identifier),
+            format!(
+                "self-referral: the buyer is advocate {}",
+                advocate.identifier
+            ),
         );
     }
     let reason = match &code {
@@ -65,23 +82,46 @@ pub fn decide(order: &OrderEvent, store: &Store, advocates: &ShopAdvocates) -> D
     }
 }
 
-fn by_code<'a>(order: &OrderEvent, store: &Store, advocates: &'a ShopAdvocates) -> Option<(&'a Advocate, String)> {
-    order.discount_codes.iter().map(|c| normalize_code(c)).find_map(|code| {
-        let excluded = store.excluded_codes.iter().any(|x| normalize_code(x) == code);
-        (!excluded).then(|| advocates.by_code(&code)).flatten().map(|a| (a, code))
-    })
+fn by_code<'a>(
+    order: &OrderEvent,
+    store: &Store,
+    advocates: &'a ShopAdvocates,
+) -> Option<(&'a Advocate, String)> {
+    order
+        .discount_codes
+        .iter()
+        .map(|c| normalize_code(c))
+        .find_map(|code| {
+            let excluded = store
+                .excluded_codes
+                .iter()
+                .any(|x| normalize_code(x) == code);
+            (!excluded)
+                .then(|| advocates.by_code(&code))
+                .flatten()
+                .map(|a| (a, code))
+        })
 }
 
 fn by_share_link<'a>(order: &OrderEvent, advocates: &'a ShopAdvocates) -> Option<&'a Advocate> {
     let landing = order.landing_site.as_deref()?.trim();
     // A relative landing_site ("/products/x?ref=anna") is resolved against a placeholder origin.
-    let url = Url::parse(landing).or_else(|_| Url::parse("https://shop.invalid/")?.join(landing)).ok()?;
-    let param = |name: &str| url.query_pairs().find(|(k, _)| k == name).map(|(_, v)| v.into_owned());
+    let url = Url::parse(landing)
+        .or_else(|_| Url::parse("https://shop.invalid/")?.join(landing))
+        .ok()?;
+    let param = |name: &str| {
+        url.query_pairs()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+    };
     if let Some(advocate) = param("ref").and_then(|id| advocates.by_identifier(&id)) {
         return Some(advocate);
     }
-    let medium_is_advocate = param("utm_medium").is_some_and(|m| m.eq_ignore_ascii_case("advocate"));
-    param("utm_campaign").filter(|_| medium_is_advocate).and_then(|id| advocates.by_identifier(&id))
+    let medium_is_advocate =
+        param("utm_medium").is_some_and(|m| m.eq_ignore_ascii_case("advocate"));
+    param("utm_campaign")
+        .filter(|_| medium_is_advocate)
+        .and_then(|id| advocates.by_identifier(&id))
 }
 
 #[cfg(test)]
@@ -99,7 +139,10 @@ mod tests {
             excluded_channels: vec!["pos".into()],
             excluded_tags: vec!["Exclude".into()],
             excluded_codes: vec!["HOLIDAY".into()],
-            features: StoreFeatures { order_attribution: true, ..Default::default() },
+            features: StoreFeatures {
+                order_attribution: true,
+                ..Default::default()
+            },
             updated_at_ms: 0,
         }
     }
@@ -159,23 +202,45 @@ mod tests {
     fn who(order: &OrderEvent) -> (Outcome, AttributionSource, Option<String>) {
         let control = control();
         let d = decide(order, &store(), control.advocates("s.myshopify.com"));
-        (d.outcome, d.source, d.advocate.map(|(_, identifier)| identifier))
+        (
+            d.outcome,
+            d.source,
+            d.advocate.map(|(_, identifier)| identifier),
+        )
     }
 
     #[test]
     fn codes_by_precedence_case_and_exclusion() {
         let code = |codes: &[&str]| who(&order(codes, Some("/?ref=Bob")));
-        assert_eq!(code(&[" anna10 "]), (Outcome::Attributed, AttributionSource::DiscountCode, Some("anna".into())));
+        assert_eq!(
+            code(&[" anna10 "]),
+            (
+                Outcome::Attributed,
+                AttributionSource::DiscountCode,
+                Some("anna".into())
+            )
+        );
         assert_eq!(code(&["HOLIDAY", "bob-5", "ANNA10"]).2, Some("Bob".into()));
-        assert_eq!(code(&["CLEO"]).1, AttributionSource::LandingSite, "an inactive advocate's code falls through");
-        assert_eq!(code(&["holiday"]).1, AttributionSource::LandingSite, "an excluded code never attributes");
+        assert_eq!(
+            code(&["CLEO"]).1,
+            AttributionSource::LandingSite,
+            "an inactive advocate's code falls through"
+        );
+        assert_eq!(
+            code(&["holiday"]).1,
+            AttributionSource::LandingSite,
+            "an excluded code never attributes"
+        );
     }
 
     #[test]
     fn share_links_by_ref_and_utm() {
         let link = |l: &str| who(&order(&[], Some(l))).2;
         assert_eq!(link("https://s.example/p?ref=ANNA"), Some("anna".into()));
-        assert_eq!(link("/products/x?utm_source=ig&utm_medium=Advocate&utm_campaign=bob"), Some("Bob".into()));
+        assert_eq!(
+            link("/products/x?utm_source=ig&utm_medium=Advocate&utm_campaign=bob"),
+            Some("Bob".into())
+        );
         assert_eq!(link("/products/x?utm_medium=email&utm_campaign=bob"), None);
         assert_eq!(link("/?ref=nobody"), None);
         assert_eq!(link("::not a url::"), None);
@@ -191,15 +256,27 @@ mod tests {
         let advocates = control.advocates("s.myshopify.com");
         let mut pos = order(&["ANNA10"], None);
         pos.source_name = Some("POS".into());
-        assert_eq!(decide(&pos, &store(), advocates).reason, "excluded: channel POS");
+        assert_eq!(
+            decide(&pos, &store(), advocates).reason,
+            "excluded: channel POS"
+        );
         let mut tagged = order(&["ANNA10"], None);
         tagged.tags = vec!["exclude".into()];
-        assert_eq!(decide(&tagged, &store(), advocates).outcome, Outcome::Excluded);
+        assert_eq!(
+            decide(&tagged, &store(), advocates).outcome,
+            Outcome::Excluded
+        );
         let mut test = order(&["ANNA10"], None);
         test.test = true;
-        assert_eq!(decide(&test, &store(), advocates).reason, "excluded: test order");
+        assert_eq!(
+            decide(&test, &store(), advocates).reason,
+            "excluded: test order"
+        );
         let mut off = store();
         off.features.order_attribution = false;
-        assert_eq!(decide(&order(&["ANNA10"], None), &off, advocates).outcome, Outcome::Unattributed);
+        assert_eq!(
+            decide(&order(&["ANNA10"], None), &off, advocates).outcome,
+            Outcome::Unattributed
+        );
     }
 }

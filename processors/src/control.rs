@@ -26,9 +26,13 @@ impl ShopAdvocates {
     fn upsert(&mut self, advocate: Advocate) {
         self.remove(&advocate.id.clone());
         for code in &advocate.codes {
-            self.id_by_code.insert(normalize_code(code), advocate.id.clone());
+            self.id_by_code
+                .insert(normalize_code(code), advocate.id.clone());
         }
-        self.id_by_identifier.insert(normalize_identifier(&advocate.identifier), advocate.id.clone());
+        self.id_by_identifier.insert(
+            normalize_identifier(&advocate.identifier),
+            advocate.id.clone(),
+        );
         self.by_id.insert(advocate.id.clone(), advocate);
     }
 
@@ -37,12 +41,14 @@ impl ShopAdvocates {
             for code in &old.codes {
                 self.id_by_code.remove(&normalize_code(code));
             }
-            self.id_by_identifier.remove(&normalize_identifier(&old.identifier));
+            self.id_by_identifier
+                .remove(&normalize_identifier(&old.identifier));
         }
     }
 
     fn active(&self, id: Option<&String>) -> Option<&Advocate> {
-        id.and_then(|id| self.by_id.get(id)).filter(|a| a.status == AdvocateStatus::Active)
+        id.and_then(|id| self.by_id.get(id))
+            .filter(|a| a.status == AdvocateStatus::Active)
     }
 
     /// The active advocate owning `code` (any case, surrounding spaces ignored).
@@ -74,9 +80,11 @@ impl Control {
     /// Applies an advocate record; a tombstone's key is `<shop>/<advocate id>`.
     pub fn apply_advocate(&mut self, key: &str, advocate: Option<Advocate>) {
         match advocate {
-            Some(advocate) => {
-                self.advocates.entry(advocate.shop_domain.to_ascii_lowercase()).or_default().upsert(advocate)
-            }
+            Some(advocate) => self
+                .advocates
+                .entry(advocate.shop_domain.to_ascii_lowercase())
+                .or_default()
+                .upsert(advocate),
             None => {
                 if let Some((shop, id)) = key.rsplit_once('/') {
                     if let Some(shop) = self.advocates.get_mut(&shop.to_ascii_lowercase()) {
@@ -89,7 +97,9 @@ impl Control {
 
     /// A store whose webhooks are processed: connected and not disconnected.
     pub fn active_store(&self, domain: &str) -> Option<&Store> {
-        self.stores.get(domain).filter(|s| s.status != StoreStatus::Disconnected)
+        self.stores
+            .get(domain)
+            .filter(|s| s.status != StoreStatus::Disconnected)
     }
 
     pub fn advocates(&self, domain: &str) -> &ShopAdvocates {

@@ -43,7 +43,11 @@ pub fn judge(current: &Attribution, event: &OrderEvent) -> Verdict {
     let seen = |tag: String| current.recent_delivery_ids.contains(&tag);
     if seen(webhook_tag(&event.webhook_id)) {
         Verdict::DuplicateWebhook
-    } else if event.event_id.as_deref().is_some_and(|id| seen(event_tag(id))) {
+    } else if event
+        .event_id
+        .as_deref()
+        .is_some_and(|id| seen(event_tag(id)))
+    {
         Verdict::DuplicateEvent
     } else if event.version() <= current.latest_version() {
         Verdict::Stale

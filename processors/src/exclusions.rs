@@ -8,8 +8,15 @@ pub fn exclusion_reason(order: &OrderEvent, store: &Store) -> Option<String> {
     if order.test {
         return Some("excluded: test order".to_owned());
     }
-    let listed = |list: &[String], value: &str| list.iter().any(|item| item.trim().eq_ignore_ascii_case(value.trim()));
-    if let Some(channel) = order.source_name.as_deref().filter(|c| listed(&store.excluded_channels, c)) {
+    let listed = |list: &[String], value: &str| {
+        list.iter()
+            .any(|item| item.trim().eq_ignore_ascii_case(value.trim()))
+    };
+    if let Some(channel) = order
+        .source_name
+        .as_deref()
+        .filter(|c| listed(&store.excluded_channels, c))
+    {
         return Some(format!("excluded: channel {channel}"));
     }
     order

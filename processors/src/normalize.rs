@@ -41,21 +41,31 @@ pub fn kind_of(topic: &str) -> Option<OrderEventKind> {
 
 pub fn normalize(envelope: &WebhookEnvelope) -> Result<Normalized, NormalizeError> {
     let Some(kind) = kind_of(&envelope.topic) else {
-        metrics::counter!("tributary_normalize_skipped_total", "topic" => envelope.topic.clone()).increment(1);
+        metrics::counter!("tributary_normalize_skipped_total", "topic" => envelope.topic.clone())
+            .increment(1);
         return Ok(Normalized::Skipped);
     };
     let order: ShopifyOrder =
         serde_json::from_slice(&envelope.body).map_err(|e| NormalizeError::Json(e.to_string()))?;
     let time = |field: &'static str, value: &str| {
-        parse_rfc3339_ms(value).ok_or_else(|| NormalizeError::Time { field, value: value.to_owned() })
+        parse_rfc3339_ms(value).ok_or_else(|| NormalizeError::Time {
+            field,
+            value: value.to_owned(),
+        })
     };
-    let shop_money = order.current_total_price_set.as_ref().map(|set| &set.shop_money);
+    let shop_money = order
+        .current_total_price_set
+        .as_ref()
+        .map(|set| &set.shop_money);
     let current_total_price = order
         .current_total_price
         .or(shop_money.map(|m| m.amount))
         .or(order.total_price)
         .ok_or(NormalizeError::MissingTotal(order.id))?;
-    let presentment = order.current_total_price_set.as_ref().map(|set| &set.presentment_money);
+    let presentment = order
+        .current_total_price_set
+        .as_ref()
+        .map(|set| &set.presentment_money);
     let currency = order.currency.clone();
     Ok(Normalized::Order(Box::new(OrderEvent {
         kind,
@@ -67,23 +77,38 @@ pub fn normalize(envelope: &WebhookEnvelope) -> Result<Normalized, NormalizeErro
         created_at_ms: time("created_at", &order.created_at)?,
         updated_at_ms: time("updated_at", &order.updated_at)?,
         name: order.name.unwrap_or_else(|| format!("#{}", order.id)),
-        email: order.email.or(order.contact_email).or(order.customer.as_ref().and_then(|c| c.email.clone())),
+        email: order
+            .email
+            .or(order.contact_email)
+            .or(order.customer.as_ref().and_then(|c| c.email.clone())),
         customer_id: order.customer.as_ref().map(|c| c.id),
         current_total_price,
         presentment_currency: presentment
             .map(|m| m.currency_code.clone())
             .or(order.presentment_currency)
             .unwrap_or_else(|| currency.clone()),
-        current_total_price_presentment: presentment.map(|m| m.amount).unwrap_or(current_total_price),
+        current_total_price_presentment: presentment
+            .map(|m| m.amount)
+            .unwrap_or(current_total_price),
         currency,
         discount_codes: order.discount_codes.into_iter().map(|d| d.code).collect(),
         landing_site: order.landing_site,
         source_name: order.source_name,
-        tags: order.tags.split(',').map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned).collect(),
+        tags: order
+            .tags
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned)
+            .collect(),
         test: order.test,
         financial_status: order.financial_status,
         fulfillment_status: order.fulfillment_status,
-        cancelled_at_ms: order.cancelled_at.as_deref().map(|t| time("cancelled_at", t)).transpose()?,
+        cancelled_at_ms: order
+            .cancelled_at
+            .as_deref()
+            .map(|t| time("cancelled_at", t))
+            .transpose()?,
     })))
 }
 
@@ -173,12 +198,20 @@ mod tests {
 
     #[test]
     fn reads_a_shopify_order_exactly() {
-        let Normalized::Order(event) = normalize(&envelope("orders/create", ORDER)).unwrap() else { panic!() };
+        let Normalized::Order(event) = normalize(&envelope("orders/create", ORDER)).unwrap() else {
+            panic!()
+        };
         assert_eq!(event.order_id, 9_007_199_254_740_993);
         assert_eq!(event.kind, OrderEventKind::Placed);
-        assert_eq!(event.current_total_price, Decimal::from_str("100.10").unwrap());
+        assert_eq!(
+            event.current_total_price,
+            Decimal::from_str("100.10").unwrap()
+        );
         assert_eq!(event.presentment_currency, "EUR");
-        assert_eq!(event.current_total_price_presentment, Decimal::from_str("92.35").unwrap());
+        assert_eq!(
+            event.current_total_price_presentment,
+            Decimal::from_str("92.35").unwrap()
+        );
         assert_eq!(event.discount_codes, vec!["anna10"]);
         assert_eq!(event.tags, vec!["vip", "Exclude"]);
         assert_eq!(event.created_at_ms, 1_764_342_000_000);
@@ -187,11 +220,23 @@ mod tests {
 
     #[test]
     fn skips_topics_it_does_not_handle_and_refuses_bad_bodies() {
-        assert_eq!(normalize(&envelope("products/update", "{}")), Ok(Normalized::Skipped));
-        assert!(matches!(normalize(&envelope("orders/create", "{not json")), Err(NormalizeError::Json(_))));
+        assert_eq!(
+            normalize(&envelope("products/update", "{}")),
+            Ok(Normalized::Skipped)
+        );
+        assert!(matches!(
+            normalize(&envelope("orders/create", "{not json")),
+            Err(NormalizeError::Json(_))
+        ));
         let float_money = ORDER.replace("\"100.10\", \"total_price\"", "100.1, \"total_price\"");
-        assert!(matches!(normalize(&envelope("orders/create", &float_money)), Err(NormalizeError::Json(_))));
+        assert!(matches!(
+            normalize(&envelope("orders/create", &float_money)),
+            Err(NormalizeError::Json(_))
+        ));
         let bad_time = ORDER.replace("2025-11-28T10:00:00-05:00", "yesterday");
-        assert!(matches!(normalize(&envelope("orders/paid", &bad_time)), Err(NormalizeError::Time { .. })));
+        assert!(matches!(
+            normalize(&envelope("orders/paid", &bad_time)),
+            Err(NormalizeError::Time { .. })
+        ));
     }
 }

@@ -13,13 +13,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
-use tributary_schemas::kafka::{consumer_config, dlq_headers, now_ms, producer_config, read_partition, TopicError};
+use tributary_schemas::kafka::{
+    consumer_config, dlq_headers, now_ms, producer_config, read_partition, TopicError,
+};
 use tributary_schemas::topics::{self, order_key};
 use tributary_schemas::{Attribution, AvroRecord, DeadLetter, WebhookEnvelope};
 
@@ -108,15 +112,25 @@ pub struct Processor {
 
 impl Processor {
     pub fn new(bootstrap_servers: &str, config: Config, control: Arc<RwLock<Control>>) -> Self {
-        Self { bootstrap_servers: bootstrap_servers.to_owned(), config, control }
+        Self {
+            bootstrap_servers: bootstrap_servers.to_owned(),
+            config,
+            control,
+        }
     }
 
     /// Runs until `shutdown`; commits what is done before returning.
-    pub async fn run(&self, ready: Arc<AtomicBool>, shutdown: CancellationToken) -> Result<(), ProcessorError> {
-        let consumer: StreamConsumer<RebalanceTracker> = consumer_config(&self.bootstrap_servers, &self.config.group_id)
-            .create_with_context(RebalanceTracker::default())?;
+    pub async fn run(
+        &self,
+        ready: Arc<AtomicBool>,
+        shutdown: CancellationToken,
+    ) -> Result<(), ProcessorError> {
+        let consumer: StreamConsumer<RebalanceTracker> =
+            consumer_config(&self.bootstrap_servers, &self.config.group_id)
+                .create_with_context(RebalanceTracker::default())?;
         consumer.subscribe(&[topics::WEBHOOKS])?;
-        let producer: FutureProducer = producer_config(&self.bootstrap_servers, Duration::from_secs(30)).create()?;
+        let producer: FutureProducer =
+            producer_config(&self.bootstrap_servers, Duration::from_secs(30)).create()?;
         let mut states: HashMap<i32, PartitionState> = HashMap::new();
         let mut in_flight: Vec<DeliveryFuture> = Vec::new();
         let mut done: HashMap<i32, i64> = HashMap::new();
@@ -177,7 +191,12 @@ impl Processor {
         .await
         .map_err(|e| ProcessorError::Delivery(format!("restore task failed: {e}")))??;
         let state = PartitionState::restore(records);
-        tracing::info!(partition, orders = state.len(), elapsed_ms = started.elapsed().as_millis() as u64, "partition state restored");
+        tracing::info!(
+            partition,
+            orders = state.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "partition state restored"
+        );
         Ok(state)
     }
 
@@ -199,20 +218,30 @@ impl Processor {
             tracing::debug!(shop = %event.shop_domain, "order of a store that is not connected; skipped");
             return Vec::new();
         };
-        let applied = state.apply(&event, message.offset(), || decide(&event, store, control.advocates(&event.shop_domain)));
+        let applied = state.apply(&event, message.offset(), || {
+            decide(&event, store, control.advocates(&event.shop_domain))
+        });
         let key = order_key(&event.shop_domain, event.order_id).into_bytes();
         let partition = Some(message.partition());
         let mut outputs = Vec::with_capacity(2);
         let encoded = |topic, record: Result<Vec<u8>, _>| match record {
-            Ok(payload) => Output { topic, partition, key: key.clone(), payload, headers: None },
+            Ok(payload) => Output {
+                topic,
+                partition,
+                key: key.clone(),
+                payload,
+                headers: None,
+            },
             Err(error) => dead_letter(message, "encode", &format!("{error}")),
         };
         match applied {
             Applied::Unchanged(verdict) if verdict.label().starts_with("duplicate") => {
-                metrics::counter!("tributary_dedup_dropped_total", "reason" => verdict.label()).increment(1);
+                metrics::counter!("tributary_dedup_dropped_total", "reason" => verdict.label())
+                    .increment(1);
             }
             Applied::Unchanged(verdict) => {
-                metrics::counter!("tributary_dedup_dropped_total", "reason" => verdict.label()).increment(1);
+                metrics::counter!("tributary_dedup_dropped_total", "reason" => verdict.label())
+                    .increment(1);
                 outputs.push(encoded(topics::ORDERS, event.to_avro()));
             }
             Applied::Changed(attribution) => {
@@ -231,7 +260,9 @@ async fn send(
     in_flight: &mut Vec<DeliveryFuture>,
 ) -> Result<DeliveryFuture, ProcessorError> {
     loop {
-        let mut record = FutureRecord::to(output.topic).key(&output.key).payload(&output.payload);
+        let mut record = FutureRecord::to(output.topic)
+            .key(&output.key)
+            .payload(&output.payload);
         if let Some(partition) = output.partition {
             record = record.partition(partition);
         }
@@ -240,7 +271,12 @@ async fn send(
         }
         match producer.send_result(record) {
             Ok(delivery) => return Ok(delivery),
-            Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), _)) => {
+            Err((
+                rdkafka::error::KafkaError::MessageProduction(
+                    rdkafka::types::RDKafkaErrorCode::QueueFull,
+                ),
+                _,
+            )) => {
                 await_deliveries(in_flight).await?;
             }
             Err((error, _)) => return Err(error.into()),
@@ -294,11 +330,26 @@ fn dead_letter(message: &BorrowedMessage<'_>, stage: &str, error: &str) -> Outpu
         failed_at_ms: now_ms(),
     };
     let headers = OwnedHeaders::new()
-        .insert(Header { key: dlq_headers::ERROR, value: Some(error) })
-        .insert(Header { key: dlq_headers::STAGE, value: Some(stage) })
-        .insert(Header { key: dlq_headers::SOURCE_TOPIC, value: Some(message.topic()) })
-        .insert(Header { key: dlq_headers::SOURCE_PARTITION, value: Some(&message.partition().to_string()) })
-        .insert(Header { key: dlq_headers::SOURCE_OFFSET, value: Some(&message.offset().to_string()) });
+        .insert(Header {
+            key: dlq_headers::ERROR,
+            value: Some(error),
+        })
+        .insert(Header {
+            key: dlq_headers::STAGE,
+            value: Some(stage),
+        })
+        .insert(Header {
+            key: dlq_headers::SOURCE_TOPIC,
+            value: Some(message.topic()),
+        })
+        .insert(Header {
+            key: dlq_headers::SOURCE_PARTITION,
+            value: Some(&message.partition().to_string()),
+        })
+        .insert(Header {
+            key: dlq_headers::SOURCE_OFFSET,
+            value: Some(&message.offset().to_string()),
+        });
     Output {
         topic: topics::DEAD_LETTERS,
         partition: None,

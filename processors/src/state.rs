@@ -35,7 +35,10 @@ impl PartitionState {
         let mut orders: HashMap<String, Attribution> = HashMap::new();
         for record in records {
             let key = order_key(&record.shop_domain, record.order_id);
-            if orders.get(&key).is_none_or(|held| held.revision < record.revision) {
+            if orders
+                .get(&key)
+                .is_none_or(|held| held.revision < record.revision)
+            {
                 orders.insert(key, record);
             }
         }
@@ -52,7 +55,12 @@ impl PartitionState {
 
     /// Applies one order event read at `input_offset`. `decide` is asked only when the order
     /// settles.
-    pub fn apply(&mut self, event: &OrderEvent, input_offset: i64, decide: impl FnOnce() -> Decision) -> Applied {
+    pub fn apply(
+        &mut self,
+        event: &OrderEvent,
+        input_offset: i64,
+        decide: impl FnOnce() -> Decision,
+    ) -> Applied {
         let key = order_key(&event.shop_domain, event.order_id);
         let Some(current) = self.orders.get_mut(&key) else {
             let settled = settle(event, decide(), input_offset);
@@ -166,26 +174,53 @@ mod tests {
     #[test]
     fn duplicates_and_stale_versions_change_nothing() {
         let mut state = PartitionState::default();
-        assert!(matches!(state.apply(&event("w1", Some("e1"), 10, 100), 0, decision), Applied::Changed(_)));
+        assert!(matches!(
+            state.apply(&event("w1", Some("e1"), 10, 100), 0, decision),
+            Applied::Changed(_)
+        ));
         let unchanged = |v| Applied::Unchanged(v);
-        assert_eq!(state.apply(&event("w1", Some("e1"), 10, 100), 1, decision), unchanged(Verdict::DuplicateWebhook));
-        assert_eq!(state.apply(&event("w2", Some("e1"), 10, 100), 2, decision), unchanged(Verdict::DuplicateEvent));
-        assert_eq!(state.apply(&event("w3", None, 9, 50), 3, decision), unchanged(Verdict::Stale));
-        let Applied::Changed(newer) = state.apply(&event("w4", None, 11, 300), 4, decision) else { panic!() };
-        assert_eq!((newer.revision, newer.gross, newer.latest_updated_at_ms), (2, 100.into(), 11));
+        assert_eq!(
+            state.apply(&event("w1", Some("e1"), 10, 100), 1, decision),
+            unchanged(Verdict::DuplicateWebhook)
+        );
+        assert_eq!(
+            state.apply(&event("w2", Some("e1"), 10, 100), 2, decision),
+            unchanged(Verdict::DuplicateEvent)
+        );
+        assert_eq!(
+            state.apply(&event("w3", None, 9, 50), 3, decision),
+            unchanged(Verdict::Stale)
+        );
+        let Applied::Changed(newer) = state.apply(&event("w4", None, 11, 300), 4, decision) else {
+            panic!()
+        };
+        assert_eq!(
+            (newer.revision, newer.gross, newer.latest_updated_at_ms),
+            (2, 100.into(), 11)
+        );
     }
 
     #[test]
     fn cancellation_nets_to_zero_and_restore_keeps_newest_revision() {
         let mut state = PartitionState::default();
-        let Applied::Changed(first) = state.apply(&event("w1", None, 10, 100), 0, decision) else { panic!() };
+        let Applied::Changed(first) = state.apply(&event("w1", None, 10, 100), 0, decision) else {
+            panic!()
+        };
         let mut cancel = event("w2", None, 12, 100);
         cancel.cancelled_at_ms = Some(12);
-        let Applied::Changed(cancelled) = state.apply(&cancel, 1, decision) else { panic!() };
-        assert_eq!((cancelled.net, cancelled.gross), (Decimal::ZERO, 100.into()));
+        let Applied::Changed(cancelled) = state.apply(&cancel, 1, decision) else {
+            panic!()
+        };
+        assert_eq!(
+            (cancelled.net, cancelled.gross),
+            (Decimal::ZERO, 100.into())
+        );
 
         let mut restored = PartitionState::restore([*cancelled.clone(), *first]);
-        assert_eq!(restored.apply(&cancel, 1, decision), Applied::Unchanged(Verdict::DuplicateWebhook));
+        assert_eq!(
+            restored.apply(&cancel, 1, decision),
+            Applied::Unchanged(Verdict::DuplicateWebhook)
+        );
         assert_eq!(restored.len(), 1);
     }
 }

@@ -17,9 +17,16 @@ pub enum CodecError {
     #[error("not Avro single-object encoded (missing C3 01 marker)")]
     NotSingleObject,
     #[error("unknown schema fingerprint {found}; expected {expected} ({record})")]
-    UnknownSchema { record: &'static str, found: String, expected: String },
+    UnknownSchema {
+        record: &'static str,
+        found: String,
+        expected: String,
+    },
     #[error("record does not match schema {record}: {message}")]
-    Invalid { record: &'static str, message: String },
+    Invalid {
+        record: &'static str,
+        message: String,
+    },
 }
 
 /// A Rust type bound to its Avro schema. Implemented once per record by [`avro_record!`].
@@ -29,8 +36,14 @@ pub trait AvroRecord: Serialize + DeserializeOwned + Sized {
 
     fn to_avro(&self) -> Result<Vec<u8>, CodecError> {
         let bound = Self::schema();
-        let invalid = |e: apache_avro::Error| CodecError::Invalid { record: Self::NAME, message: e.to_string() };
-        let value = apache_avro::to_value(self).map_err(invalid)?.resolve(&bound.schema).map_err(invalid)?;
+        let invalid = |e: apache_avro::Error| CodecError::Invalid {
+            record: Self::NAME,
+            message: e.to_string(),
+        };
+        let value = apache_avro::to_value(self)
+            .map_err(invalid)?
+            .resolve(&bound.schema)
+            .map_err(invalid)?;
         let mut out = Vec::with_capacity(256);
         out.extend_from_slice(&MAGIC);
         out.extend_from_slice(&bound.fingerprint);
@@ -50,18 +63,30 @@ pub trait AvroRecord: Serialize + DeserializeOwned + Sized {
                 expected: hex(&bound.fingerprint),
             });
         }
-        let invalid = |e: apache_avro::Error| CodecError::Invalid { record: Self::NAME, message: e.to_string() };
+        let invalid = |e: apache_avro::Error| CodecError::Invalid {
+            record: Self::NAME,
+            message: e.to_string(),
+        };
         let mut body = &bytes[HEADER_LEN..];
-        let value: Value = apache_avro::from_avro_datum(&bound.schema, &mut body, None).map_err(invalid)?;
+        let value: Value =
+            apache_avro::from_avro_datum(&bound.schema, &mut body, None).map_err(invalid)?;
         if !body.is_empty() {
-            return Err(CodecError::Invalid { record: Self::NAME, message: format!("{} trailing bytes", body.len()) });
+            return Err(CodecError::Invalid {
+                record: Self::NAME,
+                message: format!("{} trailing bytes", body.len()),
+            });
         }
         // apache-avro reads a union at end of input as null, so a truncated record can decode.
         // Re-encoding tells: a complete record re-encodes to exactly the bytes it came from.
         let expected_len = bytes.len() - HEADER_LEN;
-        let reencoded_len = apache_avro::to_avro_datum(&bound.schema, value.clone()).map_err(invalid)?.len();
+        let reencoded_len = apache_avro::to_avro_datum(&bound.schema, value.clone())
+            .map_err(invalid)?
+            .len();
         if reencoded_len != expected_len {
-            return Err(CodecError::Invalid { record: Self::NAME, message: "truncated record".into() });
+            return Err(CodecError::Invalid {
+                record: Self::NAME,
+                message: "truncated record".into(),
+            });
         }
         apache_avro::from_value(&value).map_err(invalid)
     }
@@ -82,7 +107,10 @@ impl BoundSchema {
             let bytes = schema.fingerprint::<Rabin>().bytes;
             let mut fingerprint = [0u8; 8];
             fingerprint.copy_from_slice(&bytes[..8]);
-            BoundSchema { schema, fingerprint }
+            BoundSchema {
+                schema,
+                fingerprint,
+            }
         })
     }
 }
@@ -98,7 +126,8 @@ macro_rules! avro_record {
         impl $crate::codec::AvroRecord for $ty {
             const NAME: &'static str = stringify!($ty);
             fn schema() -> &'static $crate::codec::BoundSchema {
-                static CELL: std::sync::OnceLock<$crate::codec::BoundSchema> = std::sync::OnceLock::new();
+                static CELL: std::sync::OnceLock<$crate::codec::BoundSchema> =
+                    std::sync::OnceLock::new();
                 $crate::codec::BoundSchema::parse(&CELL, include_str!(concat!("../avro/", $file)))
             }
         }

@@ -43,13 +43,15 @@ where
         }
         let message = consumer.recv().await?;
         let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
-        let record = message.payload().and_then(|bytes| match T::from_avro(bytes) {
-            Ok(record) => Some(record),
-            Err(error) => {
-                tracing::warn!(topic, %key, %error, "control record does not decode; ignored");
-                None
-            }
-        });
+        let record = message
+            .payload()
+            .and_then(|bytes| match T::from_avro(bytes) {
+                Ok(record) => Some(record),
+                Err(error) => {
+                    tracing::warn!(topic, %key, %error, "control record does not decode; ignored");
+                    None
+                }
+            });
         apply(&key, record);
         if let Some(high) = remaining.get(&message.partition()) {
             if message.offset() + 1 >= *high {

@@ -7,18 +7,20 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::message::BorrowedMessage;
-use rdkafka::{Message, Offset, TopicPartitionList};
 use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::message::BorrowedMessage;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
+use rdkafka::{Message, Offset, TopicPartitionList};
 
 use crate::topics::{self, Cleanup};
 
 /// Settings common to every client.
 pub fn client_config(bootstrap_servers: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", bootstrap_servers).set("client.id", "tributary");
+    config
+        .set("bootstrap.servers", bootstrap_servers)
+        .set("client.id", "tributary");
     config
 }
 
@@ -32,7 +34,10 @@ pub fn producer_config(bootstrap_servers: &str, delivery_timeout: Duration) -> C
         .set("acks", "all")
         .set("partitioner", topics::PARTITIONER)
         .set("linger.ms", "2")
-        .set("message.timeout.ms", delivery_timeout.as_millis().to_string())
+        .set(
+            "message.timeout.ms",
+            delivery_timeout.as_millis().to_string(),
+        )
         .set("queue.buffering.max.messages", "500000");
     config
 }
@@ -91,13 +96,18 @@ pub async fn provision_topics(
                 Cleanup::Compact => "compact",
                 Cleanup::Delete => "delete",
             };
-            (spec.name, if spec.single_partition { 1 } else { partitions }, cleanup)
+            (
+                spec.name,
+                if spec.single_partition { 1 } else { partitions },
+                cleanup,
+            )
         })
         .collect();
     let new_topics: Vec<NewTopic> = specs
         .iter()
         .map(|(name, parts, cleanup)| {
-            NewTopic::new(name, *parts, TopicReplication::Fixed(replication)).set("cleanup.policy", cleanup)
+            NewTopic::new(name, *parts, TopicReplication::Fixed(replication))
+                .set("cleanup.policy", cleanup)
         })
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
@@ -141,7 +151,10 @@ pub enum TopicError {
 }
 
 /// The partition ids of `topic`.
-pub fn partitions_of<X: ConsumerContext, C: Consumer<X>>(consumer: &C, topic: &str) -> Result<Vec<i32>, TopicError> {
+pub fn partitions_of<X: ConsumerContext, C: Consumer<X>>(
+    consumer: &C,
+    topic: &str,
+) -> Result<Vec<i32>, TopicError> {
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let partitions: Vec<i32> = metadata
         .topics()

@@ -72,7 +72,10 @@ avro_record!(OrderEvent, "order_event.avsc");
 impl OrderEvent {
     /// The contract's version order: payload `updated_at`, then `X-Shopify-Triggered-At`.
     pub fn version(&self) -> OrderVersion {
-        OrderVersion { updated_at_ms: self.updated_at_ms, triggered_at_ms: self.triggered_at_ms }
+        OrderVersion {
+            updated_at_ms: self.updated_at_ms,
+            triggered_at_ms: self.triggered_at_ms,
+        }
     }
 }
 
@@ -160,7 +163,10 @@ avro_record!(Attribution, "attribution.avsc");
 
 impl Attribution {
     pub fn latest_version(&self) -> OrderVersion {
-        OrderVersion { updated_at_ms: self.latest_updated_at_ms, triggered_at_ms: self.latest_triggered_at_ms }
+        OrderVersion {
+            updated_at_ms: self.latest_updated_at_ms,
+            triggered_at_ms: self.latest_triggered_at_ms,
+        }
     }
 }
 
@@ -336,7 +342,10 @@ mod tests {
             excluded_channels: vec!["pos".into()],
             excluded_tags: vec!["Exclude".into()],
             excluded_codes: vec!["HOLIDAY".into()],
-            features: StoreFeatures { order_attribution: true, ..Default::default() },
+            features: StoreFeatures {
+                order_attribution: true,
+                ..Default::default()
+            },
             updated_at_ms: 5,
         });
         round_trip(Advocate {
@@ -364,15 +373,27 @@ mod tests {
     #[test]
     fn refuses_foreign_and_truncated_records() {
         let bytes = sample_order_event().to_avro().unwrap();
-        assert!(matches!(Advocate::from_avro(&bytes), Err(CodecError::UnknownSchema { .. })));
-        assert!(matches!(OrderEvent::from_avro(b"{\"id\":1}"), Err(CodecError::NotSingleObject)));
+        assert!(matches!(
+            Advocate::from_avro(&bytes),
+            Err(CodecError::UnknownSchema { .. })
+        ));
+        assert!(matches!(
+            OrderEvent::from_avro(b"{\"id\":1}"),
+            Err(CodecError::NotSingleObject)
+        ));
         let truncated = OrderEvent::from_avro(&bytes[..bytes.len() - 3]);
-        assert!(matches!(truncated, Err(CodecError::Invalid { .. })), "{truncated:?}");
+        assert!(
+            matches!(truncated, Err(CodecError::Invalid { .. })),
+            "{truncated:?}"
+        );
     }
 
     #[test]
     fn versions_order_by_updated_then_triggered() {
-        let v = |u, t| OrderVersion { updated_at_ms: u, triggered_at_ms: t };
+        let v = |u, t| OrderVersion {
+            updated_at_ms: u,
+            triggered_at_ms: t,
+        };
         assert!(v(2, 0) > v(1, 9));
         assert!(v(1, 2) > v(1, 1));
     }

@@ -21,7 +21,10 @@ pub enum SecretError {
     #[error("sealed secret does not open with this master key and purpose")]
     WrongKey,
     #[error("reading master key file {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 #[derive(Clone)]
@@ -39,7 +42,9 @@ impl MasterKey {
     }
 
     pub fn from_base64(text: &str) -> Result<Self, SecretError> {
-        let bytes = B64.decode(text.trim()).map_err(|_| SecretError::BadMasterKey)?;
+        let bytes = B64
+            .decode(text.trim())
+            .map_err(|_| SecretError::BadMasterKey)?;
         if bytes.len() != 32 {
             return Err(SecretError::BadMasterKey);
         }
@@ -56,7 +61,10 @@ impl MasterKey {
         if let Ok(text) = std::env::var(MASTER_KEY_ENV) {
             return Self::from_base64(&text);
         }
-        let io = |source| SecretError::Io { path: path.display().to_string(), source };
+        let io = |source| SecretError::Io {
+            path: path.display().to_string(),
+            source,
+        };
         match std::fs::read_to_string(path) {
             Ok(text) => Self::from_base64(&text),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
@@ -75,7 +83,13 @@ impl MasterKey {
         let cipher = Aes256Gcm::new(&self.0);
         let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
         let ciphertext = cipher
-            .encrypt(&nonce, Payload { msg: secret.as_bytes(), aad: purpose.as_bytes() })
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: secret.as_bytes(),
+                    aad: purpose.as_bytes(),
+                },
+            )
             .expect("AES-GCM encryption of an in-memory buffer cannot fail");
         let mut out = nonce.to_vec();
         out.extend(ciphertext);
@@ -89,9 +103,17 @@ impl MasterKey {
         }
         let (nonce, ciphertext) = bytes.split_at(12);
         let plain = Aes256Gcm::new(&self.0)
-            .decrypt(Nonce::from_slice(nonce), Payload { msg: ciphertext, aad: purpose.as_bytes() })
+            .decrypt(
+                Nonce::from_slice(nonce),
+                Payload {
+                    msg: ciphertext,
+                    aad: purpose.as_bytes(),
+                },
+            )
             .map_err(|_| SecretError::WrongKey)?;
-        String::from_utf8(plain).map(Secret).map_err(|_| SecretError::Malformed)
+        String::from_utf8(plain)
+            .map(Secret)
+            .map_err(|_| SecretError::Malformed)
     }
 }
 
@@ -99,7 +121,11 @@ impl MasterKey {
 fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
     f.write_all(text.as_bytes())
 }
 
@@ -138,11 +164,26 @@ mod tests {
         let key = MasterKey::generate();
         let sealed = key.seal("webhook_secret:a", "shpss_plant3d");
         assert!(!sealed.contains("plant3d"));
-        assert_eq!(key.open("webhook_secret:a", &sealed).unwrap().expose(), "shpss_plant3d");
-        assert!(matches!(key.open("webhook_secret:b", &sealed), Err(SecretError::WrongKey)));
-        assert!(matches!(MasterKey::generate().open("webhook_secret:a", &sealed), Err(SecretError::WrongKey)));
-        assert!(matches!(key.open("webhook_secret:a", "!!"), Err(SecretError::Malformed)));
-        assert_eq!(format!("{:?}", key.open("webhook_secret:a", &sealed).unwrap()), "Secret(redacted)");
+        assert_eq!(
+            key.open("webhook_secret:a", &sealed).unwrap().expose(),
+            "shpss_plant3d"
+        );
+        assert!(matches!(
+            key.open("webhook_secret:b", &sealed),
+            Err(SecretError::WrongKey)
+        ));
+        assert!(matches!(
+            MasterKey::generate().open("webhook_secret:a", &sealed),
+            Err(SecretError::WrongKey)
+        ));
+        assert!(matches!(
+            key.open("webhook_secret:a", "!!"),
+            Err(SecretError::Malformed)
+        ));
+        assert_eq!(
+            format!("{:?}", key.open("webhook_secret:a", &sealed).unwrap()),
+            "Secret(redacted)"
+        );
     }
 
     #[test]

@@ -3,7 +3,9 @@
 /// Parses an RFC 3339 time (`2025-01-02T03:04:05.123Z`, `2025-01-02T03:04:05-05:00`) into epoch
 /// milliseconds.
 pub fn parse_rfc3339_ms(text: &str) -> Option<i64> {
-    chrono::DateTime::parse_from_rfc3339(text.trim()).ok().map(|t| t.timestamp_millis())
+    chrono::DateTime::parse_from_rfc3339(text.trim())
+        .ok()
+        .map(|t| t.timestamp_millis())
 }
 
 pub fn format_rfc3339_ms(ms: i64) -> String {

@@ -42,12 +42,36 @@ pub struct TopicSpec {
 }
 
 pub const ALL: [TopicSpec; 6] = [
-    TopicSpec { name: WEBHOOKS, cleanup: Cleanup::Delete, single_partition: false },
-    TopicSpec { name: ORDERS, cleanup: Cleanup::Delete, single_partition: false },
-    TopicSpec { name: ATTRIBUTIONS, cleanup: Cleanup::Compact, single_partition: false },
-    TopicSpec { name: STORES, cleanup: Cleanup::Compact, single_partition: true },
-    TopicSpec { name: ADVOCATES, cleanup: Cleanup::Compact, single_partition: true },
-    TopicSpec { name: DEAD_LETTERS, cleanup: Cleanup::Delete, single_partition: false },
+    TopicSpec {
+        name: WEBHOOKS,
+        cleanup: Cleanup::Delete,
+        single_partition: false,
+    },
+    TopicSpec {
+        name: ORDERS,
+        cleanup: Cleanup::Delete,
+        single_partition: false,
+    },
+    TopicSpec {
+        name: ATTRIBUTIONS,
+        cleanup: Cleanup::Compact,
+        single_partition: false,
+    },
+    TopicSpec {
+        name: STORES,
+        cleanup: Cleanup::Compact,
+        single_partition: true,
+    },
+    TopicSpec {
+        name: ADVOCATES,
+        cleanup: Cleanup::Compact,
+        single_partition: true,
+    },
+    TopicSpec {
+        name: DEAD_LETTERS,
+        cleanup: Cleanup::Delete,
+        single_partition: false,
+    },
 ];
 
 pub fn order_key(shop_domain: &str, order_id: u64) -> String {
@@ -94,7 +118,13 @@ mod tests {
         assert_eq!(k, "s.myshopify.com/12345678901234567");
         assert_eq!(webhook_key("orders/updated", "s.myshopify.com", created), k);
         assert_eq!(webhook_key("refunds/create", "s.myshopify.com", refund), k);
-        assert_eq!(webhook_key("orders/create", "s.myshopify.com", b"not json"), "s.myshopify.com");
-        assert_eq!(webhook_key("products/create", "s.myshopify.com", created), "s.myshopify.com");
+        assert_eq!(
+            webhook_key("orders/create", "s.myshopify.com", b"not json"),
+            "s.myshopify.com"
+        );
+        assert_eq!(
+            webhook_key("products/create", "s.myshopify.com", created),
+            "s.myshopify.com"
+        );
     }
 }

@@ -31,7 +31,10 @@ pub fn clickhouse_url() -> String {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
 }
 
 /// A config for one test: its own database, ports and master key file.
@@ -68,7 +71,8 @@ impl Pipeline {
         load_demo_control(&config, &bootstrap).await;
         let shutdown = CancellationToken::new();
         {
-            let (config, bootstrap, shutdown) = (config.clone(), bootstrap.clone(), shutdown.clone());
+            let (config, bootstrap, shutdown) =
+                (config.clone(), bootstrap.clone(), shutdown.clone());
             tokio::spawn(async move {
                 if let Err(e) = tributary::app::run_all(&config, &bootstrap, shutdown).await {
                     panic!("pipeline failed: {e:#}");
@@ -77,7 +81,14 @@ impl Pipeline {
         }
         let webhook_url = format!("http://{}/webhooks/shopify", config.ingest.listen);
         wait_ready(&format!("http://{}/readyz", config.ingest.listen)).await;
-        Pipeline { config, bootstrap, shutdown, webhook_url, _broker: broker, _dir: dir }
+        Pipeline {
+            config,
+            bootstrap,
+            shutdown,
+            webhook_url,
+            _broker: broker,
+            _dir: dir,
+        }
     }
 
     pub fn clickhouse(&self) -> clickhouse::Client {
@@ -92,9 +103,14 @@ impl Drop for Pipeline {
 }
 
 pub async fn reset_database(config: &Config) {
-    let server = clickhouse::Client::default().with_url(&config.clickhouse.url).with_validation(false);
+    let server = clickhouse::Client::default()
+        .with_url(&config.clickhouse.url)
+        .with_validation(false);
     server
-        .query(&format!("DROP DATABASE IF EXISTS `{}`", config.clickhouse.database))
+        .query(&format!(
+            "DROP DATABASE IF EXISTS `{}`",
+            config.clickhouse.database
+        ))
         .execute()
         .await
         .expect("ClickHouse is running (scripts/clickhouse.sh start)");
@@ -102,14 +118,23 @@ pub async fn reset_database(config: &Config) {
 
 pub async fn load_demo_control(config: &Config, bootstrap: &str) {
     let key = MasterKey::load(&config.secrets.master_key_file, true).expect("master key");
-    control_files::load_stores(bootstrap, &repo_path("deploy/demo/stores.toml"), &key).await.expect("stores");
-    control_files::load_advocates(bootstrap, &repo_path("deploy/demo/advocates.csv")).await.expect("advocates");
+    control_files::load_stores(bootstrap, &repo_path("deploy/demo/stores.toml"), &key)
+        .await
+        .expect("stores");
+    control_files::load_advocates(bootstrap, &repo_path("deploy/demo/advocates.csv"))
+        .await
+        .expect("advocates");
 }
 
 pub async fn wait_ready(url: &str) {
     let client = reqwest::Client::new();
     for _ in 0..600 {
-        if client.get(url).send().await.is_ok_and(|r| r.status().is_success()) {
+        if client
+            .get(url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -133,7 +158,17 @@ pub struct Order {
 
 impl Order {
     pub fn new(id: u64, total: &'static str) -> Self {
-        Order { id, total, codes: vec![], landing_site: "/", email: "shopper@example.net", source_name: "web", tags: "", test: false, updated_minute: 0 }
+        Order {
+            id,
+            total,
+            codes: vec![],
+            landing_site: "/",
+            email: "shopper@example.net",
+            source_name: "web",
+            tags: "",
+            test: false,
+            updated_minute: 0,
+        }
     }
 
     pub fn body(&self) -> Vec<u8> {
@@ -166,7 +201,13 @@ impl Order {
 }
 
 pub async fn post(url: &str, delivery: &Delivery) -> u16 {
-    delivery.request(&reqwest::Client::new(), url).send().await.expect("http").status().as_u16()
+    delivery
+        .request(&reqwest::Client::new(), url)
+        .send()
+        .await
+        .expect("http")
+        .status()
+        .as_u16()
 }
 
 /// Polls ClickHouse until `query` (one String column) returns `expected`, or fails after 30 s.
@@ -189,7 +230,14 @@ pub async fn order_row(client: &clickhouse::Client, id: u64) -> String {
     let query = format!(
         "SELECT concat(outcome, ',', source, ',', advocate_identifier, ',', toString(gross)) FROM attributions_current WHERE order_id = {id}"
     );
-    normalize_decimals(&client.query(&query).fetch_all::<String>().await.expect("query").join("|"))
+    normalize_decimals(
+        &client
+            .query(&query)
+            .fetch_all::<String>()
+            .await
+            .expect("query")
+            .join("|"),
+    )
 }
 
 /// ClickHouse 18.16 prints Decimal(18, 4) as `100.0000`, newer releases as `100`: compare values.
@@ -226,7 +274,9 @@ pub struct Switch {
 }
 
 pub async fn clickhouse_switch() -> Switch {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let port = listener.local_addr().expect("addr").port();
     let target = clickhouse_url().trim_start_matches("http://").to_owned();
     let up = Arc::new(AtomicBool::new(true));
@@ -244,5 +294,8 @@ pub async fn clickhouse_switch() -> Switch {
             });
         }
     });
-    Switch { url: format!("http://127.0.0.1:{port}"), up }
+    Switch {
+        url: format!("http://127.0.0.1:{port}"),
+        up,
+    }
 }

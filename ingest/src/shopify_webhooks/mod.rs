@@ -100,7 +100,8 @@ struct Rejection(StatusCode, String);
 
 impl IntoResponse for Rejection {
     fn into_response(self) -> Response {
-        metrics::counter!("tributary_webhooks_total", "status" => self.0.as_u16().to_string()).increment(1);
+        metrics::counter!("tributary_webhooks_total", "status" => self.0.as_u16().to_string())
+            .increment(1);
         (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
     }
 }
@@ -129,22 +130,34 @@ async fn receive(
     }
     let envelope = envelope(&headers, shop, body)?;
     let key = topics::webhook_key(&envelope.topic, &envelope.shop_domain, &envelope.body);
-    let payload = envelope
-        .to_avro()
-        .map_err(|e| reject(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding envelope: {e}")))?;
+    let payload = envelope.to_avro().map_err(|e| {
+        reject(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding envelope: {e}"),
+        )
+    })?;
     produce(&receiver, &key, &payload).await?;
     metrics::counter!("tributary_webhooks_total", "status" => "200").increment(1);
     metrics::histogram!("tributary_webhook_ack_seconds").record(started.elapsed().as_secs_f64());
     Ok(StatusCode::OK)
 }
 
-fn envelope(headers: &HeaderMap, shop_domain: String, body: Bytes) -> Result<WebhookEnvelope, Rejection> {
+fn envelope(
+    headers: &HeaderMap,
+    shop_domain: String,
+    body: Bytes,
+) -> Result<WebhookEnvelope, Rejection> {
     let required = |name: &'static str| {
-        header(headers, name).ok_or_else(|| reject(StatusCode::BAD_REQUEST, format!("missing {name}")))
+        header(headers, name)
+            .ok_or_else(|| reject(StatusCode::BAD_REQUEST, format!("missing {name}")))
     };
     let triggered_at = required("x-shopify-triggered-at")?;
-    let triggered_at_ms = parse_rfc3339_ms(triggered_at)
-        .ok_or_else(|| reject(StatusCode::BAD_REQUEST, "X-Shopify-Triggered-At is not an RFC 3339 time"))?;
+    let triggered_at_ms = parse_rfc3339_ms(triggered_at).ok_or_else(|| {
+        reject(
+            StatusCode::BAD_REQUEST,
+            "X-Shopify-Triggered-At is not an RFC 3339 time",
+        )
+    })?;
     Ok(WebhookEnvelope {
         source: WebhookEnvelope::SOURCE_WEBHOOK.to_owned(),
         shop_domain,
@@ -162,10 +175,16 @@ fn envelope(headers: &HeaderMap, shop_domain: String, body: Bytes) -> Result<Web
 async fn produce(receiver: &Receiver, key: &str, payload: &[u8]) -> Result<(), Rejection> {
     let unavailable = |why: String| {
         tracing::warn!(%why, "kafka did not take a webhook; answering 503 so Shopify retries");
-        reject(StatusCode::SERVICE_UNAVAILABLE, "event log unavailable, retry later")
+        reject(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "event log unavailable, retry later",
+        )
     };
     let record = FutureRecord::to(topics::WEBHOOKS).key(key).payload(payload);
-    let delivery = receiver.producer.send_result(record).map_err(|(e, _)| unavailable(e.to_string()))?;
+    let delivery = receiver
+        .producer
+        .send_result(record)
+        .map_err(|(e, _)| unavailable(e.to_string()))?;
     match tokio::time::timeout(receiver.produce_timeout, delivery).await {
         Ok(Ok(Ok(_))) => Ok(()),
         Ok(Ok(Err((e, _)))) => Err(unavailable(e.to_string())),
@@ -175,5 +194,9 @@ async fn produce(receiver: &Receiver, key: &str, payload: &[u8]) -> Result<(), R
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim).filter(|v| !v.is_empty())
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
 }

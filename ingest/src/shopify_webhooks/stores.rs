@@ -38,6 +38,10 @@ impl StoreSecrets {
     }
 
     pub fn secrets_for(&self, domain: &str) -> Option<Vec<Secret>> {
-        self.by_domain.read().unwrap_or_else(|p| p.into_inner()).get(domain).cloned()
+        self.by_domain
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(domain)
+            .cloned()
     }
 }

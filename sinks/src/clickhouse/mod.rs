@@ -110,11 +110,18 @@ impl Config {
     /// Creates the database, tables and views that are missing.
     pub async fn migrate(&self) -> Result<(), SinkError> {
         self.server_client()
-            .query(&format!("CREATE DATABASE IF NOT EXISTS `{}`", self.database.replace('`', "")))
+            .query(&format!(
+                "CREATE DATABASE IF NOT EXISTS `{}`",
+                self.database.replace('`', "")
+            ))
             .execute()
             .await?;
         let client = self.client();
-        for statement in SCHEMA.split("\n;\n").map(str::trim).filter(|s| !s.is_empty()) {
+        for statement in SCHEMA
+            .split("\n;\n")
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
             client.query(statement).execute().await?;
         }
         Ok(())
@@ -128,12 +135,20 @@ pub struct ClickHouseSink {
 
 impl ClickHouseSink {
     pub fn new(bootstrap_servers: &str, config: Config) -> Self {
-        Self { bootstrap_servers: bootstrap_servers.to_owned(), config }
+        Self {
+            bootstrap_servers: bootstrap_servers.to_owned(),
+            config,
+        }
     }
 
-    pub async fn run(&self, ready: Arc<AtomicBool>, shutdown: CancellationToken) -> Result<(), SinkError> {
+    pub async fn run(
+        &self,
+        ready: Arc<AtomicBool>,
+        shutdown: CancellationToken,
+    ) -> Result<(), SinkError> {
         self.migrate_until_up(&shutdown).await;
-        let consumer: StreamConsumer = consumer_config(&self.bootstrap_servers, &self.config.group_id).create()?;
+        let consumer: StreamConsumer =
+            consumer_config(&self.bootstrap_servers, &self.config.group_id).create()?;
         consumer.subscribe(&[topics::ATTRIBUTIONS])?;
         let client = self.config.client();
         let mut batch: Vec<AttributionRow> = Vec::with_capacity(self.config.batch_rows);
@@ -226,7 +241,10 @@ async fn flush(
     Ok(())
 }
 
-async fn insert(client: &::clickhouse::Client, rows: &[AttributionRow]) -> Result<(), ::clickhouse::error::Error> {
+async fn insert(
+    client: &::clickhouse::Client,
+    rows: &[AttributionRow],
+) -> Result<(), ::clickhouse::error::Error> {
     let mut insert = client.insert::<AttributionRow>("attributions").await?;
     for row in rows {
         insert.write(row).await?;

@@ -40,7 +40,11 @@ pub struct AttributionRow {
 pub fn money(value: Decimal) -> i64 {
     let mut scaled = value;
     scaled.rescale(MONEY_SCALE);
-    i64::try_from(scaled.mantissa()).unwrap_or(if value.is_sign_negative() { i64::MIN } else { i64::MAX })
+    i64::try_from(scaled.mantissa()).unwrap_or(if value.is_sign_negative() {
+        i64::MIN
+    } else {
+        i64::MAX
+    })
 }
 
 fn seconds(ms: i64) -> u32 {
@@ -48,7 +52,10 @@ fn seconds(ms: i64) -> u32 {
 }
 
 fn label<T: Serialize>(value: &T) -> String {
-    serde_json::to_value(value).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 impl From<&Attribution> for AttributionRow {
