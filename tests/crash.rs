@@ -11,7 +11,7 @@ use std::time::Duration;
 use rand::{Rng, SeedableRng};
 use support::*;
 use tokio::process::{Child, Command};
-use tributary::{control_files, generate, report};
+use tributary::{generate, report};
 
 struct Services {
     env: Vec<(String, String)>,
@@ -99,9 +99,7 @@ async fn killing_processor_and_sink_mid_stream_keeps_totals_exact() {
     let mut sink = services.spawn("sink", &ops(free_port()));
     wait_ready(&format!("http://{}/readyz", config.ingest.listen)).await;
 
-    let stores = control_files::StoresFile::read(&repo_path("deploy/demo/stores.toml")).unwrap();
-    let advocates = control_files::read_advocates(&repo_path("deploy/demo/advocates.csv")).unwrap();
-    let plan = generate::plan(&stores.store, &advocates, 1500, 5).unwrap();
+    let plan = demo_plan(1500, 5);
     let url = format!("http://{}/webhooks/shopify", config.ingest.listen);
     // The stream goes out in chunks; after each one a process is killed at a random moment while
     // the pipeline is still working through what was sent.

@@ -296,11 +296,7 @@ async fn every_rule_exclusion_and_duplicate_lands_exactly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn generated_stream_matches_the_generators_totals_to_the_cent() {
     let p = Pipeline::start("generated", |_| {}).await;
-    let stores =
-        tributary::control_files::StoresFile::read(&repo_path("deploy/demo/stores.toml")).unwrap();
-    let advocates =
-        tributary::control_files::read_advocates(&repo_path("deploy/demo/advocates.csv")).unwrap();
-    let plan = generate::plan(&stores.store, &advocates, 600, 11).unwrap();
+    let plan = demo_plan(600, 11);
     let report = generate::send(&p.webhook_url, &plan, 16, None).await;
     assert_eq!((report.sent, report.failed), (plan.deliveries(), 0));
     let ch = p.clickhouse();
@@ -425,11 +421,7 @@ async fn clickhouse_down_for_a_while_then_back_loses_nothing() {
     )
     .await;
     switch.up.store(false, std::sync::atomic::Ordering::SeqCst);
-    let stores =
-        tributary::control_files::StoresFile::read(&repo_path("deploy/demo/stores.toml")).unwrap();
-    let advocates =
-        tributary::control_files::read_advocates(&repo_path("deploy/demo/advocates.csv")).unwrap();
-    let plan = generate::plan(&stores.store, &advocates, 300, 23).unwrap();
+    let plan = demo_plan(300, 23);
     let report = generate::send(&p.webhook_url, &plan, 16, None).await;
     assert_eq!(report.failed, 0);
     tokio::time::sleep(Duration::from_secs(2)).await; // the sink retries against a dead ClickHouse

@@ -299,3 +299,12 @@ pub async fn clickhouse_switch() -> Switch {
         up,
     }
 }
+
+/// A generated stream over the demo stores and advocates.
+pub fn demo_plan(orders: usize, seed: u64) -> tributary::generate::Plan {
+    let stores =
+        control_files::StoresFile::read(&repo_path("deploy/demo/stores.toml")).expect("stores");
+    let advocates =
+        control_files::read_advocates(&repo_path("deploy/demo/advocates.csv")).expect("advocates");
+    tributary::generate::plan(&stores.store, &advocates, orders, seed).expect("plan")
+}
