@@ -48,14 +48,18 @@ impl Readiness {
 
 /// The process's Prometheus recorder, installed on first use.
 pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
-    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
-    if let Some(handle) = HANDLE.get() {
+    // A Mutex, not just a OnceLock: two pipelines starting at once (tests run
+    // in parallel) must not both try to install the global recorder.
+    static HANDLE: std::sync::Mutex<Option<PrometheusHandle>> = std::sync::Mutex::new(None);
+    let mut slot = HANDLE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(handle) = slot.as_ref() {
         return Ok(handle.clone());
     }
     let handle = PrometheusBuilder::new()
         .install_recorder()
         .context("installing the Prometheus recorder")?;
-    Ok(HANDLE.get_or_init(|| handle).clone())
+    *slot = Some(handle.clone());
+    Ok(handle)
 }
 
 /// `/healthz` (the process is up), `/readyz` (every service is ready) and `/metrics`.
