@@ -36,6 +36,14 @@ impl Readiness {
         flag
     }
 
+    /// Whether `service` has registered and is ready.
+    pub fn is_ready(&self, service: &str) -> bool {
+        let flags = self.0.read().unwrap_or_else(|p| p.into_inner());
+        flags
+            .iter()
+            .any(|(name, f)| *name == service && f.load(Ordering::SeqCst))
+    }
+
     fn not_ready(&self) -> Vec<&'static str> {
         let flags = self.0.read().unwrap_or_else(|p| p.into_inner());
         flags
@@ -51,7 +59,9 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     // A Mutex, not just a OnceLock: two pipelines starting at once (tests run
     // in parallel) must not both try to install the global recorder.
     static HANDLE: std::sync::Mutex<Option<PrometheusHandle>> = std::sync::Mutex::new(None);
-    let mut slot = HANDLE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut slot = HANDLE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Some(handle) = slot.as_ref() {
         return Ok(handle.clone());
     }
@@ -201,6 +211,24 @@ pub async fn run_sink(
         .run(ready, shutdown)
         .await?;
     Ok(())
+}
+
+/// Polls a `/readyz` URL until it answers 200.
+pub async fn wait_ready(url: &str, timeout: Duration) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < deadline {
+        if client
+            .get(url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("{url} did not become ready within {timeout:?}")
 }
 
 /// Cancels `token` on Ctrl-C or SIGTERM.

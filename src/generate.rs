@@ -23,6 +23,7 @@ use crate::control_files::{AdvocateLine, StoreEntry};
 #[derive(Debug, Clone)]
 pub struct Delivery {
     pub shop: String,
+    pub order_id: u64,
     pub topic: &'static str,
     pub webhook_id: String,
     pub event_id: String,
@@ -56,6 +57,19 @@ pub struct Expected {
     pub per_advocate: BTreeMap<(String, String), (u64, Decimal)>,
     pub unattributed_orders: u64,
     pub excluded_orders: u64,
+}
+
+impl Expected {
+    /// Adds another stream's expectation to this one.
+    pub fn add(&mut self, other: &Expected) {
+        for (key, (orders, gross)) in &other.per_advocate {
+            let entry = self.per_advocate.entry(key.clone()).or_default();
+            entry.0 += orders;
+            entry.1 += gross;
+        }
+        self.unattributed_orders += other.unattributed_orders;
+        self.excluded_orders += other.excluded_orders;
+    }
 }
 
 pub struct Plan {
@@ -404,6 +418,7 @@ fn deliveries(
         (
             Delivery {
                 shop: order.shop.clone(),
+                order_id: order.id,
                 topic,
                 webhook_id: format!("{id}-{:x}", order.id),
                 event_id: format!("evt-{}-{:x}", n, order.id),
@@ -440,7 +455,19 @@ pub struct SendReport {
     pub sent: usize,
     pub failed: usize,
     pub latencies_us: Vec<u64>,
+    /// When each order's first delivery was sent, by order id.
+    pub first_sent: Vec<(u64, Instant)>,
     pub elapsed: Duration,
+}
+
+/// A progress bar for sending `len` deliveries.
+pub fn progress_bar(len: usize) -> indicatif::ProgressBar {
+    indicatif::ProgressBar::new(len as u64).with_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} sending webhooks {bar:40} {pos}/{len} {per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    )
 }
 
 /// Sends every order's deliveries in order; different orders go concurrently.
@@ -450,32 +477,53 @@ pub async fn send(
     concurrency: usize,
     progress: Option<indicatif::ProgressBar>,
 ) -> SendReport {
+    send_paced(url, plan, concurrency, None, progress).await
+}
+
+/// [`send`], starting at most `orders_per_second` orders per second when given.
+pub async fn send_paced(
+    url: &str,
+    plan: &Plan,
+    concurrency: usize,
+    orders_per_second: Option<f64>,
+    progress: Option<indicatif::ProgressBar>,
+) -> SendReport {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency)
         .build()
         .unwrap_or_default();
     let progress = Arc::new(progress);
     let started = Instant::now();
+    let spacing = orders_per_second
+        .filter(|rate| *rate > 0.0)
+        .map(|rate| Duration::from_secs_f64(1.0 / rate));
     // Owned items: a stream over borrowed ones cannot be moved into a spawned task.
-    let results: Vec<(usize, usize, Vec<u64>)> = stream::iter(plan.orders.iter().cloned())
-        .map(|deliveries| {
+    let results: Vec<OrderSent> = stream::iter(plan.orders.iter().cloned().enumerate())
+        .map(|(index, deliveries)| {
             let client = client.clone();
             let progress = progress.clone();
             async move {
-                let (mut sent, mut failed, mut latencies) =
-                    (0, 0, Vec::with_capacity(deliveries.len()));
+                if let Some(spacing) = spacing {
+                    tokio::time::sleep_until((started + spacing * index as u32).into()).await;
+                }
+                let mut order = OrderSent {
+                    sent: 0,
+                    failed: 0,
+                    latencies_us: Vec::with_capacity(deliveries.len()),
+                    first_sent: (deliveries.first().map_or(0, |d| d.order_id), Instant::now()),
+                };
                 for delivery in &deliveries {
                     // Retry as Shopify would, so a 503 during a broker hiccup is not a loss.
                     for attempt in 0..8u32 {
                         let t = Instant::now();
                         let result = delivery.request(&client, url).send().await;
-                        latencies.push(t.elapsed().as_micros() as u64);
+                        order.latencies_us.push(t.elapsed().as_micros() as u64);
                         match result {
                             Ok(r) if r.status().is_success() => {
-                                sent += 1;
+                                order.sent += 1;
                                 break;
                             }
-                            _ if attempt == 7 => failed += 1,
+                            _ if attempt == 7 => order.failed += 1,
                             _ => {
                                 tokio::time::sleep(Duration::from_millis(
                                     200 * u64::from(attempt + 1),
@@ -488,7 +536,7 @@ pub async fn send(
                         bar.inc(1);
                     }
                 }
-                (sent, failed, latencies)
+                order
             }
         })
         .buffer_unordered(concurrency)
@@ -498,10 +546,18 @@ pub async fn send(
         elapsed: started.elapsed(),
         ..Default::default()
     };
-    for (sent, failed, latencies) in results {
-        report.sent += sent;
-        report.failed += failed;
-        report.latencies_us.extend(latencies);
+    for order in results {
+        report.sent += order.sent;
+        report.failed += order.failed;
+        report.latencies_us.extend(order.latencies_us);
+        report.first_sent.push(order.first_sent);
     }
     report
+}
+
+struct OrderSent {
+    sent: usize,
+    failed: usize,
+    latencies_us: Vec<u64>,
+    first_sent: (u64, Instant),
 }

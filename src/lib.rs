@@ -3,6 +3,7 @@
 //! `schemas`, `ingest`, `processors` and `sinks` crates. End-to-end tests use it directly.
 
 pub mod app;
+pub mod bench;
 pub mod config;
 pub mod control_files;
 pub mod generate;

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tributary::app::{self, Readiness};
 use tributary::config::Config;
-use tributary::{control_files, generate, report};
+use tributary::{bench, control_files, generate, report};
 use tributary_schemas::kafka::{dlq_headers, provision_topics, EmbeddedBroker};
 use tributary_schemas::secrets::MasterKey;
 use tributary_schemas::{topics, AvroRecord, DeadLetter};
@@ -71,9 +71,10 @@ enum Command {
     /// The demo: everything in one process, a generated stream, and ClickHouse's totals beside
     /// the generator's.
     Demo(GenerateArgs),
-    /// The demo's path, measured: webhooks/s, ack latency percentiles, end-to-end time to the last
-    /// row in ClickHouse, and peak RSS.
-    Bench(GenerateArgs),
+    /// Measure each stage on its own (ingest webhooks/s and ack latency, processor events/s, sink
+    /// rows/s), then end-to-end latency with all running, and peak RSS. Uses an embedded broker
+    /// and the `tributary_bench` database; fails if ClickHouse does not match the generator.
+    Bench(BenchArgs),
 }
 
 #[derive(Subcommand)]
@@ -110,6 +111,19 @@ struct GenerateArgs {
     /// Concurrent HTTP requests.
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
+}
+
+#[derive(clap::Args, Clone)]
+struct BenchArgs {
+    /// `--orders` is the backlog per store for the throughput stages.
+    #[command(flatten)]
+    generate: GenerateArgs,
+    /// Orders per store in the end-to-end stage.
+    #[arg(long, default_value_t = 1000)]
+    live_orders: usize,
+    /// Orders started per second in the end-to-end stage.
+    #[arg(long, default_value_t = 200.0)]
+    live_rate: f64,
 }
 
 #[tokio::main]
@@ -216,8 +230,32 @@ async fn main() -> anyhow::Result<()> {
         Command::Dlq {
             command: DlqCommand::List,
         } => list_dead_letters(&bootstrap(&config)?),
-        Command::Demo(args) => demo(config, args, shutdown, false).await,
-        Command::Bench(args) => demo(config, args, shutdown, true).await,
+        Command::Demo(args) => demo(config, args, shutdown).await,
+        Command::Bench(args) => {
+            let live = GenerateArgs {
+                orders: args.live_orders,
+                seed: args.generate.seed + 1,
+                ..args.generate.clone()
+            };
+            let report = bench::run(
+                config,
+                bench::BenchPlan {
+                    backlog: plan(&args.generate)?,
+                    live: plan(&live)?,
+                    live_orders_per_second: args.live_rate,
+                    concurrency: args.generate.concurrency,
+                    stores: args.generate.stores,
+                    advocates: args.generate.advocates,
+                },
+            )
+            .await?;
+            println!("{report}");
+            println!(
+                "\nper-advocate revenue, both streams: ClickHouse beside the generator\n{}",
+                report.totals_table
+            );
+            Ok(())
+        }
     }
 }
 
@@ -261,12 +299,7 @@ async fn send_with_progress(
     plan: &generate::Plan,
     concurrency: usize,
 ) -> generate::SendReport {
-    let bar = indicatif::ProgressBar::new(plan.deliveries() as u64).with_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} sending webhooks {bar:40} {pos}/{len} {per_sec} eta {eta}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
+    let bar = generate::progress_bar(plan.deliveries());
     let report = generate::send(url, plan, concurrency, Some(bar.clone())).await;
     bar.finish();
     report
@@ -276,19 +309,16 @@ async fn demo(
     mut config: Config,
     args: GenerateArgs,
     shutdown: CancellationToken,
-    bench: bool,
 ) -> anyhow::Result<()> {
     if config.clickhouse.database == "tributary" {
         config.clickhouse.database = "tributary_demo".into();
     }
+    config
+        .clickhouse
+        .drop_database()
+        .await
+        .context("ClickHouse is not reachable; start it with scripts/clickhouse.sh start")?;
     let client = config.clickhouse.client();
-    let _ = client
-        .query(&format!(
-            "DROP DATABASE IF EXISTS `{}`",
-            config.clickhouse.database
-        ))
-        .execute()
-        .await;
     let (_embedded, bootstrap) = broker_or_embedded(&config).await?;
     let key = MasterKey::load(&config.secrets.master_key_file, true)?;
     control_files::load_stores(&bootstrap, &args.stores, &key).await?;
@@ -298,7 +328,11 @@ async fn demo(
         tokio::spawn(async move { app::run_all(&config, &bootstrap, shutdown).await })
     };
     let url = format!("http://{}/webhooks/shopify", config.ingest.listen);
-    wait_ready(&format!("http://{}/readyz", config.ingest.listen)).await?;
+    app::wait_ready(
+        &format!("http://{}/readyz", config.ingest.listen),
+        Duration::from_secs(30),
+    )
+    .await?;
     let plan = plan(&args)?;
     println!(
         "sending {} deliveries for {} orders to {url}",
@@ -310,7 +344,6 @@ async fn demo(
         "sent {} ({} failed) in {:.1?}; waiting for ClickHouse",
         sent.sent, sent.failed, sent.elapsed
     );
-    let drained = std::time::Instant::now();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
     let (table, matched) = loop {
         let actual = report::advocate_totals(&client).await.unwrap_or_default();
@@ -318,11 +351,8 @@ async fn demo(
         if matched || tokio::time::Instant::now() > deadline {
             break (table, matched);
         }
-        tokio::time::sleep(Duration::from_millis(if bench { 50 } else { 500 })).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    if bench {
-        print_bench(&plan, &sent, sent.elapsed + drained.elapsed());
-    }
     println!("\nper-advocate revenue: ClickHouse (orders, gross) beside the generator's expectation\n{table}");
     println!(
         "unattributed orders expected: {}, excluded orders expected: {}",
@@ -333,22 +363,6 @@ async fn demo(
     anyhow::ensure!(matched, "ClickHouse does not match the generator");
     println!("ClickHouse matches the generator to the cent.");
     Ok(())
-}
-
-async fn wait_ready(url: &str) -> anyhow::Result<()> {
-    let client = reqwest::Client::new();
-    for _ in 0..300 {
-        if client
-            .get(url)
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    anyhow::bail!("{url} did not become ready")
 }
 
 fn list_dead_letters(bootstrap: &str) -> anyhow::Result<()> {
@@ -381,44 +395,4 @@ fn list_dead_letters(bootstrap: &str) -> anyhow::Result<()> {
     })?;
     println!("{count} dead letter(s)");
     Ok(())
-}
-
-fn print_bench(plan: &generate::Plan, sent: &generate::SendReport, to_last_row: Duration) {
-    let mut latencies = sent.latencies_us.clone();
-    latencies.sort_unstable();
-    let pct = |p: f64| {
-        latencies
-            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0)
-    };
-    let mean_body = plan
-        .orders
-        .iter()
-        .flatten()
-        .map(|d| d.body.len())
-        .sum::<usize>()
-        / plan.deliveries().max(1);
-    let peak_rss_kb = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        })
-        .unwrap_or(0);
-    println!("\nbench ({} deliveries, mean body {} bytes, one process: ingest + processor + sink + embedded broker + generator)", plan.deliveries(), mean_body);
-    println!(
-        "  ingest: {:.0} webhooks/s acknowledged",
-        sent.sent as f64 / sent.elapsed.as_secs_f64()
-    );
-    println!(
-        "  ack latency: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        pct(0.5) as f64 / 1e3,
-        pct(0.9) as f64 / 1e3,
-        pct(0.99) as f64 / 1e3,
-        pct(1.0) as f64 / 1e3
-    );
-    println!("  end to end: first webhook to the last row in ClickHouse {:.2?} ({:.0} orders/s through processor and sink)", to_last_row, plan.orders.len() as f64 / to_last_row.as_secs_f64());
-    println!("  peak RSS: {} MiB", peak_rss_kb / 1024);
 }

@@ -9,20 +9,18 @@
 //! same partition of `tributary.attributions`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
-};
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
-use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tributary_schemas::kafka::{
-    consumer_config, dlq_headers, now_ms, producer_config, read_partition, TopicError,
+    consumer_config, dlq_headers, now_ms, producer_config, read_partitions, GroupMember, TopicError,
 };
 use tributary_schemas::topics::{self, order_key};
 use tributary_schemas::{Attribution, AvroRecord, DeadLetter, WebhookEnvelope};
@@ -77,24 +75,6 @@ pub enum ProcessorError {
     Delivery(String),
 }
 
-/// Records partitions taken away by a rebalance, so the loop drops their state; they are
-/// restored again if they come back.
-#[derive(Default)]
-struct RebalanceTracker {
-    revoked: Mutex<Vec<i32>>,
-}
-
-impl ClientContext for RebalanceTracker {}
-
-impl ConsumerContext for RebalanceTracker {
-    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(partitions) = rebalance {
-            let mut revoked = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
-            revoked.extend(partitions.elements().iter().map(|e| e.partition()));
-        }
-    }
-}
-
 /// One record to produce.
 struct Output {
     topic: &'static str,
@@ -125,17 +105,18 @@ impl Processor {
         ready: Arc<AtomicBool>,
         shutdown: CancellationToken,
     ) -> Result<(), ProcessorError> {
-        let consumer: StreamConsumer<RebalanceTracker> =
+        // Ready once the group has assigned this member its partitions (possibly none).
+        let consumer: StreamConsumer<GroupMember> =
             consumer_config(&self.bootstrap_servers, &self.config.group_id)
-                .create_with_context(RebalanceTracker::default())?;
+                .create_with_context(GroupMember::new(ready))?;
         consumer.subscribe(&[topics::WEBHOOKS])?;
         let producer: FutureProducer =
             producer_config(&self.bootstrap_servers, Duration::from_secs(30)).create()?;
         let mut states: HashMap<i32, PartitionState> = HashMap::new();
         let mut in_flight: Vec<DeliveryFuture> = Vec::new();
         let mut done: HashMap<i32, i64> = HashMap::new();
+        let mut next_expected: HashMap<i32, i64> = HashMap::new();
         let mut tick = tokio::time::interval(Duration::from_millis(self.config.commit_interval_ms));
-        ready.store(true, Ordering::SeqCst);
         loop {
             tokio::select! {
                 biased;
@@ -149,13 +130,26 @@ impl Processor {
                             continue;
                         }
                     };
-                    for partition in consumer.context().revoked.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+                    for partition in consumer.context().take_revoked() {
                         states.remove(&partition);
                         done.remove(&partition);
+                        next_expected.remove(&partition);
                     }
                     let partition = message.partition();
+                    if let Some(expected) = next_expected.insert(partition, message.offset() + 1) {
+                        report_gap(partition, expected, message.offset());
+                    }
                     if !states.contains_key(&partition) {
-                        states.insert(partition, self.restore(partition).await?);
+                        // Restore every assigned partition still missing at once: one reader.
+                        let mut missing: Vec<i32> = consumer
+                            .assignment()?
+                            .elements_for_topic(topics::WEBHOOKS)
+                            .iter()
+                            .map(|e| e.partition())
+                            .filter(|p| !states.contains_key(p) && *p != partition)
+                            .collect();
+                        missing.push(partition);
+                        states.extend(self.restore(missing).await?);
                     }
                     let state = states.get_mut(&partition).expect("restored above");
                     for output in self.process(&message, state) {
@@ -173,15 +167,20 @@ impl Processor {
         checkpoint(&consumer, &mut in_flight, &mut done).await
     }
 
-    /// Rebuilds a partition's order state from `tributary.attributions`.
-    async fn restore(&self, partition: i32) -> Result<PartitionState, ProcessorError> {
+    /// Rebuilds the order state of `partitions` from `tributary.attributions`, in one pass.
+    async fn restore(
+        &self,
+        partitions: Vec<i32>,
+    ) -> Result<HashMap<i32, PartitionState>, ProcessorError> {
         let bootstrap = self.bootstrap_servers.clone();
         let started = std::time::Instant::now();
+        let mut records: HashMap<i32, Vec<Attribution>> =
+            partitions.iter().map(|&p| (p, Vec::new())).collect();
         let records = tokio::task::spawn_blocking(move || {
-            let mut records = Vec::new();
-            read_partition(&bootstrap, topics::ATTRIBUTIONS, partition, |message| {
+            read_partitions(&bootstrap, topics::ATTRIBUTIONS, &partitions, |message| {
+                let partition = message.partition();
                 match message.payload().map(Attribution::from_avro) {
-                    Some(Ok(record)) => records.push(record),
+                    Some(Ok(record)) => records.entry(partition).or_default().push(record),
                     Some(Err(error)) => tracing::warn!(partition, offset = message.offset(), %error, "changelog record skipped"),
                     None => {}
                 }
@@ -190,14 +189,17 @@ impl Processor {
         })
         .await
         .map_err(|e| ProcessorError::Delivery(format!("restore task failed: {e}")))??;
-        let state = PartitionState::restore(records);
+        let states: HashMap<i32, PartitionState> = records
+            .into_iter()
+            .map(|(partition, records)| (partition, PartitionState::restore(records)))
+            .collect();
         tracing::info!(
-            partition,
-            orders = state.len(),
+            partitions = ?states.keys().collect::<Vec<_>>(),
+            orders = states.values().map(PartitionState::len).sum::<usize>(),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "partition state restored"
         );
-        Ok(state)
+        Ok(states)
     }
 
     /// Everything one input record produces.
@@ -250,6 +252,23 @@ impl Processor {
             }
         }
         outputs
+    }
+}
+
+/// Webhook records are written by idempotent, non-transactional producers, so their offsets
+/// are contiguous: a jump means the broker deleted records before they were processed (retention,
+/// or the embedded broker's 5 MiB per partition). Nothing can bring them back; say so loudly.
+fn report_gap(partition: i32, expected: i64, received: i64) {
+    if received > expected {
+        let lost = (received - expected) as u64;
+        metrics::counter!("tributary_processor_lost_records_total").increment(lost);
+        tracing::error!(
+            partition,
+            expected,
+            received,
+            lost,
+            "webhook records were deleted by the broker before they were processed"
+        );
     }
 }
 

@@ -103,15 +103,9 @@ impl Drop for Pipeline {
 }
 
 pub async fn reset_database(config: &Config) {
-    let server = clickhouse::Client::default()
-        .with_url(&config.clickhouse.url)
-        .with_validation(false);
-    server
-        .query(&format!(
-            "DROP DATABASE IF EXISTS `{}`",
-            config.clickhouse.database
-        ))
-        .execute()
+    config
+        .clickhouse
+        .drop_database()
         .await
         .expect("ClickHouse is running (scripts/clickhouse.sh start)");
 }
@@ -127,19 +121,9 @@ pub async fn load_demo_control(config: &Config, bootstrap: &str) {
 }
 
 pub async fn wait_ready(url: &str) {
-    let client = reqwest::Client::new();
-    for _ in 0..600 {
-        if client
-            .get(url)
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{url} never became ready");
+    tributary::app::wait_ready(url, Duration::from_secs(30))
+        .await
+        .expect("the pipeline becomes ready");
 }
 
 /// A Shopify order payload with the fields attribution reads.
@@ -190,6 +174,7 @@ impl Order {
     pub fn delivery(&self, topic: &'static str, webhook_id: &str, event_id: &str) -> Delivery {
         Delivery {
             shop: SHOP.into(),
+            order_id: self.id,
             topic,
             webhook_id: webhook_id.into(),
             event_id: event_id.into(),

@@ -8,7 +8,7 @@
 mod row;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
-use tributary_schemas::kafka::consumer_config;
+use tributary_schemas::kafka::{consumer_config, GroupMember};
 use tributary_schemas::{topics, Attribution, AvroRecord};
 
 pub use row::AttributionRow;
@@ -107,6 +107,15 @@ impl Config {
         client
     }
 
+    /// Drops the database with everything in it: the demo, the bench and the tests start empty.
+    pub async fn drop_database(&self) -> Result<(), SinkError> {
+        self.server_client()
+            .query(&format!("DROP DATABASE IF EXISTS `{}`", self.database))
+            .execute()
+            .await?;
+        Ok(())
+    }
+
     /// Creates the database, tables and views that are missing.
     pub async fn migrate(&self) -> Result<(), SinkError> {
         self.server_client()
@@ -147,14 +156,14 @@ impl ClickHouseSink {
         shutdown: CancellationToken,
     ) -> Result<(), SinkError> {
         self.migrate_until_up(&shutdown).await;
-        let consumer: StreamConsumer =
-            consumer_config(&self.bootstrap_servers, &self.config.group_id).create()?;
+        let consumer: StreamConsumer<GroupMember> =
+            consumer_config(&self.bootstrap_servers, &self.config.group_id)
+                .create_with_context(GroupMember::new(ready))?;
         consumer.subscribe(&[topics::ATTRIBUTIONS])?;
         let client = self.config.client();
         let mut batch: Vec<AttributionRow> = Vec::with_capacity(self.config.batch_rows);
         let mut offsets: HashMap<i32, i64> = HashMap::new();
         let mut tick = tokio::time::interval(Duration::from_millis(self.config.batch_ms));
-        ready.store(true, Ordering::SeqCst);
         loop {
             tokio::select! {
                 biased;
@@ -205,7 +214,7 @@ impl ClickHouseSink {
 /// Inserts the batch, retrying until ClickHouse takes it (or shutdown), then commits its offsets.
 async fn flush(
     client: &::clickhouse::Client,
-    consumer: &StreamConsumer,
+    consumer: &StreamConsumer<GroupMember>,
     batch: &mut Vec<AttributionRow>,
     offsets: &mut HashMap<i32, i64>,
     shutdown: &CancellationToken,

@@ -1,0 +1,386 @@
+//! `tributary bench`: each stage's throughput on its own, then latency with every stage running.
+//!
+//! 1. **Ingest.** Only the receiver runs; a backlog of signed ~6 KB webhooks is sent as fast as
+//!    `concurrency` allows. Measures webhooks/s and the ack latency (HTTP 200 means in Kafka).
+//! 2. **Processor.** The processor starts on that backlog. Measures input records/s from the
+//!    moment it has joined its group until its committed offsets reach the end of the topic;
+//!    they only move once its outputs are acknowledged.
+//! 3. **Sink.** The sink starts on the attributions the processor produced. Measures
+//!    `tributary.attributions` records/s committed, each committed record being a row in ClickHouse.
+//! 4. **End to end.** With all three running, a second stream is sent at a steady order rate; each
+//!    order's latency runs from sending its first webhook to its row being visible in ClickHouse
+//!    (polled every 10 ms).
+//!
+//! Finally ClickHouse's per-advocate totals must equal the generator's for both streams, so a
+//! fast but lossy run fails instead of reporting figures.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+use tributary_schemas::kafka::{EmbeddedBroker, GroupProgress};
+use tributary_schemas::secrets::MasterKey;
+use tributary_schemas::topics;
+
+use crate::app::{self, Readiness};
+use crate::config::Config;
+use crate::generate::{self, Plan, SendReport};
+use crate::{control_files, report};
+
+pub struct BenchPlan {
+    /// Sent in stage 1 and drained by stages 2 and 3.
+    pub backlog: Plan,
+    /// Sent in stage 4 at `live_orders_per_second`.
+    pub live: Plan,
+    pub live_orders_per_second: f64,
+    pub concurrency: usize,
+    pub stores: std::path::PathBuf,
+    pub advocates: std::path::PathBuf,
+}
+
+/// One stage's drain: records from the first to the last commit seen.
+#[derive(Debug)]
+pub struct Drain {
+    pub records: i64,
+    pub elapsed: Duration,
+}
+
+impl Drain {
+    pub fn per_second(&self) -> f64 {
+        self.records as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+pub struct BenchReport {
+    pub ingest: SendReport,
+    pub mean_body_bytes: usize,
+    pub processor: Drain,
+    pub sink: Drain,
+    pub live: SendReport,
+    /// Milliseconds from an order's first webhook to its row in ClickHouse, sorted.
+    pub end_to_end_ms: Vec<f64>,
+    pub peak_rss_mib: u64,
+    pub totals_table: String,
+}
+
+pub async fn run(mut config: Config, plan: BenchPlan) -> anyhow::Result<BenchReport> {
+    // Separate database, embedded broker: the bench never touches an operator's data.
+    config.clickhouse.database = "tributary_bench".into();
+    config.kafka.bootstrap_servers = None;
+    config
+        .clickhouse
+        .drop_database()
+        .await
+        .context("ClickHouse is not reachable; start it with scripts/clickhouse.sh start")?;
+    let client = config.clickhouse.client();
+    let broker = EmbeddedBroker::start(1, config.kafka.partitions)?;
+    let bootstrap = broker.bootstrap_servers();
+    let key = MasterKey::load(&config.secrets.master_key_file, true)?;
+    control_files::load_stores(&bootstrap, &plan.stores, &key).await?;
+    control_files::load_advocates(&bootstrap, &plan.advocates).await?;
+
+    let shutdown = CancellationToken::new();
+    let _stop_on_return = shutdown.clone().drop_guard();
+    let readiness = Readiness::default();
+    let metrics = app::install_metrics()?;
+    let mut services = tokio::task::JoinSet::new();
+
+    println!(
+        "stage 1/4: ingest only, {} deliveries",
+        plan.backlog.deliveries()
+    );
+    {
+        let (config, bootstrap, readiness, shutdown) = (
+            config.clone(),
+            bootstrap.clone(),
+            readiness.clone(),
+            shutdown.clone(),
+        );
+        services.spawn(async move {
+            app::run_ingest(&config, &bootstrap, readiness, metrics, shutdown)
+                .await
+                .context("ingest")
+        });
+    }
+    let url = format!("http://{}/webhooks/shopify", config.ingest.listen);
+    app::wait_ready(
+        &format!("http://{}/readyz", config.ingest.listen),
+        Duration::from_secs(30),
+    )
+    .await?;
+    let ingest = generate::send_paced(
+        &url,
+        &plan.backlog,
+        plan.concurrency,
+        None,
+        Some(generate::progress_bar(plan.backlog.deliveries())),
+    )
+    .await;
+    anyhow::ensure!(
+        ingest.failed == 0,
+        "{} webhooks were refused",
+        ingest.failed
+    );
+
+    println!("stage 2/4: processor drains the backlog");
+    {
+        let (config, bootstrap, readiness, shutdown) = (
+            config.clone(),
+            bootstrap.clone(),
+            readiness.clone(),
+            shutdown.clone(),
+        );
+        services.spawn(async move {
+            app::run_processor(&config, &bootstrap, readiness, shutdown)
+                .await
+                .context("processor")
+        });
+    }
+    let processor = drain(
+        &bootstrap,
+        &config.processor.group_id,
+        topics::WEBHOOKS,
+        (&readiness, "processor"),
+        &mut services,
+    )
+    .await?;
+
+    println!("stage 3/4: sink drains the attributions");
+    {
+        let (config, bootstrap, readiness, shutdown) = (
+            config.clone(),
+            bootstrap.clone(),
+            readiness.clone(),
+            shutdown.clone(),
+        );
+        services.spawn(async move {
+            app::run_sink(&config, &bootstrap, readiness, shutdown)
+                .await
+                .context("sink")
+        });
+    }
+    let sink = drain(
+        &bootstrap,
+        &config.clickhouse.group_id,
+        topics::ATTRIBUTIONS,
+        (&readiness, "sink"),
+        &mut services,
+    )
+    .await?;
+
+    println!(
+        "stage 4/4: end to end, {} orders at {} orders/s",
+        plan.live.orders.len(),
+        plan.live_orders_per_second
+    );
+    let watcher = tokio::spawn(watch_rows(client.clone(), order_ids(&plan.live)));
+    let live = generate::send_paced(
+        &url,
+        &plan.live,
+        plan.concurrency,
+        Some(plan.live_orders_per_second),
+        None,
+    )
+    .await;
+    let visible = watcher.await.context("the row watcher failed")??;
+    let mut end_to_end_ms: Vec<f64> = live
+        .first_sent
+        .iter()
+        .filter_map(|(order_id, sent)| {
+            visible
+                .get(order_id)
+                .map(|seen| seen.saturating_duration_since(*sent).as_secs_f64() * 1e3)
+        })
+        .collect();
+    end_to_end_ms.sort_by(f64::total_cmp);
+
+    let mut expected = plan.backlog.expected.clone();
+    expected.add(&plan.live.expected);
+    let actual = report::advocate_totals(&client).await?;
+    let (totals_table, matched) = report::compare(&actual, &expected);
+    anyhow::ensure!(
+        matched,
+        "ClickHouse does not match the generator; figures withheld\n{totals_table}"
+    );
+    Ok(BenchReport {
+        mean_body_bytes: mean_body(&plan.backlog),
+        ingest,
+        processor,
+        sink,
+        live,
+        end_to_end_ms,
+        peak_rss_mib: peak_rss_kib() / 1024,
+        totals_table,
+    })
+}
+
+/// Waits until `group` has committed everything in `topic`, timing from the moment `service`
+/// became ready, that is, had joined its group and been given its partitions.
+async fn drain(
+    bootstrap: &str,
+    group: &str,
+    topic: &'static str,
+    (readiness, service): (&Readiness, &str),
+    services: &mut tokio::task::JoinSet<anyhow::Result<()>>,
+) -> anyhow::Result<Drain> {
+    let progress = std::sync::Arc::new(GroupProgress::new(bootstrap, group, topic)?);
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut started: Option<Instant> = None;
+    loop {
+        if let Some(stopped) = services.try_join_next() {
+            anyhow::bail!("a service stopped during the bench: {:?}", stopped?);
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{group} did not drain {topic} in time"
+        );
+        let Some(started) = started else {
+            if readiness.is_ready(service) {
+                started = Some(Instant::now());
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            continue;
+        };
+        let reader = progress.clone();
+        let (committed, end) =
+            tokio::task::spawn_blocking(move || reader.committed_and_end()).await??;
+        if committed >= end {
+            return Ok(Drain {
+                records: end,
+                elapsed: started.elapsed(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// When each of `orders` first has a row in ClickHouse.
+async fn watch_rows(
+    client: clickhouse::Client,
+    orders: Vec<u64>,
+) -> anyhow::Result<HashMap<u64, Instant>> {
+    let (Some(&low), Some(&high)) = (orders.iter().min(), orders.iter().max()) else {
+        return Ok(HashMap::new());
+    };
+    let query = format!(
+        "SELECT DISTINCT order_id FROM attributions WHERE order_id BETWEEN {low} AND {high}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut seen = HashMap::with_capacity(orders.len());
+    while seen.len() < orders.len() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {} of {} orders reached ClickHouse",
+            seen.len(),
+            orders.len()
+        );
+        let rows: Vec<u64> = client.query(&query).fetch_all().await?;
+        let now = Instant::now();
+        for order_id in rows {
+            seen.entry(order_id).or_insert(now);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(seen)
+}
+
+fn order_ids(plan: &Plan) -> Vec<u64> {
+    plan.orders
+        .iter()
+        .filter_map(|deliveries| deliveries.first().map(|d| d.order_id))
+        .collect()
+}
+
+fn mean_body(plan: &Plan) -> usize {
+    plan.orders
+        .iter()
+        .flatten()
+        .map(|d| d.body.len())
+        .sum::<usize>()
+        / plan.deliveries().max(1)
+}
+
+/// The process's peak resident set (VmHWM), in KiB.
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|line| line.starts_with("VmHWM:"))
+                .and_then(|line| line.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// The `p`-quantile of sorted values (nearest rank).
+pub fn quantile<T: Copy + Default>(sorted: &[T], p: f64) -> T {
+    if sorted.is_empty() {
+        return T::default();
+    }
+    let rank = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+impl std::fmt::Display for BenchReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut ack_us = self.ingest.latencies_us.clone();
+        ack_us.sort_unstable();
+        let ms = |us: u64| us as f64 / 1e3;
+        writeln!(f, "\nbench (one process: embedded broker, ingest, processor, sink, generator; ClickHouse beside it)")?;
+        writeln!(
+            f,
+            "  ingest:     {:>9.0} webhooks/s acknowledged ({} webhooks, mean body {} bytes)",
+            self.ingest.sent as f64 / self.ingest.elapsed.as_secs_f64(),
+            self.ingest.sent,
+            self.mean_body_bytes
+        )?;
+        writeln!(
+            f,
+            "  ack latency: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            ms(quantile(&ack_us, 0.5)),
+            ms(quantile(&ack_us, 0.9)),
+            ms(quantile(&ack_us, 0.99)),
+            ms(quantile(&ack_us, 1.0))
+        )?;
+        writeln!(
+            f,
+            "  processor:  {:>9.0} events/s ({} webhook records in {:.2?})",
+            self.processor.per_second(),
+            self.processor.records,
+            self.processor.elapsed
+        )?;
+        writeln!(
+            f,
+            "  sink:       {:>9.0} rows/s ({} attribution rows in {:.2?})",
+            self.sink.per_second(),
+            self.sink.records,
+            self.sink.elapsed
+        )?;
+        writeln!(
+            f,
+            "  end to end: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms, webhook sent to row visible ({} orders at a steady rate)",
+            quantile(&self.end_to_end_ms, 0.5),
+            quantile(&self.end_to_end_ms, 0.99),
+            quantile(&self.end_to_end_ms, 1.0),
+            self.end_to_end_ms.len()
+        )?;
+        write!(f, "  peak RSS:   {} MiB", self.peak_rss_mib)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quantile;
+
+    #[test]
+    fn nearest_rank_quantiles() {
+        let values: Vec<u64> = (1..=100).collect();
+        assert_eq!(quantile(&values, 0.5), 50);
+        assert_eq!(quantile(&values, 0.99), 99);
+        assert_eq!(quantile(&values, 1.0), 100);
+        assert_eq!(quantile(&[7u64], 0.5), 7);
+        assert_eq!(quantile::<u64>(&[], 0.5), 0);
+    }
+}
