@@ -19,14 +19,19 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
+use tributary_processors::attribution::Decision;
+use tributary_processors::normalize::{normalize, Normalized};
+use tributary_processors::state::PartitionState;
 use tributary_schemas::kafka::{EmbeddedBroker, GroupProgress};
 use tributary_schemas::secrets::MasterKey;
 use tributary_schemas::topics;
+use tributary_schemas::{AttributionSource, OrderEvent, Outcome};
 
 use crate::app::{self, Readiness};
 use crate::config::Config;
+use crate::control_files::{self, StoreEntry};
 use crate::generate::{self, Plan, SendReport};
-use crate::{control_files, report};
+use crate::report;
 
 pub struct BenchPlan {
     /// Sent in stage 1 and drained by stages 2 and 3.
@@ -35,7 +40,8 @@ pub struct BenchPlan {
     pub live: Plan,
     pub live_orders_per_second: f64,
     pub concurrency: usize,
-    pub stores: std::path::PathBuf,
+    /// The stores the plans were made for.
+    pub stores: Vec<StoreEntry>,
     pub advocates: std::path::PathBuf,
 }
 
@@ -61,6 +67,8 @@ pub struct BenchReport {
     /// Milliseconds from an order's first webhook to its row in ClickHouse, sorted.
     pub end_to_end_ms: Vec<f64>,
     pub peak_rss_mib: u64,
+    /// Resident bytes per order held for its settle delay.
+    pub held_order_bytes: f64,
     pub totals_table: String,
 }
 
@@ -77,7 +85,7 @@ pub async fn run(mut config: Config, plan: BenchPlan) -> anyhow::Result<BenchRep
     let broker = EmbeddedBroker::start(1, config.kafka.partitions)?;
     let bootstrap = broker.bootstrap_servers();
     let key = MasterKey::load(&config.secrets.master_key_file, true)?;
-    control_files::load_stores(&bootstrap, &plan.stores, &key).await?;
+    control_files::publish_stores(&bootstrap, &plan.stores, &key).await?;
     control_files::load_advocates(&bootstrap, &plan.advocates).await?;
 
     let shutdown = CancellationToken::new();
@@ -195,6 +203,7 @@ pub async fn run(mut config: Config, plan: BenchPlan) -> anyhow::Result<BenchRep
         .collect();
     end_to_end_ms.sort_by(f64::total_cmp);
 
+    let held_order_bytes = held_order_bytes(&plan.backlog);
     let mut expected = plan.backlog.expected.clone();
     expected.add(&plan.live.expected);
     let actual = report::advocate_totals(&client).await?;
@@ -211,6 +220,7 @@ pub async fn run(mut config: Config, plan: BenchPlan) -> anyhow::Result<BenchRep
         live,
         end_to_end_ms,
         peak_rss_mib: peak_rss_kib() / 1024,
+        held_order_bytes,
         totals_table,
     })
 }
@@ -301,14 +311,52 @@ fn mean_body(plan: &Plan) -> usize {
         / plan.deliveries().max(1)
 }
 
+/// Holds each planned order's first version in one partition's state, as a store with a settle
+/// delay does, and returns the growth of the resident set per held order.
+fn held_order_bytes(plan: &Plan) -> f64 {
+    let events: Vec<Box<OrderEvent>> = plan
+        .orders
+        .iter()
+        .filter_map(|deliveries| deliveries.first())
+        .filter_map(|delivery| match normalize(&delivery.envelope()) {
+            Ok(Normalized::Order(event)) => Some(event),
+            _ => None,
+        })
+        .collect();
+    let before = rss_kib("VmRSS:");
+    let mut state = PartitionState::default();
+    for (offset, event) in events.iter().enumerate() {
+        state.apply(event, offset as i64, i64::MAX / 2, never_asked);
+    }
+    let grown_kib = rss_kib("VmRSS:").saturating_sub(before);
+    let held = state.held_len().max(1);
+    drop(state);
+    grown_kib as f64 * 1024.0 / held as f64
+}
+
+/// `apply` judges an order only when it settles at once, never while holding it.
+fn never_asked() -> Decision {
+    Decision {
+        outcome: Outcome::Unattributed,
+        source: AttributionSource::Unattributed,
+        reason: String::new(),
+        advocate: None,
+        code: None,
+    }
+}
+
 /// The process's peak resident set (VmHWM), in KiB.
 fn peak_rss_kib() -> u64 {
+    rss_kib("VmHWM:")
+}
+
+fn rss_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|status| {
             status
                 .lines()
-                .find(|line| line.starts_with("VmHWM:"))
+                .find(|line| line.starts_with(field))
                 .and_then(|line| line.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)
@@ -365,6 +413,11 @@ impl std::fmt::Display for BenchReport {
             quantile(&self.end_to_end_ms, 0.99),
             quantile(&self.end_to_end_ms, 1.0),
             self.end_to_end_ms.len()
+        )?;
+        writeln!(
+            f,
+            "  held order: {:.0} bytes resident per order waiting out its settle delay",
+            self.held_order_bytes
         )?;
         write!(f, "  peak RSS:   {} MiB", self.peak_rss_mib)
     }

@@ -183,9 +183,16 @@ pub async fn load_stores(
     path: &Path,
     master_key: &MasterKey,
 ) -> anyhow::Result<usize> {
-    let file = StoresFile::read(path)?;
-    let records: Vec<(String, Store)> = file
-        .store
+    publish_stores(bootstrap, &StoresFile::read(path)?.store, master_key).await
+}
+
+/// Publishes store entries to the stores control topic, their secrets sealed with `master_key`.
+pub async fn publish_stores(
+    bootstrap: &str,
+    entries: &[StoreEntry],
+    master_key: &MasterKey,
+) -> anyhow::Result<usize> {
+    let records: Vec<(String, Store)> = entries
         .iter()
         .map(|entry| {
             let record = store_record(entry, master_key);

@@ -33,6 +33,21 @@ pub struct Delivery {
 }
 
 impl Delivery {
+    /// The envelope the receiver would write for this delivery (received now).
+    pub fn envelope(&self) -> tributary_schemas::WebhookEnvelope {
+        tributary_schemas::WebhookEnvelope {
+            source: tributary_schemas::WebhookEnvelope::SOURCE_WEBHOOK.to_owned(),
+            shop_domain: self.shop.clone(),
+            topic: self.topic.to_owned(),
+            webhook_id: self.webhook_id.clone(),
+            event_id: Some(self.event_id.clone()),
+            triggered_at_ms: self.triggered_at_ms,
+            api_version: "2025-10".to_owned(),
+            received_at_ms: tributary_schemas::kafka::now_ms(),
+            body: self.body.clone(),
+        }
+    }
+
     pub fn request(&self, client: &reqwest::Client, url: &str) -> reqwest::RequestBuilder {
         client
             .post(url)
@@ -175,10 +190,22 @@ pub fn plan(
             .first()
             .cloned()
             .unwrap_or_else(|| "SITEWIDE".into());
+        // Each store's orders lie in their own month, so one store's event times never settle
+        // another's orders. A store with a settle delay gets its whole stream inside the delay
+        // less the last version's 3 minutes: nothing settles until the idle tick at the end, so
+        // every order settles with its newest version, whatever order the deliveries race in.
+        let store_start_ms = start_ms + store_index as i64 * 30 * 86_400_000;
+        let delay_ms = i64::from(store.settle_delay_minutes.max(0)) * 60_000;
+        let spacing_ms = if delay_ms == 0 {
+            1_500
+        } else {
+            let span_ms = (delay_ms - 4 * 60_000).max(0);
+            (span_ms / orders.max(1) as i64).min(1_500)
+        };
         for n in 0..orders {
             let order_id: u64 =
                 (1u64 << 53) + (seed << 24) + ((store_index as u64) << 20) + n as u64 * 7 + 1;
-            let created_ms = start_ms + n as i64 * 1_500;
+            let created_ms = store_start_ms + n as i64 * spacing_ms;
             let scenario = pick(&mut rng, &SCENARIOS);
             let advocate = *active.choose(&mut rng).expect("non-empty");
             let other = *active
@@ -242,11 +269,13 @@ pub fn plan(
             };
             let pattern = pick(&mut rng, &PATTERNS);
             let deliveries = deliveries(&mut rng, &order, pattern, &secret);
-            // What the first delivered version says is what settles (a settle delay of 0).
-            let first_total = deliveries
-                .first()
-                .map(|(_, total)| *total)
-                .unwrap_or_default();
+            // With no delay the first delivered version settles; with one, the newest.
+            let settled = if delay_ms == 0 {
+                deliveries.first()
+            } else {
+                deliveries.iter().max_by_key(|(d, _)| d.triggered_at_ms)
+            };
+            let settled_total = settled.map(|(_, total)| *total).unwrap_or_default();
             match credited {
                 Credit::To(a) => {
                     let entry = expected
@@ -254,7 +283,7 @@ pub fn plan(
                         .entry((domain.clone(), a.identifier.clone()))
                         .or_default();
                     entry.0 += 1;
-                    entry.1 += first_total;
+                    entry.1 += settled_total;
                 }
                 Credit::Nobody => expected.unattributed_orders += 1,
                 Credit::Excluded => expected.excluded_orders += 1,

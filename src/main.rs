@@ -232,19 +232,22 @@ async fn main() -> anyhow::Result<()> {
         } => list_dead_letters(&bootstrap(&config)?),
         Command::Demo(args) => demo(config, args, shutdown).await,
         Command::Bench(args) => {
-            let live = GenerateArgs {
-                orders: args.live_orders,
-                seed: args.generate.seed + 1,
-                ..args.generate.clone()
-            };
+            // The throughput stages run without settle delays (held orders would wait for the
+            // idle tick); the memory of held orders is measured on its own.
+            let mut stores = control_files::StoresFile::read(&args.generate.stores)?.store;
+            for store in &mut stores {
+                store.settle_delay_minutes = 0;
+            }
+            let advocates = control_files::read_advocates(&args.generate.advocates)?;
+            let (orders, seed) = (args.generate.orders, args.generate.seed);
             let report = bench::run(
                 config,
                 bench::BenchPlan {
-                    backlog: plan(&args.generate)?,
-                    live: plan(&live)?,
+                    backlog: generate::plan(&stores, &advocates, orders, seed)?,
+                    live: generate::plan(&stores, &advocates, args.live_orders, seed + 1)?,
                     live_orders_per_second: args.live_rate,
                     concurrency: args.generate.concurrency,
-                    stores: args.generate.stores,
+                    stores,
                     advocates: args.generate.advocates,
                 },
             )
@@ -313,6 +316,8 @@ async fn demo(
     if config.clickhouse.database == "tributary" {
         config.clickhouse.database = "tributary_demo".into();
     }
+    // The demo's stream ends and then sits idle: settle the delayed store's orders soon after.
+    config.processor.idle_tick_ms = config.processor.idle_tick_ms.min(1_000);
     config
         .clickhouse
         .drop_database()

@@ -91,6 +91,9 @@ async fn killing_processor_and_sink_mid_stream_keeps_totals_exact() {
                 "TRIBUTARY_PROCESSOR__COMMIT_INTERVAL_MS".into(),
                 "300".into(),
             ),
+            // Longer than any pause inside a chunk; chunks hold whole orders, so a tick between
+            // chunks settles only orders whose every version has been sent.
+            ("TRIBUTARY_PROCESSOR__IDLE_TICK_MS".into(), "1000".into()),
         ],
     };
     let ops = |port: u16| [("TRIBUTARY_OPS__LISTEN", format!("127.0.0.1:{port}"))];
@@ -99,7 +102,7 @@ async fn killing_processor_and_sink_mid_stream_keeps_totals_exact() {
     let mut sink = services.spawn("sink", &ops(free_port()));
     wait_ready(&format!("http://{}/readyz", config.ingest.listen)).await;
 
-    let plan = demo_plan(1500, 5);
+    let plan = demo_plan(1000, 5);
     let url = format!("http://{}/webhooks/shopify", config.ingest.listen);
     // The stream goes out in chunks; after each one a process is killed at a random moment while
     // the pipeline is still working through what was sent.

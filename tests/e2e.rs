@@ -296,14 +296,14 @@ async fn every_rule_exclusion_and_duplicate_lands_exactly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn generated_stream_matches_the_generators_totals_to_the_cent() {
     let p = Pipeline::start("generated", |_| {}).await;
-    let plan = demo_plan(600, 11);
+    let plan = demo_plan(400, 11);
     let report = generate::send(&p.webhook_url, &plan, 16, None).await;
     assert_eq!((report.sent, report.failed), (plan.deliveries(), 0));
     let ch = p.clickhouse();
     eventually(
         &ch,
         "SELECT toString(count()) FROM attributions_current",
-        "600",
+        &plan.orders.len().to_string(),
     )
     .await;
     let actual = tributary::report::advocate_totals(&ch).await.unwrap();
@@ -314,6 +314,62 @@ async fn generated_stream_matches_the_generators_totals_to_the_cent() {
             && plan.expected.excluded_orders > 0
             && plan.expected.unattributed_orders > 0
     );
+}
+
+/// The upsell store holds orders 10 minutes of event time. One partition, so every record moves
+/// the same watermark.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn held_orders_merge_upsells_settle_on_event_time_and_survive_a_restart() {
+    let mut p = Pipeline::start("settle", |c| {
+        c.kafka.partitions = 1;
+        c.processor.idle_tick_ms = 3_600_000; // no idle tick until the restart below
+    })
+    .await;
+    let order = |id: u64, total: &'static str, created_minute: i64| {
+        let mut order = Order::new(id, total);
+        (order.shop, order.secret, order.created_minute) =
+            (UPSELL_SHOP, UPSELL_SECRET, created_minute);
+        order.codes = vec!["kemi"];
+        order
+    };
+    let send = |order: Order, topic: &'static str, id: &str| {
+        let (url, delivery) = (p.webhook_url.clone(), order.delivery(topic, id, id));
+        async move { assert_eq!(post(&url, &delivery).await, 200) }
+    };
+    // A: placed at minute 0 for 100, upsold at minute 2 to 130; an older version arrives last.
+    let a = order(7_000_000_000_001, "100.00", 0);
+    send(a.clone(), "orders/create", "a-create").await;
+    let mut a_upsell = order(7_000_000_000_001, "130.00", 0);
+    a_upsell.updated_minute = 2;
+    send(a_upsell, "orders/updated", "a-upsell").await;
+    let mut a_older = order(7_000_000_000_001, "90.00", 0);
+    a_older.updated_minute = 1;
+    send(a_older, "orders/updated", "a-older").await;
+    // B: placed at minute 11, which moves the watermark past A's settle time (minute 10).
+    send(
+        order(7_000_000_000_002, "50.00", 11),
+        "orders/create",
+        "b-create",
+    )
+    .await;
+    let ch = p.clickhouse();
+    let row = |id: u64| {
+        format!("SELECT concat(outcome, ',', advocate_identifier, ',', toString(gross)) FROM attributions_current WHERE order_id = {id}")
+    };
+    eventually(&ch, &row(7_000_000_000_001), "ATTRIBUTED,kemi,130").await;
+    // B is held: nothing has passed minute 21, and there is no idle tick.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    eventually(&ch, &row(7_000_000_000_002), "").await;
+    let mut b_upsell = order(7_000_000_000_002, "75.00", 11);
+    b_upsell.updated_minute = 3;
+    send(b_upsell, "orders/updated", "b-upsell").await;
+
+    // A restart loses nothing held: the replay rebuilds B from its first record, merges its
+    // upsell again, and the idle tick (now short) settles it with its newest version.
+    p.restart(|c| c.processor.idle_tick_ms = 300).await;
+    eventually(&ch, &row(7_000_000_000_002), "ATTRIBUTED,kemi,75").await;
+    eventually(&ch, &row(7_000_000_000_001), "ATTRIBUTED,kemi,130").await;
+    eventually(&ch, "SELECT toString(max(revision)) FROM attributions", "1").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -421,7 +477,7 @@ async fn clickhouse_down_for_a_while_then_back_loses_nothing() {
     )
     .await;
     switch.up.store(false, std::sync::atomic::Ordering::SeqCst);
-    let plan = demo_plan(300, 23);
+    let plan = demo_plan(200, 23);
     let report = generate::send(&p.webhook_url, &plan, 16, None).await;
     assert_eq!(report.failed, 0);
     tokio::time::sleep(Duration::from_secs(2)).await; // the sink retries against a dead ClickHouse
@@ -444,7 +500,7 @@ async fn clickhouse_down_for_a_while_then_back_loses_nothing() {
     eventually(
         &ch,
         "SELECT toString(count()) FROM attributions_current",
-        "300",
+        &plan.orders.len().to_string(),
     )
     .await;
     let (table, matched) = tributary::report::compare(

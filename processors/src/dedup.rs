@@ -7,7 +7,7 @@
 //!   the one held is stale and changes nothing. This also covers a duplicate older than the window,
 //!   a reconciled copy of a version already seen, and a replayed topic.
 
-use tributary_schemas::{Attribution, OrderEvent};
+use tributary_schemas::{OrderEvent, OrderVersion};
 
 /// How many delivery ids an order remembers; older duplicates are caught by the version order.
 pub const DELIVERY_WINDOW: usize = 32;
@@ -39,8 +39,9 @@ fn event_tag(id: &str) -> String {
     format!("e:{id}")
 }
 
-pub fn judge(current: &Attribution, event: &OrderEvent) -> Verdict {
-    let seen = |tag: String| current.recent_delivery_ids.contains(&tag);
+/// Judges `event` against what an order has seen: its recent delivery ids and its newest version.
+pub fn judge(recent_delivery_ids: &[String], newest: OrderVersion, event: &OrderEvent) -> Verdict {
+    let seen = |tag: String| recent_delivery_ids.contains(&tag);
     if seen(webhook_tag(&event.webhook_id)) {
         Verdict::DuplicateWebhook
     } else if event
@@ -49,7 +50,7 @@ pub fn judge(current: &Attribution, event: &OrderEvent) -> Verdict {
         .is_some_and(|id| seen(event_tag(id)))
     {
         Verdict::DuplicateEvent
-    } else if event.version() <= current.latest_version() {
+    } else if event.version() <= newest {
         Verdict::Stale
     } else {
         Verdict::Fresh

@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
@@ -43,6 +43,11 @@ pub struct Config {
     /// Commit early once this many produced records await acknowledgement.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
+    /// A partition that holds unsettled orders and has read nothing for this long gets an idle
+    /// tick: a record carrying the current time as its event time, so a quiet store's orders
+    /// still settle. The tick is in the topic, so a replay settles exactly as the first run did.
+    #[serde(default = "default_idle_tick_ms")]
+    pub idle_tick_ms: u64,
 }
 
 fn default_group() -> String {
@@ -54,6 +59,9 @@ fn default_commit_interval_ms() -> u64 {
 fn default_max_in_flight() -> usize {
     20_000
 }
+fn default_idle_tick_ms() -> u64 {
+    10_000
+}
 
 impl Default for Config {
     fn default() -> Self {
@@ -61,6 +69,7 @@ impl Default for Config {
             group_id: default_group(),
             commit_interval_ms: default_commit_interval_ms(),
             max_in_flight: default_max_in_flight(),
+            idle_tick_ms: default_idle_tick_ms(),
         }
     }
 }
@@ -116,12 +125,24 @@ impl Processor {
         let mut in_flight: Vec<DeliveryFuture> = Vec::new();
         let mut done: HashMap<i32, i64> = HashMap::new();
         let mut next_expected: HashMap<i32, i64> = HashMap::new();
+        let mut last_read: HashMap<i32, Instant> = HashMap::new();
+        let idle_tick_after = Duration::from_millis(self.config.idle_tick_ms);
         let mut tick = tokio::time::interval(Duration::from_millis(self.config.commit_interval_ms));
         loop {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                _ = tick.tick() => checkpoint(&consumer, &mut in_flight, &mut done).await?,
+                _ = tick.tick() => {
+                    for (&partition, state) in &states {
+                        let idle = last_read.get(&partition).is_none_or(|t| t.elapsed() >= idle_tick_after);
+                        if state.held_len() > 0 && idle {
+                            let delivery = send(&producer, idle_tick(partition), &mut in_flight).await?;
+                            in_flight.push(delivery);
+                            last_read.insert(partition, Instant::now());
+                        }
+                    }
+                    checkpoint(&consumer, &mut in_flight, &mut done, &states).await?
+                }
                 received = consumer.recv() => {
                     let message = match received {
                         Ok(message) => message,
@@ -134,8 +155,10 @@ impl Processor {
                         states.remove(&partition);
                         done.remove(&partition);
                         next_expected.remove(&partition);
+                        last_read.remove(&partition);
                     }
                     let partition = message.partition();
+                    last_read.insert(partition, Instant::now());
                     if let Some(expected) = next_expected.insert(partition, message.offset() + 1) {
                         report_gap(partition, expected, message.offset());
                     }
@@ -149,7 +172,8 @@ impl Processor {
                             .filter(|p| !states.contains_key(p) && *p != partition)
                             .collect();
                         missing.push(partition);
-                        states.extend(self.restore(missing).await?);
+                        let watermarks = committed_watermarks(&consumer, &missing);
+                        states.extend(self.restore(missing, watermarks).await?);
                     }
                     let state = states.get_mut(&partition).expect("restored above");
                     for output in self.process(&message, state) {
@@ -159,18 +183,19 @@ impl Processor {
                     done.insert(partition, message.offset() + 1);
                     metrics::counter!("tributary_processor_records_total").increment(1);
                     if in_flight.len() >= self.config.max_in_flight {
-                        checkpoint(&consumer, &mut in_flight, &mut done).await?;
+                        checkpoint(&consumer, &mut in_flight, &mut done, &states).await?;
                     }
                 }
             }
         }
-        checkpoint(&consumer, &mut in_flight, &mut done).await
+        checkpoint(&consumer, &mut in_flight, &mut done, &states).await
     }
 
     /// Rebuilds the order state of `partitions` from `tributary.attributions`, in one pass.
     async fn restore(
         &self,
         partitions: Vec<i32>,
+        watermarks: HashMap<i32, i64>,
     ) -> Result<HashMap<i32, PartitionState>, ProcessorError> {
         let bootstrap = self.bootstrap_servers.clone();
         let started = std::time::Instant::now();
@@ -191,7 +216,10 @@ impl Processor {
         .map_err(|e| ProcessorError::Delivery(format!("restore task failed: {e}")))??;
         let states: HashMap<i32, PartitionState> = records
             .into_iter()
-            .map(|(partition, records)| (partition, PartitionState::restore(records)))
+            .map(|(partition, records)| {
+                let watermark = watermarks.get(&partition).copied().unwrap_or_default();
+                (partition, PartitionState::restore(records, watermark))
+            })
             .collect();
         tracing::info!(
             partitions = ?states.keys().collect::<Vec<_>>(),
@@ -202,14 +230,47 @@ impl Processor {
         Ok(states)
     }
 
-    /// Everything one input record produces.
+    /// Everything one input record produces: its own outputs, then the attributions of every held
+    /// order the watermark has now passed.
     fn process(&self, message: &BorrowedMessage<'_>, state: &mut PartitionState) -> Vec<Output> {
         let envelope = match message.payload().map(WebhookEnvelope::from_avro) {
             Some(Ok(envelope)) => envelope,
             Some(Err(error)) => return vec![dead_letter(message, "decode", &error.to_string())],
             None => return vec![dead_letter(message, "decode", "record has no value")],
         };
-        let event = match normalize(&envelope) {
+        let mut outputs = if envelope.is_idle_tick() {
+            Vec::new()
+        } else {
+            self.process_envelope(message, &envelope, state)
+        };
+        state.observe(envelope.triggered_at_ms);
+        let control = self.control.read().unwrap_or_else(|p| p.into_inner());
+        let settled = state.settle_due(message.offset(), |event| {
+            let Some(store) = control.active_store(&event.shop_domain) else {
+                metrics::counter!("tributary_processor_skipped_total", "reason" => "store_not_connected").increment(1);
+                return None;
+            };
+            Some(decide(event, store, control.advocates(&event.shop_domain)))
+        });
+        for attribution in settled {
+            let key = order_key(&attribution.shop_domain, attribution.order_id).into_bytes();
+            outputs.push(encoded(
+                message,
+                topics::ATTRIBUTIONS,
+                key,
+                attribution.to_avro(),
+            ));
+        }
+        outputs
+    }
+
+    fn process_envelope(
+        &self,
+        message: &BorrowedMessage<'_>,
+        envelope: &WebhookEnvelope,
+        state: &mut PartitionState,
+    ) -> Vec<Output> {
+        let event = match normalize(envelope) {
             Ok(Normalized::Order(event)) => event,
             Ok(Normalized::Skipped) => return Vec::new(),
             Err(error) => return vec![dead_letter(message, "normalize", &error.to_string())],
@@ -220,39 +281,96 @@ impl Processor {
             tracing::debug!(shop = %event.shop_domain, "order of a store that is not connected; skipped");
             return Vec::new();
         };
-        let applied = state.apply(&event, message.offset(), || {
+        let settle_delay_ms = i64::from(store.settle_delay_minutes.max(0)) * 60_000;
+        let applied = state.apply(&event, message.offset(), settle_delay_ms, || {
             decide(&event, store, control.advocates(&event.shop_domain))
         });
-        let key = order_key(&event.shop_domain, event.order_id).into_bytes();
-        let partition = Some(message.partition());
-        let mut outputs = Vec::with_capacity(2);
-        let encoded = |topic, record: Result<Vec<u8>, _>| match record {
-            Ok(payload) => Output {
-                topic,
-                partition,
-                key: key.clone(),
-                payload,
-                headers: None,
-            },
-            Err(error) => dead_letter(message, "encode", &format!("{error}")),
-        };
+        let key = || order_key(&event.shop_domain, event.order_id).into_bytes();
+        let order_event = || encoded(message, topics::ORDERS, key(), event.to_avro());
         match applied {
-            Applied::Unchanged(verdict) if verdict.label().starts_with("duplicate") => {
-                metrics::counter!("tributary_dedup_dropped_total", "reason" => verdict.label())
-                    .increment(1);
-            }
             Applied::Unchanged(verdict) => {
                 metrics::counter!("tributary_dedup_dropped_total", "reason" => verdict.label())
                     .increment(1);
-                outputs.push(encoded(topics::ORDERS, event.to_avro()));
+                // A stale version is still a fact about the order; a duplicate is not.
+                if verdict.label().starts_with("duplicate") {
+                    Vec::new()
+                } else {
+                    vec![order_event()]
+                }
             }
-            Applied::Changed(attribution) => {
-                outputs.push(encoded(topics::ORDERS, event.to_avro()));
-                outputs.push(encoded(topics::ATTRIBUTIONS, attribution.to_avro()));
-            }
+            Applied::Held => vec![order_event()],
+            Applied::Changed(attribution) => vec![
+                order_event(),
+                encoded(message, topics::ATTRIBUTIONS, key(), attribution.to_avro()),
+            ],
         }
-        outputs
     }
+}
+
+/// An output to the input's partition number, or a dead letter if it could not be encoded.
+fn encoded(
+    message: &BorrowedMessage<'_>,
+    topic: &'static str,
+    key: Vec<u8>,
+    payload: Result<Vec<u8>, impl std::fmt::Display>,
+) -> Output {
+    match payload {
+        Ok(payload) => Output {
+            topic,
+            partition: Some(message.partition()),
+            key,
+            payload,
+            headers: None,
+        },
+        Err(error) => dead_letter(message, "encode", &error.to_string()),
+    }
+}
+
+fn idle_tick(partition: i32) -> Output {
+    Output {
+        topic: topics::WEBHOOKS,
+        partition: Some(partition),
+        key: b"idle-tick".to_vec(),
+        payload: WebhookEnvelope::idle_tick(partition, now_ms())
+            .to_avro()
+            .unwrap_or_default(),
+        headers: None,
+    }
+}
+
+/// The commit metadata that carries a partition's watermark with its committed offset.
+fn watermark_metadata(watermark_ms: i64) -> String {
+    format!("watermark_ms={watermark_ms}")
+}
+
+/// The watermarks committed beside the group's offsets of `partitions`; missing ones read as 0.
+fn committed_watermarks<C: ConsumerContext>(
+    consumer: &StreamConsumer<C>,
+    partitions: &[i32],
+) -> HashMap<i32, i64> {
+    let mut wanted = TopicPartitionList::new();
+    for &partition in partitions {
+        wanted.add_partition(topics::WEBHOOKS, partition);
+    }
+    let committed = match consumer.committed_offsets(wanted, Duration::from_secs(10)) {
+        Ok(committed) => committed,
+        Err(error) => {
+            tracing::warn!(%error, "reading committed watermarks failed; starting from 0");
+            return HashMap::new();
+        }
+    };
+    committed
+        .elements()
+        .iter()
+        .filter_map(|element| {
+            let watermark = element
+                .metadata()
+                .strip_prefix("watermark_ms=")?
+                .parse()
+                .ok()?;
+            Some((element.partition(), watermark))
+        })
+        .collect()
 }
 
 /// Webhook records are written by idempotent, non-transactional producers, so their offsets
@@ -314,11 +432,13 @@ async fn await_deliveries(in_flight: &mut Vec<DeliveryFuture>) -> Result<(), Pro
     Ok(())
 }
 
-/// Waits until everything produced is acknowledged, then commits the input offsets it covers.
+/// Waits until everything produced is acknowledged, then commits the input offsets it covers;
+/// never past the first record of a held order (see [`PartitionState::commit_position`]).
 async fn checkpoint<C: ConsumerContext>(
     consumer: &StreamConsumer<C>,
     in_flight: &mut Vec<DeliveryFuture>,
     done: &mut HashMap<i32, i64>,
+    states: &HashMap<i32, PartitionState>,
 ) -> Result<(), ProcessorError> {
     await_deliveries(in_flight).await?;
     if done.is_empty() {
@@ -326,7 +446,12 @@ async fn checkpoint<C: ConsumerContext>(
     }
     let mut offsets = TopicPartitionList::new();
     for (partition, next) in done.drain() {
-        offsets.add_partition_offset(topics::WEBHOOKS, partition, Offset::Offset(next))?;
+        let (offset, watermark) = states
+            .get(&partition)
+            .map_or((next, 0), |state| state.commit_position(next));
+        let mut element = offsets.add_partition(topics::WEBHOOKS, partition);
+        element.set_offset(Offset::Offset(offset))?;
+        element.set_metadata(watermark_metadata(watermark));
     }
     // A commit refused after a rebalance is harmless: the new owner replays from the last commit.
     if let Err(error) = consumer.commit(&offsets, CommitMode::Sync) {

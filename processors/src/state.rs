@@ -1,13 +1,22 @@
-//! Per-partition order state. The state of an order *is* its latest [`Attribution`] record: the
+//! Per-partition order state.
+//!
+//! **Settled orders.** The state of a settled order *is* its latest [`Attribution`] record: the
 //! processor emits the whole record on every change, and after a restart or a rebalance rebuilds a
 //! partition by reading `tributary.attributions` (same partition number) to its end. Because output
 //! and changelog are one record, they can never disagree.
 //!
-//! Settling: this version settles an order at its first version (a settle delay of 0). Later
-//! versions update the order's latest facts (status, cancellation) but never its gross or its
-//! advocate, as the contract says.
+//! **Held orders.** A store with a settle delay holds each new order until the partition's
+//! *watermark* (the highest `X-Shopify-Triggered-At` read so far, an event time) passes its
+//! `created_at` plus the delay; versions that arrive meanwhile are merged (the newest wins), and the
+//! newest is what settles. Held orders are not written anywhere: the processor does not commit its
+//! input past the first record of a held order, so after a crash the replay rebuilds them from
+//! `shopify.webhooks`, with the watermark they started from carried in the commit's metadata. The
+//! watermark at every input position is therefore the same in every run, and so is what settles.
+//!
+//! After settling, later versions update the order's latest facts (status, cancellation) but never
+//! its gross or its advocate, as the contract says.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use rust_decimal::Decimal;
 use tributary_schemas::topics::order_key;
@@ -18,69 +27,190 @@ use crate::dedup::{self, Verdict};
 
 #[derive(Debug, PartialEq)]
 pub enum Applied {
-    /// The event changed the order; emit this record.
+    /// The event changed a settled order; emit this record.
     Changed(Box<Attribution>),
+    /// The event is the order's newest version so far; the order is held until it settles.
+    Held,
     /// Nothing changed, for this reason (never [`Verdict::Fresh`]).
     Unchanged(Verdict),
 }
 
+/// An order waiting for the watermark to pass `settle_at_ms`.
+#[derive(Debug)]
+struct Held {
+    newest: OrderEvent,
+    recent_delivery_ids: Vec<String>,
+    /// Input position of the order's first record, and the watermark just before it: where a
+    /// replay must start to rebuild this order.
+    first_offset: i64,
+    watermark_before: i64,
+}
+
 #[derive(Debug, Default)]
 pub struct PartitionState {
-    orders: HashMap<String, Attribution>,
+    settled: HashMap<String, Attribution>,
+    held: HashMap<String, Held>,
+    /// Held orders by (settle time, key): settling order is deterministic.
+    due: BTreeSet<(i64, String)>,
+    watermark_ms: i64,
 }
 
 impl PartitionState {
-    /// Rebuilds from changelog records in offset order; the highest revision of each order wins.
-    pub fn restore(records: impl IntoIterator<Item = Attribution>) -> Self {
-        let mut orders: HashMap<String, Attribution> = HashMap::new();
+    /// Rebuilds from changelog records in offset order (the highest revision of each order wins)
+    /// and the watermark committed with the input offset.
+    pub fn restore(records: impl IntoIterator<Item = Attribution>, watermark_ms: i64) -> Self {
+        let mut settled: HashMap<String, Attribution> = HashMap::new();
         for record in records {
             let key = order_key(&record.shop_domain, record.order_id);
-            if orders
+            if settled
                 .get(&key)
                 .is_none_or(|held| held.revision < record.revision)
             {
-                orders.insert(key, record);
+                settled.insert(key, record);
             }
         }
-        Self { orders }
+        Self {
+            settled,
+            watermark_ms,
+            ..Self::default()
+        }
     }
 
+    /// Settled orders.
     pub fn len(&self) -> usize {
-        self.orders.len()
+        self.settled.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.orders.is_empty()
+        self.settled.is_empty() && self.held.is_empty()
     }
 
-    /// Applies one order event read at `input_offset`. `decide` is asked only when the order
-    /// settles.
+    pub fn held_len(&self) -> usize {
+        self.held.len()
+    }
+
+    pub fn watermark_ms(&self) -> i64 {
+        self.watermark_ms
+    }
+
+    /// Every record of the partition moves the watermark, whatever becomes of it.
+    pub fn observe(&mut self, triggered_at_ms: i64) {
+        self.watermark_ms = self.watermark_ms.max(triggered_at_ms);
+    }
+
+    /// Where the input may be committed, with the watermark to store beside it: the first record
+    /// of the oldest held order, or else `processed_up_to`.
+    pub fn commit_position(&self, processed_up_to: i64) -> (i64, i64) {
+        self.held
+            .values()
+            .map(|held| (held.first_offset, held.watermark_before))
+            .min()
+            .unwrap_or((processed_up_to, self.watermark_ms))
+    }
+
+    /// Applies one order event read at `input_offset`, before the watermark moves past it.
+    /// `decide` is asked only when the order settles at once (`settle_delay_ms` of 0).
     pub fn apply(
         &mut self,
         event: &OrderEvent,
         input_offset: i64,
+        settle_delay_ms: i64,
         decide: impl FnOnce() -> Decision,
     ) -> Applied {
         let key = order_key(&event.shop_domain, event.order_id);
-        let Some(current) = self.orders.get_mut(&key) else {
-            let settled = settle(event, decide(), input_offset);
-            self.orders.insert(key, settled.clone());
-            return Applied::Changed(Box::new(settled));
-        };
-        let verdict = dedup::judge(current, event);
-        if verdict != Verdict::Fresh {
-            return Applied::Unchanged(verdict);
+        if let Some(current) = self.settled.get_mut(&key) {
+            return update_settled(current, event, input_offset);
         }
-        current.revision += 1;
-        current.latest_updated_at_ms = event.updated_at_ms;
-        current.latest_triggered_at_ms = event.triggered_at_ms;
-        current.financial_status = event.financial_status.clone();
-        current.cancelled |= event.cancelled_at_ms.is_some();
-        current.net = net(current.gross, current.refunded, current.cancelled);
-        current.input_offset = input_offset;
-        dedup::remember(&mut current.recent_delivery_ids, event);
-        Applied::Changed(Box::new(current.clone()))
+        if let Some(held) = self.held.get_mut(&key) {
+            let verdict = dedup::judge(&held.recent_delivery_ids, held.newest.version(), event);
+            return match verdict {
+                Verdict::Fresh => {
+                    dedup::remember(&mut held.recent_delivery_ids, event);
+                    held.newest = event.clone();
+                    Applied::Held
+                }
+                // An older version still counts as seen: its redelivery is a duplicate.
+                Verdict::Stale => {
+                    dedup::remember(&mut held.recent_delivery_ids, event);
+                    Applied::Unchanged(verdict)
+                }
+                _ => Applied::Unchanged(verdict),
+            };
+        }
+        if settle_delay_ms <= 0 {
+            let mut recent_delivery_ids = Vec::new();
+            dedup::remember(&mut recent_delivery_ids, event);
+            let settled = settle(event, recent_delivery_ids, decide(), input_offset);
+            self.settled.insert(key, settled.clone());
+            return Applied::Changed(Box::new(settled));
+        }
+        let settle_at_ms = event.created_at_ms.saturating_add(settle_delay_ms);
+        let mut recent_delivery_ids = Vec::new();
+        dedup::remember(&mut recent_delivery_ids, event);
+        self.due.insert((settle_at_ms, key.clone()));
+        self.held.insert(
+            key,
+            Held {
+                newest: event.clone(),
+                recent_delivery_ids,
+                first_offset: input_offset,
+                watermark_before: self.watermark_ms,
+            },
+        );
+        Applied::Held
     }
+
+    /// Settles every held order the watermark has passed, in (settle time, key) order. `decide`
+    /// judges the settled version; `None` (its store is no longer connected) drops the order.
+    pub fn settle_due(
+        &mut self,
+        input_offset: i64,
+        mut decide: impl FnMut(&OrderEvent) -> Option<Decision>,
+    ) -> Vec<Attribution> {
+        let mut settled = Vec::new();
+        while let Some((settle_at_ms, _)) = self.due.first() {
+            if *settle_at_ms > self.watermark_ms {
+                break;
+            }
+            let Some((_, key)) = self.due.pop_first() else {
+                break;
+            };
+            let Some(held) = self.held.remove(&key) else {
+                continue;
+            };
+            if let Some(decision) = decide(&held.newest) {
+                let record = settle(
+                    &held.newest,
+                    held.recent_delivery_ids,
+                    decision,
+                    input_offset,
+                );
+                self.settled.insert(key, record.clone());
+                settled.push(record);
+            }
+        }
+        settled
+    }
+}
+
+fn update_settled(current: &mut Attribution, event: &OrderEvent, input_offset: i64) -> Applied {
+    let verdict = dedup::judge(
+        &current.recent_delivery_ids,
+        current.latest_version(),
+        event,
+    );
+    if verdict != Verdict::Fresh {
+        return Applied::Unchanged(verdict);
+    }
+    current.revision += 1;
+    current.latest_updated_at_ms = event.updated_at_ms;
+    current.latest_triggered_at_ms = event.triggered_at_ms;
+    current.financial_status = event.financial_status.clone();
+    current.cancelled |= event.cancelled_at_ms.is_some();
+    current.net = net(current.gross, current.refunded, current.cancelled);
+    current.input_offset = input_offset;
+    dedup::remember(&mut current.recent_delivery_ids, event);
+    Applied::Changed(Box::new(current.clone()))
 }
 
 /// Net is gross minus refunded, never below zero; a cancelled order nets to zero.
@@ -92,11 +222,14 @@ pub fn net(gross: Decimal, refunded: Decimal, cancelled: bool) -> Decimal {
     }
 }
 
-fn settle(event: &OrderEvent, decision: Decision, input_offset: i64) -> Attribution {
+fn settle(
+    event: &OrderEvent,
+    recent_delivery_ids: Vec<String>,
+    decision: Decision,
+    input_offset: i64,
+) -> Attribution {
     let cancelled = event.cancelled_at_ms.is_some();
     let (advocate_id, advocate_identifier) = decision.advocate.unzip();
-    let mut recent_delivery_ids = Vec::new();
-    dedup::remember(&mut recent_delivery_ids, event);
     Attribution {
         shop_domain: event.shop_domain.clone(),
         order_id: event.order_id,
@@ -175,23 +308,24 @@ mod tests {
     fn duplicates_and_stale_versions_change_nothing() {
         let mut state = PartitionState::default();
         assert!(matches!(
-            state.apply(&event("w1", Some("e1"), 10, 100), 0, decision),
+            state.apply(&event("w1", Some("e1"), 10, 100), 0, 0, decision),
             Applied::Changed(_)
         ));
         let unchanged = |v| Applied::Unchanged(v);
         assert_eq!(
-            state.apply(&event("w1", Some("e1"), 10, 100), 1, decision),
+            state.apply(&event("w1", Some("e1"), 10, 100), 1, 0, decision),
             unchanged(Verdict::DuplicateWebhook)
         );
         assert_eq!(
-            state.apply(&event("w2", Some("e1"), 10, 100), 2, decision),
+            state.apply(&event("w2", Some("e1"), 10, 100), 2, 0, decision),
             unchanged(Verdict::DuplicateEvent)
         );
         assert_eq!(
-            state.apply(&event("w3", None, 9, 50), 3, decision),
+            state.apply(&event("w3", None, 9, 50), 3, 0, decision),
             unchanged(Verdict::Stale)
         );
-        let Applied::Changed(newer) = state.apply(&event("w4", None, 11, 300), 4, decision) else {
+        let Applied::Changed(newer) = state.apply(&event("w4", None, 11, 300), 4, 0, decision)
+        else {
             panic!()
         };
         assert_eq!(
@@ -203,12 +337,13 @@ mod tests {
     #[test]
     fn cancellation_nets_to_zero_and_restore_keeps_newest_revision() {
         let mut state = PartitionState::default();
-        let Applied::Changed(first) = state.apply(&event("w1", None, 10, 100), 0, decision) else {
+        let Applied::Changed(first) = state.apply(&event("w1", None, 10, 100), 0, 0, decision)
+        else {
             panic!()
         };
         let mut cancel = event("w2", None, 12, 100);
         cancel.cancelled_at_ms = Some(12);
-        let Applied::Changed(cancelled) = state.apply(&cancel, 1, decision) else {
+        let Applied::Changed(cancelled) = state.apply(&cancel, 1, 0, decision) else {
             panic!()
         };
         assert_eq!(
@@ -216,11 +351,83 @@ mod tests {
             (Decimal::ZERO, 100.into())
         );
 
-        let mut restored = PartitionState::restore([*cancelled.clone(), *first]);
+        let mut restored = PartitionState::restore([*cancelled.clone(), *first], 0);
         assert_eq!(
-            restored.apply(&cancel, 1, decision),
+            restored.apply(&cancel, 1, 0, decision),
             Applied::Unchanged(Verdict::DuplicateWebhook)
         );
         assert_eq!(restored.len(), 1);
+    }
+
+    #[test]
+    fn held_orders_merge_versions_and_settle_when_the_watermark_passes() {
+        const DELAY: i64 = 600_000;
+        let mut state = PartitionState::default();
+        state.observe(5);
+        let created = event("w1", Some("e1"), 10, 100);
+        assert_eq!(state.apply(&created, 7, DELAY, decision), Applied::Held);
+        state.observe(10);
+        let upsell = event("w2", Some("e2"), 20, 130);
+        assert_eq!(state.apply(&upsell, 8, DELAY, decision), Applied::Held);
+        state.observe(20);
+        assert_eq!(
+            state.apply(&event("w3", None, 15, 90), 9, DELAY, decision),
+            Applied::Unchanged(Verdict::Stale),
+            "an older version never replaces the newest"
+        );
+        assert_eq!(
+            state.apply(&created, 10, DELAY, decision),
+            Applied::Unchanged(Verdict::DuplicateWebhook)
+        );
+        // Replay must start at the first record of the held order, with the watermark before it.
+        assert_eq!(state.commit_position(11), (7, 5));
+        assert!(state.settle_due(11, |_| Some(decision())).is_empty());
+
+        state.observe(DELAY - 1);
+        assert!(
+            state.settle_due(12, |_| Some(decision())).is_empty(),
+            "not yet due"
+        );
+        state.observe(DELAY);
+        let settled = state.settle_due(13, |_| Some(decision()));
+        assert_eq!(settled.len(), 1);
+        assert_eq!(
+            (
+                settled[0].gross,
+                settled[0].revision,
+                settled[0].input_offset
+            ),
+            (130.into(), 1, 13),
+            "the newest merged version settles"
+        );
+        assert_eq!(state.commit_position(14), (14, DELAY));
+        assert_eq!(
+            state.apply(&upsell, 14, DELAY, decision),
+            Applied::Unchanged(Verdict::DuplicateWebhook),
+            "deliveries merged while held stay known after settling"
+        );
+    }
+
+    #[test]
+    fn settling_order_is_by_time_then_key_and_a_disconnected_store_drops_the_order() {
+        let mut state = PartitionState::default();
+        let mut late = event("a", None, 10, 1);
+        late.order_id = 2;
+        late.created_at_ms = 50;
+        let mut early = event("b", None, 10, 2);
+        early.order_id = 3;
+        early.created_at_ms = 10;
+        let mut dropped = event("c", None, 10, 3);
+        dropped.order_id = 4;
+        dropped.shop_domain = "gone".into();
+        for (offset, e) in [&late, &early, &dropped].into_iter().enumerate() {
+            assert_eq!(state.apply(e, offset as i64, 100, decision), Applied::Held);
+        }
+        state.observe(1_000);
+        let settled = state.settle_due(3, |e| (e.shop_domain != "gone").then(decision));
+        let ids: Vec<u64> = settled.iter().map(|a| a.order_id).collect();
+        assert_eq!(ids, vec![3, 2]);
+        assert_eq!(state.held_len(), 0);
+        assert_eq!(state.len(), 2);
     }
 }

@@ -24,6 +24,27 @@ avro_record!(WebhookEnvelope, "webhook_envelope.avsc");
 impl WebhookEnvelope {
     pub const SOURCE_WEBHOOK: &'static str = "shopify_webhook";
     pub const SOURCE_RECONCILE: &'static str = "shopify_reconcile";
+    /// The processor's own record: it carries only an event time, written into a partition that
+    /// holds orders but has been idle, so that they settle (see `processors::state`).
+    pub const SOURCE_IDLE_TICK: &'static str = "tributary_idle_tick";
+
+    pub fn idle_tick(partition: i32, now_ms: i64) -> Self {
+        Self {
+            source: Self::SOURCE_IDLE_TICK.into(),
+            shop_domain: String::new(),
+            topic: String::new(),
+            webhook_id: format!("tick-{partition}-{now_ms}"),
+            event_id: None,
+            triggered_at_ms: now_ms,
+            api_version: String::new(),
+            received_at_ms: now_ms,
+            body: Vec::new(),
+        }
+    }
+
+    pub fn is_idle_tick(&self) -> bool {
+        self.source == Self::SOURCE_IDLE_TICK
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -21,6 +21,9 @@ use tributary_schemas::secrets::MasterKey;
 pub const SHOP: &str = "demo-outdoors.myshopify.com";
 pub const SECRET: &str = "demo-app-secret-2025";
 pub const PREVIOUS_SECRET: &str = "demo-app-secret-previous";
+/// The demo store that holds orders 10 minutes (event time) before settling them.
+pub const UPSELL_SHOP: &str = "demo-upsells.myshopify.com";
+pub const UPSELL_SECRET: &str = "demo-upsells-secret-2025";
 
 pub fn repo_path(relative: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
@@ -45,6 +48,8 @@ pub fn test_config(name: &str, dir: &Path) -> Config {
     config.clickhouse.batch_ms = 100;
     config.ingest.listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
     config.processor.commit_interval_ms = 50;
+    // Held orders of the demo's delayed store settle soon after a generated stream ends.
+    config.processor.idle_tick_ms = 500;
     config.secrets.master_key_file = dir.join("master.key");
     config.kafka.partitions = 4;
     config
@@ -55,6 +60,7 @@ pub struct Pipeline {
     pub bootstrap: String,
     pub shutdown: CancellationToken,
     pub webhook_url: String,
+    task: Option<tokio::task::JoinHandle<()>>,
     pub _broker: EmbeddedBroker,
     pub _dir: tempfile::TempDir,
 }
@@ -70,15 +76,7 @@ impl Pipeline {
         reset_database(&config).await;
         load_demo_control(&config, &bootstrap).await;
         let shutdown = CancellationToken::new();
-        {
-            let (config, bootstrap, shutdown) =
-                (config.clone(), bootstrap.clone(), shutdown.clone());
-            tokio::spawn(async move {
-                if let Err(e) = tributary::app::run_all(&config, &bootstrap, shutdown).await {
-                    panic!("pipeline failed: {e:#}");
-                }
-            });
-        }
+        let task = Some(spawn_pipeline(&config, &bootstrap, &shutdown));
         let webhook_url = format!("http://{}/webhooks/shopify", config.ingest.listen);
         wait_ready(&format!("http://{}/readyz", config.ingest.listen)).await;
         Pipeline {
@@ -86,9 +84,27 @@ impl Pipeline {
             bootstrap,
             shutdown,
             webhook_url,
+            task,
             _broker: broker,
             _dir: dir,
         }
+    }
+
+    /// Stops every service (as a deploy would), changes the config, and starts them again on the
+    /// same broker and database.
+    pub async fn restart(&mut self, adjust: impl FnOnce(&mut Config)) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            task.await.expect("the pipeline stopped cleanly");
+        }
+        adjust(&mut self.config);
+        self.shutdown = CancellationToken::new();
+        self.task = Some(spawn_pipeline(
+            &self.config,
+            &self.bootstrap,
+            &self.shutdown,
+        ));
+        wait_ready(&format!("http://{}/readyz", self.config.ingest.listen)).await;
     }
 
     pub fn clickhouse(&self) -> clickhouse::Client {
@@ -100,6 +116,19 @@ impl Drop for Pipeline {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+fn spawn_pipeline(
+    config: &Config,
+    bootstrap: &str,
+    shutdown: &CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let (config, bootstrap, shutdown) = (config.clone(), bootstrap.to_owned(), shutdown.clone());
+    tokio::spawn(async move {
+        if let Err(e) = tributary::app::run_all(&config, &bootstrap, shutdown).await {
+            panic!("pipeline failed: {e:#}");
+        }
+    })
 }
 
 pub async fn reset_database(config: &Config) {
@@ -138,11 +167,18 @@ pub struct Order {
     pub tags: &'static str,
     pub test: bool,
     pub updated_minute: i64,
+    /// Minutes after 2025-11-28T12:00:00Z that the order was created.
+    pub created_minute: i64,
+    pub shop: &'static str,
+    pub secret: &'static str,
 }
 
 impl Order {
     pub fn new(id: u64, total: &'static str) -> Self {
         Order {
+            created_minute: 0,
+            shop: SHOP,
+            secret: SECRET,
             id,
             total,
             codes: vec![],
@@ -156,7 +192,7 @@ impl Order {
     }
 
     pub fn body(&self) -> Vec<u8> {
-        let created = 1_764_331_200_000i64; // 2025-11-28T12:00:00Z
+        let created = self.created_ms();
         serde_json::to_vec(&json!({
             "id": self.id, "name": format!("#{}", self.id % 100_000), "email": self.email,
             "created_at": tributary_schemas::time::format_rfc3339_ms(created),
@@ -171,16 +207,20 @@ impl Order {
         .expect("json")
     }
 
+    fn created_ms(&self) -> i64 {
+        1_764_331_200_000 + self.created_minute * 60_000 // 2025-11-28T12:00:00Z
+    }
+
     pub fn delivery(&self, topic: &'static str, webhook_id: &str, event_id: &str) -> Delivery {
         Delivery {
-            shop: SHOP.into(),
+            shop: self.shop.into(),
             order_id: self.id,
             topic,
             webhook_id: webhook_id.into(),
             event_id: event_id.into(),
-            triggered_at_ms: 1_764_331_200_000 + self.updated_minute * 60_000 + 100,
+            triggered_at_ms: self.created_ms() + self.updated_minute * 60_000 + 100,
             body: self.body(),
-            secret: SECRET.into(),
+            secret: self.secret.into(),
         }
     }
 }
