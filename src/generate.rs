@@ -66,10 +66,34 @@ impl Delivery {
     }
 }
 
-/// Per advocate: attributed orders and gross, in shop currency.
+/// One advocate's attributed orders, gross and net (after refunds), in shop currency.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AdvocateTotals {
+    pub orders: u64,
+    pub gross: Decimal,
+    pub net: Decimal,
+}
+
+impl AdvocateTotals {
+    pub fn add(&mut self, other: &AdvocateTotals) {
+        self.orders += other.orders;
+        self.gross += other.gross;
+        self.net += other.net;
+    }
+
+    /// Equal to the cent, whatever the decimals' scales.
+    pub fn same_as(&self, other: &AdvocateTotals) -> bool {
+        self.orders == other.orders
+            && self.gross.normalize() == other.gross.normalize()
+            && self.net.normalize() == other.net.normalize()
+    }
+}
+
+/// What a generated stream must add up to.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Expected {
-    pub per_advocate: BTreeMap<(String, String), (u64, Decimal)>,
+    /// By (shop, advocate identifier).
+    pub per_advocate: BTreeMap<(String, String), AdvocateTotals>,
     pub unattributed_orders: u64,
     pub excluded_orders: u64,
 }
@@ -77,10 +101,11 @@ pub struct Expected {
 impl Expected {
     /// Adds another stream's expectation to this one.
     pub fn add(&mut self, other: &Expected) {
-        for (key, (orders, gross)) in &other.per_advocate {
-            let entry = self.per_advocate.entry(key.clone()).or_default();
-            entry.0 += orders;
-            entry.1 += gross;
+        for (key, totals) in &other.per_advocate {
+            self.per_advocate
+                .entry(key.clone())
+                .or_default()
+                .add(totals);
         }
         self.unattributed_orders += other.unattributed_orders;
         self.excluded_orders += other.excluded_orders;
@@ -194,12 +219,14 @@ pub fn plan(
         // another's orders. A store with a settle delay gets its whole stream inside the delay
         // less the last version's 3 minutes: nothing settles until the idle tick at the end, so
         // every order settles with its newest version, whatever order the deliveries race in.
+        // (A refund in the hold window still counts: refunds wait with their held order.)
         let store_start_ms = start_ms + store_index as i64 * 30 * 86_400_000;
         let delay_ms = i64::from(store.settle_delay_minutes.max(0)) * 60_000;
         let spacing_ms = if delay_ms == 0 {
             1_500
         } else {
-            let span_ms = (delay_ms - 4 * 60_000).max(0);
+            // Versions come up to 3 minutes and refunds up to 5 minutes after an order.
+            let span_ms = (delay_ms - 6 * 60_000).max(0);
             (span_ms / orders.max(1) as i64).min(1_500)
         };
         for n in 0..orders {
@@ -268,26 +295,32 @@ pub fn plan(
                 }
             };
             let pattern = pick(&mut rng, &PATTERNS);
-            let deliveries = deliveries(&mut rng, &order, pattern, &secret);
+            let mut deliveries = deliveries(&mut rng, &order, pattern, &secret);
             // With no delay the first delivered version settles; with one, the newest.
             let settled = if delay_ms == 0 {
                 deliveries.first()
             } else {
                 deliveries.iter().max_by_key(|(d, _)| d.triggered_at_ms)
             };
-            let settled_total = settled.map(|(_, total)| *total).unwrap_or_default();
+            let gross = settled.map(|(_, total)| *total).unwrap_or_default();
+            let refunds = refunds(&mut rng, &order, gross, &secret);
+            let refunded: Decimal = refunds.iter().map(|(_, amount)| *amount).sum();
             match credited {
                 Credit::To(a) => {
-                    let entry = expected
+                    expected
                         .per_advocate
                         .entry((domain.clone(), a.identifier.clone()))
-                        .or_default();
-                    entry.0 += 1;
-                    entry.1 += settled_total;
+                        .or_default()
+                        .add(&AdvocateTotals {
+                            orders: 1,
+                            gross,
+                            net: (gross - refunded).max(Decimal::ZERO),
+                        });
                 }
                 Credit::Nobody => expected.unattributed_orders += 1,
                 Credit::Excluded => expected.excluded_orders += 1,
             }
+            deliveries.extend(refunds);
             planned.push(deliveries.into_iter().map(|(d, _)| d).collect());
         }
     }
@@ -477,6 +510,57 @@ fn deliveries(
             version("orders/updated", 2, upsell, "paid", "wh-upd2"),
         ],
     }
+}
+
+/// Refunds for about one order in seven: partial, full, or two partials; a refund is sometimes
+/// delivered twice. Each comes with the amount it refunds (counted once).
+fn refunds(
+    rng: &mut StdRng,
+    order: &OrderSpec,
+    gross: Decimal,
+    secret: &str,
+) -> Vec<(Delivery, Decimal)> {
+    let cents = |fraction_percent: i64| (gross * Decimal::new(fraction_percent, 2)).round_dp(2);
+    let amounts: Vec<Decimal> = match rng.gen_range(0..100) {
+        0..=6 => vec![cents(rng.gen_range(10..60))],
+        7..=10 => vec![gross],
+        11..=13 => vec![cents(rng.gen_range(5..30)), cents(rng.gen_range(5..30))],
+        _ => return Vec::new(),
+    };
+    let mut out = Vec::new();
+    for (k, amount) in amounts.into_iter().enumerate() {
+        let refund_id = order.id * 10 + k as u64;
+        let at_ms = order.created_ms + 4 * 60_000 + k as i64 * 30_000;
+        let body = serde_json::to_vec(&json!({
+            "id": refund_id, "order_id": order.id, "created_at": format_rfc3339_ms(at_ms),
+            "note": "Customer returned an item", "restock": true, "user_id": null,
+            "processed_at": format_rfc3339_ms(at_ms), "refund_line_items": [], "order_adjustments": [],
+            "transactions": [
+                {"id": refund_id + 1, "order_id": order.id, "kind": "refund", "gateway": "shopify_payments",
+                 "status": "success", "amount": amount.to_string(), "currency": "USD",
+                 "amount_set": {"shop_money": {"amount": amount.to_string(), "currency_code": "USD"},
+                                "presentment_money": {"amount": amount.to_string(), "currency_code": "USD"}}},
+                {"id": refund_id + 2, "order_id": order.id, "kind": "refund", "gateway": "shopify_payments",
+                 "status": "failure", "amount": "1.00", "currency": "USD"}
+            ]
+        }))
+        .expect("json! values serialize");
+        let delivery = Delivery {
+            shop: order.shop.clone(),
+            order_id: order.id,
+            topic: "refunds/create",
+            webhook_id: format!("wh-refund-{refund_id:x}"),
+            event_id: format!("evt-refund-{refund_id:x}"),
+            triggered_at_ms: at_ms + 200,
+            body,
+            secret: secret.to_owned(),
+        };
+        if rng.gen_range(0..4) == 0 {
+            out.push((delivery.clone(), Decimal::ZERO)); // redelivered: counts once
+        }
+        out.push((delivery, amount));
+    }
+    out
 }
 
 #[derive(Debug, Default)]

@@ -219,10 +219,12 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Report => {
             let totals = report::advocate_totals(&config.clickhouse.client()).await?;
-            for ((shop, advocate), (orders, gross)) in totals {
+            for ((shop, advocate), totals) in totals {
                 println!(
-                    "{shop:<32} {advocate:<12} {orders:>8} {:>14}",
-                    gross.round_dp(2)
+                    "{shop:<32} {advocate:<12} {:>8} {:>14} {:>14}",
+                    totals.orders,
+                    totals.gross.round_dp(2),
+                    totals.net.round_dp(2)
                 );
             }
             Ok(())
@@ -358,7 +360,7 @@ async fn demo(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    println!("\nper-advocate revenue: ClickHouse (orders, gross) beside the generator's expectation\n{table}");
+    println!("\nper-advocate revenue: ClickHouse (orders, gross, net) beside the generator's expectation\n{table}");
     println!(
         "unattributed orders expected: {}, excluded orders expected: {}",
         plan.expected.unattributed_orders, plan.expected.excluded_orders

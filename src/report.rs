@@ -4,54 +4,68 @@ use std::collections::BTreeMap;
 
 use rust_decimal::Decimal;
 
-use crate::generate::Expected;
+use crate::generate::{AdvocateTotals, Expected};
 
-/// (shop, advocate identifier) → (orders, gross) from the `advocate_stats` view.
+/// (shop, advocate identifier) → orders, gross and net from the `advocate_stats` view.
 pub async fn advocate_totals(
     client: &clickhouse::Client,
-) -> anyhow::Result<BTreeMap<(String, String), (u64, Decimal)>> {
-    let rows: Vec<(String, String, String, String)> = client
+) -> anyhow::Result<BTreeMap<(String, String), AdvocateTotals>> {
+    let rows: Vec<(String, String, String, String, String)> = client
         .query(
-            "SELECT shop_domain, advocate_identifier, toString(sum(orders)), toString(sum(gross))
+            "SELECT shop_domain, advocate_identifier, toString(sum(orders)), toString(sum(gross)),
+                    toString(sum(net))
              FROM advocate_stats GROUP BY shop_domain, advocate_identifier",
         )
         .fetch_all()
         .await?;
     rows.into_iter()
-        .map(|(shop, advocate, orders, gross)| {
-            Ok(((shop, advocate), (orders.parse()?, gross.parse()?)))
+        .map(|(shop, advocate, orders, gross, net)| {
+            let totals = AdvocateTotals {
+                orders: orders.parse()?,
+                gross: gross.parse::<Decimal>()?,
+                net: net.parse::<Decimal>()?,
+            };
+            Ok(((shop, advocate), totals))
         })
         .collect()
 }
 
 /// The side-by-side table; returns it and whether every row matches.
 pub fn compare(
-    actual: &BTreeMap<(String, String), (u64, Decimal)>,
+    actual: &BTreeMap<(String, String), AdvocateTotals>,
     expected: &Expected,
 ) -> (String, bool) {
     let mut keys: Vec<&(String, String)> =
         actual.keys().chain(expected.per_advocate.keys()).collect();
     keys.sort();
     keys.dedup();
-    let mut out = format!(
-        "{:<32} {:<12} {:>8} {:>14} {:>8} {:>14}  {}\n",
-        "store", "advocate", "orders", "gross", "expect", "expected gross", ""
-    );
+    let row = |store: &str, advocate: &str, cells: [String; 6], verdict: &str| {
+        format!(
+            "{store:<30} {advocate:<8} {:>7} {:>12} {:>12} {:>7} {:>12} {:>12}  {verdict}\n",
+            cells[0], cells[1], cells[2], cells[3], cells[4], cells[5]
+        )
+    };
+    let header = ["orders", "gross", "net", "expect", "exp. gross", "exp. net"].map(String::from);
+    let mut out = row("store", "advocate", header, "");
     let mut all_match = true;
     for key in keys {
         let got = actual.get(key).copied().unwrap_or_default();
         let want = expected.per_advocate.get(key).copied().unwrap_or_default();
-        let same = got.0 == want.0 && got.1.normalize() == want.1.normalize();
+        let same = got.same_as(&want);
         all_match &= same;
-        out.push_str(&format!(
-            "{:<32} {:<12} {:>8} {:>14} {:>8} {:>14}  {}\n",
-            key.0,
-            key.1,
-            got.0,
-            got.1.round_dp(2),
-            want.0,
-            want.1.round_dp(2),
-            if same { "ok" } else { "MISMATCH" }
+        let cells = [got, want].map(|t| {
+            [
+                t.orders.to_string(),
+                t.gross.round_dp(2).to_string(),
+                t.net.round_dp(2).to_string(),
+            ]
+        });
+        let [[a, b, c], [d, e, f]] = cells;
+        out.push_str(&row(
+            &key.0,
+            &key.1,
+            [a, b, c, d, e, f],
+            if same { "ok" } else { "MISMATCH" },
         ));
     }
     (out, all_match)

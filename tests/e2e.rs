@@ -316,6 +316,62 @@ async fn generated_stream_matches_the_generators_totals_to_the_cent() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn refunds_reverse_by_amount_count_once_and_an_unknown_order_is_dead_lettered() {
+    let p = Pipeline::start("refunds", |_| {}).await;
+    let mut order = Order::new(8_000_000_000_001, "200.00");
+    order.codes = vec!["ANNA10"];
+    assert_eq!(
+        post(
+            &p.webhook_url,
+            &order.delivery("orders/create", "w-c", "e-c")
+        )
+        .await,
+        200
+    );
+    let ch = p.clickhouse();
+    let row = format!(
+        "SELECT concat(toString(refunded), ',', toString(net), ',', refund_status) FROM attributions_current WHERE order_id = {}",
+        order.id
+    );
+    eventually(&ch, &row, "0,200,NONE").await;
+    let partial = order.refund(11, "50.25");
+    for _ in 0..2 {
+        assert_eq!(post(&p.webhook_url, &partial).await, 200); // redelivered: counts once
+    }
+    eventually(&ch, &row, "50.25,149.75,PARTIAL").await;
+    assert_eq!(post(&p.webhook_url, &order.refund(12, "160.00")).await, 200);
+    eventually(&ch, &row, "210.25,0,FULL").await;
+    eventually(
+        &ch,
+        "SELECT concat(toString(orders), ',', toString(gross), ',', toString(refunded), ',', toString(net)) FROM advocate_stats",
+        "1,200,210.25,0",
+    )
+    .await;
+
+    let stranger = Order::new(8_000_000_000_999, "10.00");
+    assert_eq!(
+        post(&p.webhook_url, &stranger.refund(13, "5.00")).await,
+        200
+    );
+    let mut reason = String::new();
+    for _ in 0..100 {
+        read_topic(&p.bootstrap, topics::DEAD_LETTERS, |m| {
+            let letter = DeadLetter::from_avro(m.payload().unwrap()).unwrap();
+            reason = format!("{}: {}", letter.stage, letter.error);
+        })
+        .unwrap();
+        if !reason.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        reason.starts_with("refund: refund 13 is for order 8000000000999"),
+        "{reason}"
+    );
+}
+
 /// The upsell store holds orders 10 minutes of event time. One partition, so every record moves
 /// the same watermark.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -18,6 +18,8 @@ pub enum Verdict {
     DuplicateWebhook,
     DuplicateEvent,
     Stale,
+    /// A refund id already counted.
+    DuplicateRefund,
 }
 
 impl Verdict {
@@ -27,6 +29,7 @@ impl Verdict {
             Self::DuplicateWebhook => "duplicate_webhook_id",
             Self::DuplicateEvent => "duplicate_event_id",
             Self::Stale => "stale_version",
+            Self::DuplicateRefund => "duplicate_refund",
         }
     }
 }

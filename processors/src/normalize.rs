@@ -2,7 +2,8 @@
 //!
 //! Handled topics: `orders/create` (PLACED), `orders/updated` (UPDATED), `orders/paid` (PAID),
 //! `orders/fulfilled` (FULFILLED), `orders/cancelled` (CANCELLED); each carries the full order.
-//! Every other topic (`orders/edited`, `refunds/create`, products, privacy, …) is skipped and
+//! `refunds/create` becomes a [`RefundEvent`]: the sum of its successful refund transactions.
+//! Every other topic (`orders/edited`, products, privacy, …) is skipped and
 //! counted in `tributary_normalize_skipped_total{topic}`; the envelope stays in `shopify.webhooks`
 //! for the stages that will read it. A payload that is not the JSON an order topic promises is an
 //! error, which the runner dead-letters.
@@ -20,12 +21,27 @@ pub enum NormalizeError {
     Time { field: &'static str, value: String },
     #[error("order {0} has no current_total_price")]
     MissingTotal(u64),
+    #[error("body is not a Shopify refund: {0}")]
+    RefundJson(String),
 }
 
 #[derive(Debug, PartialEq)]
 pub enum Normalized {
     Order(Box<OrderEvent>),
+    Refund(RefundEvent),
     Skipped,
+}
+
+/// One `refunds/create`: money returned to the buyer, in shop currency.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RefundEvent {
+    pub shop_domain: String,
+    pub order_id: u64,
+    pub refund_id: u64,
+    /// Sum of the refund's successful `refund` transactions.
+    pub amount: Decimal,
+    pub webhook_id: String,
+    pub triggered_at_ms: i64,
 }
 
 pub fn kind_of(topic: &str) -> Option<OrderEventKind> {
@@ -40,6 +56,9 @@ pub fn kind_of(topic: &str) -> Option<OrderEventKind> {
 }
 
 pub fn normalize(envelope: &WebhookEnvelope) -> Result<Normalized, NormalizeError> {
+    if envelope.topic == "refunds/create" {
+        return normalize_refund(envelope);
+    }
     let Some(kind) = kind_of(&envelope.topic) else {
         metrics::counter!("tributary_normalize_skipped_total", "topic" => envelope.topic.clone())
             .increment(1);
@@ -110,6 +129,52 @@ pub fn normalize(envelope: &WebhookEnvelope) -> Result<Normalized, NormalizeErro
             .map(|t| time("cancelled_at", t))
             .transpose()?,
     })))
+}
+
+fn normalize_refund(envelope: &WebhookEnvelope) -> Result<Normalized, NormalizeError> {
+    let refund: ShopifyRefund = serde_json::from_slice(&envelope.body)
+        .map_err(|e| NormalizeError::RefundJson(e.to_string()))?;
+    let amount = refund
+        .transactions
+        .iter()
+        .filter(|t| t.kind == "refund" && t.status == "success")
+        .map(|t| {
+            t.amount_set
+                .as_ref()
+                .map_or(t.amount, |set| set.shop_money.amount)
+        })
+        .sum();
+    Ok(Normalized::Refund(RefundEvent {
+        shop_domain: envelope.shop_domain.clone(),
+        order_id: refund.order_id,
+        refund_id: refund.id,
+        amount,
+        webhook_id: envelope.webhook_id.clone(),
+        triggered_at_ms: envelope.triggered_at_ms,
+    }))
+}
+
+/// The fields of Shopify's REST refund payload that tributary reads.
+#[derive(Deserialize)]
+struct ShopifyRefund {
+    id: u64,
+    order_id: u64,
+    #[serde(default)]
+    transactions: Vec<RefundTransaction>,
+}
+
+#[derive(Deserialize)]
+struct RefundTransaction {
+    kind: String,
+    status: String,
+    #[serde(with = "rust_decimal::serde::str")]
+    amount: Decimal,
+    amount_set: Option<ShopMoneySet>,
+}
+
+#[derive(Deserialize)]
+struct ShopMoneySet {
+    shop_money: Money,
 }
 
 /// The fields of Shopify's REST order payload that tributary reads. Money is a JSON string;
@@ -216,6 +281,35 @@ mod tests {
         assert_eq!(event.tags, vec!["vip", "Exclude"]);
         assert_eq!(event.created_at_ms, 1_764_342_000_000);
         assert_eq!(event.customer_id, Some(207_119_551));
+    }
+
+    #[test]
+    fn a_refund_counts_only_its_successful_refund_transactions_in_shop_money() {
+        let refund = r#"{"id": 509562969, "order_id": 9007199254740993, "created_at": "2025-11-29T10:00:00-05:00",
+            "transactions": [
+              {"id": 1, "kind": "refund", "status": "success", "amount": "41.94", "currency": "EUR",
+               "amount_set": {"shop_money": {"amount": "45.10", "currency_code": "USD"},
+                              "presentment_money": {"amount": "41.94", "currency_code": "EUR"}}},
+              {"id": 2, "kind": "refund", "status": "failure", "amount": "10.00"},
+              {"id": 3, "kind": "refund", "status": "success", "amount": "0.05"},
+              {"id": 4, "kind": "sale", "status": "success", "amount": "99.00"}]}"#;
+        let Normalized::Refund(event) = normalize(&envelope("refunds/create", refund)).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (event.order_id, event.refund_id, event.amount),
+            (
+                9_007_199_254_740_993,
+                509_562_969,
+                Decimal::from_str("45.15").unwrap()
+            )
+        );
+        let float = refund.replace("\"0.05\"", "0.05");
+        assert!(matches!(
+            normalize(&envelope("refunds/create", &float)),
+            Err(NormalizeError::RefundJson(_))
+        ));
     }
 
     #[test]

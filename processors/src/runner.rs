@@ -270,16 +270,42 @@ impl Processor {
         envelope: &WebhookEnvelope,
         state: &mut PartitionState,
     ) -> Vec<Output> {
-        let event = match normalize(envelope) {
-            Ok(Normalized::Order(event)) => event,
+        let normalized = match normalize(envelope) {
             Ok(Normalized::Skipped) => return Vec::new(),
+            Ok(normalized) => normalized,
             Err(error) => return vec![dead_letter(message, "normalize", &error.to_string())],
         };
         let control = self.control.read().unwrap_or_else(|p| p.into_inner());
-        let Some(store) = control.active_store(&event.shop_domain) else {
+        let Some(store) = control.active_store(&envelope.shop_domain) else {
             metrics::counter!("tributary_processor_skipped_total", "reason" => "store_not_connected").increment(1);
-            tracing::debug!(shop = %event.shop_domain, "order of a store that is not connected; skipped");
+            tracing::debug!(shop = %envelope.shop_domain, "record of a store that is not connected; skipped");
             return Vec::new();
+        };
+        let event = match normalized {
+            Normalized::Order(event) => event,
+            Normalized::Refund(refund) => {
+                let key = order_key(&refund.shop_domain, refund.order_id).into_bytes();
+                return match state.apply_refund(&refund, message.offset()) {
+                    Applied::Changed(attribution) => {
+                        vec![encoded(message, topics::ATTRIBUTIONS, key, attribution.to_avro())]
+                    }
+                    Applied::Unchanged(verdict) => {
+                        metrics::counter!("tributary_dedup_dropped_total", "reason" => verdict.label())
+                            .increment(1);
+                        Vec::new()
+                    }
+                    Applied::Held => Vec::new(),
+                    Applied::UnknownOrder => vec![dead_letter(
+                        message,
+                        "refund",
+                        &format!(
+                            "refund {} is for order {}, which this partition has not seen; replay it once the order is in",
+                            refund.refund_id, refund.order_id
+                        ),
+                    )],
+                };
+            }
+            Normalized::Skipped => return Vec::new(),
         };
         let settle_delay_ms = i64::from(store.settle_delay_minutes.max(0)) * 60_000;
         let applied = state.apply(&event, message.offset(), settle_delay_ms, || {
@@ -303,6 +329,7 @@ impl Processor {
                 order_event(),
                 encoded(message, topics::ATTRIBUTIONS, key(), attribution.to_avro()),
             ],
+            Applied::UnknownOrder => Vec::new(),
         }
     }
 }

@@ -24,6 +24,7 @@ use tributary_schemas::{Attribution, OrderEvent, RefundStatus};
 
 use crate::attribution::Decision;
 use crate::dedup::{self, Verdict};
+use crate::normalize::RefundEvent;
 
 #[derive(Debug, PartialEq)]
 pub enum Applied {
@@ -33,6 +34,8 @@ pub enum Applied {
     Held,
     /// Nothing changed, for this reason (never [`Verdict::Fresh`]).
     Unchanged(Verdict),
+    /// A refund for an order this partition has never seen.
+    UnknownOrder,
 }
 
 /// An order waiting for the watermark to pass `settle_at_ms`.
@@ -40,6 +43,8 @@ pub enum Applied {
 struct Held {
     newest: OrderEvent,
     recent_delivery_ids: Vec<String>,
+    /// Refunds that arrived while holding, applied when the order settles.
+    refunds: Vec<RefundEvent>,
     /// Input position of the order's first record, and the watermark just before it: where a
     /// replay must start to rebuild this order.
     first_offset: i64,
@@ -153,10 +158,34 @@ impl PartitionState {
             Held {
                 newest: event.clone(),
                 recent_delivery_ids,
+                refunds: Vec::new(),
                 first_offset: input_offset,
                 watermark_before: self.watermark_ms,
             },
         );
+        Applied::Held
+    }
+
+    /// Applies one refund read at `input_offset`; each refund id counts once.
+    pub fn apply_refund(&mut self, refund: &RefundEvent, input_offset: i64) -> Applied {
+        let key = order_key(&refund.shop_domain, refund.order_id);
+        let refund_id = refund.refund_id.to_string();
+        if let Some(current) = self.settled.get_mut(&key) {
+            if current.refund_ids.contains(&refund_id) {
+                return Applied::Unchanged(Verdict::DuplicateRefund);
+            }
+            current.revision += 1;
+            current.input_offset = input_offset;
+            add_refund(current, refund);
+            return Applied::Changed(Box::new(current.clone()));
+        }
+        let Some(held) = self.held.get_mut(&key) else {
+            return Applied::UnknownOrder;
+        };
+        if held.refunds.iter().any(|r| r.refund_id == refund.refund_id) {
+            return Applied::Unchanged(Verdict::DuplicateRefund);
+        }
+        held.refunds.push(refund.clone());
         Applied::Held
     }
 
@@ -179,12 +208,15 @@ impl PartitionState {
                 continue;
             };
             if let Some(decision) = decide(&held.newest) {
-                let record = settle(
+                let mut record = settle(
                     &held.newest,
                     held.recent_delivery_ids,
                     decision,
                     input_offset,
                 );
+                for refund in &held.refunds {
+                    add_refund(&mut record, refund);
+                }
                 self.settled.insert(key, record.clone());
                 settled.push(record);
             }
@@ -211,6 +243,23 @@ fn update_settled(current: &mut Attribution, event: &OrderEvent, input_offset: i
     current.input_offset = input_offset;
     dedup::remember(&mut current.recent_delivery_ids, event);
     Applied::Changed(Box::new(current.clone()))
+}
+
+fn add_refund(attribution: &mut Attribution, refund: &RefundEvent) {
+    attribution.refund_ids.push(refund.refund_id.to_string());
+    attribution.refunded += refund.amount;
+    attribution.net = net(
+        attribution.gross,
+        attribution.refunded,
+        attribution.cancelled,
+    );
+    attribution.refund_status = if attribution.refunded <= Decimal::ZERO {
+        RefundStatus::None
+    } else if attribution.refunded >= attribution.gross {
+        RefundStatus::Full
+    } else {
+        RefundStatus::Partial
+    };
 }
 
 /// Net is gross minus refunded, never below zero; a cancelled order nets to zero.
@@ -256,6 +305,7 @@ fn settle(
         refunded: Decimal::ZERO,
         net: net(event.current_total_price, Decimal::ZERO, cancelled),
         refund_status: RefundStatus::None,
+        refund_ids: Vec::new(),
         recent_delivery_ids,
         input_offset,
     }
@@ -429,5 +479,62 @@ mod tests {
         assert_eq!(ids, vec![3, 2]);
         assert_eq!(state.held_len(), 0);
         assert_eq!(state.len(), 2);
+    }
+
+    #[test]
+    fn refunds_count_once_by_id_reverse_by_amount_and_wait_with_held_orders() {
+        let refund = |id: u64, amount: i64| RefundEvent {
+            shop_domain: "s".into(),
+            order_id: u64::MAX >> 1,
+            refund_id: id,
+            amount: amount.into(),
+            webhook_id: format!("r{id}"),
+            triggered_at_ms: 0,
+        };
+        let mut state = PartitionState::default();
+        assert_eq!(state.apply_refund(&refund(1, 10), 0), Applied::UnknownOrder);
+        state.apply(&event("w1", None, 10, 100), 1, 0, decision);
+        let Applied::Changed(partial) = state.apply_refund(&refund(1, 30), 2) else {
+            panic!()
+        };
+        assert_eq!(
+            (
+                partial.refunded,
+                partial.net,
+                partial.refund_status,
+                partial.revision
+            ),
+            (30.into(), 70.into(), RefundStatus::Partial, 2)
+        );
+        assert_eq!(
+            state.apply_refund(&refund(1, 30), 3),
+            Applied::Unchanged(Verdict::DuplicateRefund)
+        );
+        let Applied::Changed(full) = state.apply_refund(&refund(2, 90), 4) else {
+            panic!()
+        };
+        assert_eq!(
+            (full.refunded, full.net, full.refund_status),
+            (120.into(), Decimal::ZERO, RefundStatus::Full),
+            "net never goes below zero"
+        );
+
+        let mut held = PartitionState::default();
+        held.apply(&event("w1", None, 10, 100), 0, 600_000, decision);
+        assert_eq!(held.apply_refund(&refund(7, 25), 1), Applied::Held);
+        assert_eq!(
+            held.apply_refund(&refund(7, 25), 2),
+            Applied::Unchanged(Verdict::DuplicateRefund)
+        );
+        held.observe(600_000);
+        let settled = held.settle_due(3, |_| Some(decision()));
+        assert_eq!(
+            (
+                settled[0].refunded,
+                settled[0].net,
+                settled[0].refund_ids.clone()
+            ),
+            (25.into(), 75.into(), vec!["7".to_owned()])
+        );
     }
 }

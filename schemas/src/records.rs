@@ -177,6 +177,8 @@ pub struct Attribution {
     #[serde(with = "rust_decimal::serde::str")]
     pub net: Decimal,
     pub refund_status: RefundStatus,
+    /// The refunds counted in `refunded`, so each is counted once.
+    pub refund_ids: Vec<String>,
     pub recent_delivery_ids: Vec<String>,
     pub input_offset: i64,
 }
@@ -349,9 +351,10 @@ mod tests {
             gross: Decimal::from_str("10.00").unwrap(),
             presentment_currency: "USD".into(),
             presentment_gross: Decimal::from_str("10.00").unwrap(),
-            refunded: Decimal::ZERO,
-            net: Decimal::from_str("10.00").unwrap(),
-            refund_status: RefundStatus::None,
+            refunded: Decimal::from_str("4.00").unwrap(),
+            net: Decimal::from_str("6.00").unwrap(),
+            refund_status: RefundStatus::Partial,
+            refund_ids: vec!["509562969".into()],
             recent_delivery_ids: vec!["a".into(), "b".into()],
             input_offset: 42,
         });

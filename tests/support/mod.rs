@@ -225,6 +225,29 @@ impl Order {
     }
 }
 
+impl Order {
+    /// A `refunds/create` for this order with one successful refund transaction of `amount`
+    /// (and a failed one, which must not count).
+    pub fn refund(&self, refund_id: u64, amount: &str) -> Delivery {
+        let body = serde_json::to_vec(&json!({
+            "id": refund_id, "order_id": self.id, "created_at": "2025-11-29T12:00:00Z",
+            "transactions": [
+                {"id": 1, "kind": "refund", "status": "success", "amount": amount, "currency": "USD"},
+                {"id": 2, "kind": "refund", "status": "failure", "amount": "999.00", "currency": "USD"}
+            ]
+        }))
+        .expect("json");
+        Delivery {
+            topic: "refunds/create",
+            webhook_id: format!("w-refund-{refund_id}"),
+            event_id: format!("e-refund-{refund_id}"),
+            triggered_at_ms: self.created_ms() + 86_400_000,
+            body,
+            ..self.delivery("orders/create", "", "")
+        }
+    }
+}
+
 pub async fn post(url: &str, delivery: &Delivery) -> u16 {
     delivery
         .request(&reqwest::Client::new(), url)
