@@ -1,6 +1,12 @@
-//! Crash test: the pipeline as separate processes around the standalone embedded broker. The
-//! processor and the sink are SIGKILLed at points during the stream and restarted; ClickHouse's
-//! per-advocate totals must still equal the generator's to the cent.
+//! Crash test: the pipeline as separate processes around the standalone embedded broker. Ingest,
+//! the processor and the sink are SIGKILLed at random moments while the stream is being sent and
+//! restarted; ClickHouse's per-advocate orders, gross and net must still equal the generator's
+//! oracle to the cent. The stream has redeliveries, re-sent events, out-of-order versions, refunds
+//! (some redelivered) and a store whose orders are held 10 minutes of event time.
+//!
+//! `TRIBUTARY_CRASH_ORDERS` (orders per store, default 600) and `TRIBUTARY_CRASH_KILLS` (default
+//! 12) make the longer run: `TRIBUTARY_CRASH_ORDERS=5000 TRIBUTARY_CRASH_KILLS=60 cargo test
+//! --release --test crash`.
 
 mod support;
 
@@ -58,7 +64,7 @@ async fn start_broker(dir: &Path) -> (Child, String) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn killing_processor_and_sink_mid_stream_keeps_totals_exact() {
+async fn killing_ingest_processor_and_sink_at_random_keeps_totals_exact() {
     let dir = tempfile::tempdir().unwrap();
     let config = test_config("crash", dir.path());
     reset_database(&config).await;
@@ -91,43 +97,64 @@ async fn killing_processor_and_sink_mid_stream_keeps_totals_exact() {
                 "TRIBUTARY_PROCESSOR__COMMIT_INTERVAL_MS".into(),
                 "300".into(),
             ),
-            // Longer than any pause inside a chunk; chunks hold whole orders, so a tick between
-            // chunks settles only orders whose every version has been sent.
-            ("TRIBUTARY_PROCESSOR__IDLE_TICK_MS".into(), "1000".into()),
+            // Longer than ingest takes to come back, so a tick only settles orders whose every
+            // version has been sent (the generator retries through the outage).
+            ("TRIBUTARY_PROCESSOR__IDLE_TICK_MS".into(), "5000".into()),
         ],
     };
     let ops = |port: u16| [("TRIBUTARY_OPS__LISTEN", format!("127.0.0.1:{port}"))];
-    let _ingest = services.spawn("ingest", &[]);
+    let mut ingest = services.spawn("ingest", &[]);
     let mut processor = services.spawn("process", &ops(free_port()));
     let mut sink = services.spawn("sink", &ops(free_port()));
     wait_ready(&format!("http://{}/readyz", config.ingest.listen)).await;
 
-    let plan = demo_plan(1000, 5);
+    let setting = |name: &str, default: usize| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let (orders, planned_kills) = (
+        setting("TRIBUTARY_CRASH_ORDERS", 600),
+        setting("TRIBUTARY_CRASH_KILLS", 12),
+    );
+    let plan = demo_plan(orders, 5);
     let url = format!("http://{}/webhooks/shopify", config.ingest.listen);
-    // The stream goes out in chunks; after each one a process is killed at a random moment while
-    // the pipeline is still working through what was sent.
-    let mut rng = rand::rngs::StdRng::seed_from_u64(std::process::id() as u64);
-    let mut kills = 0;
-    for (n, orders) in plan.orders.chunks(plan.orders.len() / 8 + 1).enumerate() {
+    // The stream goes out in chunks; while each is being sent, one process is killed at a random
+    // moment and restarted.
+    let seed = std::process::id() as u64;
+    eprintln!("crash test seed {seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut kills = [0; 3];
+    for orders in plan
+        .orders
+        .chunks(plan.orders.len().div_ceil(planned_kills))
+    {
         let chunk = generate::Plan {
             orders: orders.to_vec(),
             expected: Default::default(),
         };
-        let sent = generate::send(&url, &chunk, 8, None).await;
-        assert_eq!(sent.failed, 0);
-        tokio::time::sleep(Duration::from_millis(rng.gen_range(0..150))).await;
-        if n % 3 == 2 {
-            sink.start_kill().unwrap();
-            sink.wait().await.unwrap();
-            sink = services.spawn("sink", &ops(free_port()));
-        } else {
-            processor.start_kill().unwrap();
-            processor.wait().await.unwrap();
-            processor = services.spawn("process", &ops(free_port()));
-        }
-        kills += 1;
+        let url = url.clone();
+        let sending = tokio::spawn(async move { generate::send(&url, &chunk, 8, None).await });
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(0..400))).await;
+        let victim = rng.gen_range(0..3);
+        let (child, name, extra) = match victim {
+            0 => (&mut ingest, "ingest", vec![]),
+            1 => (&mut processor, "process", ops(free_port()).to_vec()),
+            _ => (&mut sink, "sink", ops(free_port()).to_vec()),
+        };
+        child.start_kill().unwrap();
+        child.wait().await.unwrap();
+        *child = services.spawn(name, &extra);
+        kills[victim] += 1;
+        let sent = sending.await.unwrap();
+        assert_eq!(
+            sent.failed, 0,
+            "the generator's retries outlast an ingest restart"
+        );
     }
-    assert!(kills >= 8, "{kills} kills");
+    let total_kills: usize = kills.iter().sum();
+    assert!(total_kills >= 10, "{total_kills} kills");
 
     let ch = config.clickhouse.client();
     let expected_orders = plan.orders.len().to_string();
@@ -143,7 +170,8 @@ async fn killing_processor_and_sink_mid_stream_keeps_totals_exact() {
             report::compare(&report::advocate_totals(&ch).await.unwrap(), &plan.expected);
         if matched {
             eprintln!(
-                "crash test: {kills} kills, {} deliveries, totals exact\n{table}",
+                "crash test: {total_kills} kills (ingest {}, processor {}, sink {}), {} deliveries, totals exact\n{table}",
+                kills[0], kills[1], kills[2],
                 plan.deliveries()
             );
             return;
@@ -151,5 +179,5 @@ async fn killing_processor_and_sink_mid_stream_keeps_totals_exact() {
         last = table;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    panic!("totals differ after {kills} kills:\n{last}");
+    panic!("totals differ after {total_kills} kills ({kills:?}):\n{last}");
 }
