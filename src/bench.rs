@@ -130,6 +130,7 @@ pub async fn run(mut config: Config, plan: BenchPlan) -> anyhow::Result<BenchRep
         "{} webhooks were refused",
         ingest.failed
     );
+    plan.backlog.publish_manual(&bootstrap).await?;
 
     println!("stage 2/4: processor drains the backlog");
     {
@@ -191,6 +192,7 @@ pub async fn run(mut config: Config, plan: BenchPlan) -> anyhow::Result<BenchRep
         None,
     )
     .await;
+    plan.live.publish_manual(&bootstrap).await?;
     let visible = watcher.await.context("the row watcher failed")??;
     let mut end_to_end_ms: Vec<f64> = live
         .first_sent

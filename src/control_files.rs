@@ -212,3 +212,23 @@ pub async fn load_advocates(bootstrap: &str, path: &Path) -> anyhow::Result<usiz
         .collect();
     publish(bootstrap, topics::ADVOCATES, &records).await
 }
+
+/// Queues operators' manual attributions, (shop, command) each: command records in their
+/// orders' own partitions of `shopify.webhooks`, so the processor applies each in order with its
+/// order's events (and a replay applies it at the same point). Returns once the broker has them.
+pub async fn publish_manual_attributions(
+    bootstrap: &str,
+    commands: &[(String, tributary_schemas::ManualAttribution)],
+) -> anyhow::Result<usize> {
+    let now = tributary_schemas::kafka::now_ms();
+    let records: Vec<(String, tributary_schemas::WebhookEnvelope)> = commands
+        .iter()
+        .map(|(shop, command)| {
+            let key = tributary_schemas::topics::order_key(shop, command.order_id);
+            let envelope =
+                tributary_schemas::WebhookEnvelope::manual_attribution(shop, command, now);
+            (key, envelope)
+        })
+        .collect();
+    publish(bootstrap, topics::WEBHOOKS, &records).await
+}

@@ -16,6 +16,7 @@ use rust_decimal::Decimal;
 use serde_json::{json, Value};
 use tributary_ingest::shopify_webhooks::sign;
 use tributary_schemas::time::format_rfc3339_ms;
+use tributary_schemas::ManualAttribution;
 
 use crate::control_files::{AdvocateLine, StoreEntry};
 
@@ -115,12 +116,44 @@ impl Expected {
 pub struct Plan {
     /// Each order's deliveries, to be sent in this order.
     pub orders: Vec<Vec<Delivery>>,
+    /// Operators' manual attributions, (shop, command), to publish once their orders are sent.
+    pub manual: Vec<(String, ManualAttribution)>,
     pub expected: Expected,
 }
 
 impl Plan {
     pub fn deliveries(&self) -> usize {
         self.orders.iter().map(Vec::len).sum()
+    }
+
+    /// The plan in `parts` consecutive pieces of whole orders, each with its orders' commands
+    /// (for sending in chunks; the pieces carry no expectation).
+    pub fn chunks(&self, parts: usize) -> Vec<Plan> {
+        let size = self.orders.len().div_ceil(parts.max(1)).max(1);
+        self.orders
+            .chunks(size)
+            .map(|orders| {
+                let ids: std::collections::HashSet<u64> = orders
+                    .iter()
+                    .filter_map(|d| d.first().map(|d| d.order_id))
+                    .collect();
+                Plan {
+                    orders: orders.to_vec(),
+                    manual: self
+                        .manual
+                        .iter()
+                        .filter(|(_, c)| ids.contains(&c.order_id))
+                        .cloned()
+                        .collect(),
+                    expected: Expected::default(),
+                }
+            })
+            .collect()
+    }
+
+    /// Publishes the plan's manual attributions; call it once the plan's webhooks are sent.
+    pub async fn publish_manual(&self, bootstrap: &str) -> anyhow::Result<usize> {
+        crate::control_files::publish_manual_attributions(bootstrap, &self.manual).await
     }
 }
 
@@ -160,10 +193,12 @@ enum Pattern {
     EventResent,
     NewerFirst,
     UpdatesOutOfOrder,
+    Cancelled,
 }
 
-const PATTERNS: [(Pattern, u32); 5] = [
-    (Pattern::Once, 60),
+const PATTERNS: [(Pattern, u32); 6] = [
+    (Pattern::Once, 54),
+    (Pattern::Cancelled, 6),
     (Pattern::Redelivered, 10),
     (Pattern::EventResent, 10),
     (Pattern::NewerFirst, 10),
@@ -192,6 +227,7 @@ pub fn plan(
     let mut rng = StdRng::seed_from_u64(seed);
     let mut expected = Expected::default();
     let mut planned = Vec::new();
+    let mut manual = Vec::new();
     let start_ms = 1_764_316_800_000 + (seed as i64 % 1000) * 86_400_000; // 2025-11-28 + seed days
     for (store_index, store) in stores.iter().enumerate() {
         let secret = store
@@ -305,6 +341,30 @@ pub fn plan(
             let gross = settled.map(|(_, total)| *total).unwrap_or_default();
             let refunds = refunds(&mut rng, &order, gross, &secret);
             let refunded: Decimal = refunds.iter().map(|(_, amount)| *amount).sum();
+            // A cancelled order nets to zero (its cancellation is its newest version).
+            let net = if matches!(pattern, Pattern::Cancelled) {
+                Decimal::ZERO
+            } else {
+                (gross - refunded).max(Decimal::ZERO)
+            };
+            // About one order in thirty is attributed by hand, after all its webhooks; that
+            // wins over every rule except an exclusion.
+            let credited = match credited {
+                Credit::Excluded => Credit::Excluded,
+                _ if rng.gen_range(0..30) == 0 => {
+                    let chosen = *active.choose(&mut rng).expect("non-empty");
+                    manual.push((
+                        domain.clone(),
+                        ManualAttribution {
+                            order_id,
+                            advocate_identifier: messy_case(&mut rng, &chosen.identifier),
+                            requested_by: "generator".into(),
+                        },
+                    ));
+                    Credit::To(chosen)
+                }
+                credited => credited,
+            };
             match credited {
                 Credit::To(a) => {
                     expected
@@ -314,7 +374,7 @@ pub fn plan(
                         .add(&AdvocateTotals {
                             orders: 1,
                             gross,
-                            net: (gross - refunded).max(Decimal::ZERO),
+                            net,
                         });
                 }
                 Credit::Nobody => expected.unattributed_orders += 1,
@@ -326,6 +386,7 @@ pub fn plan(
     }
     Ok(Plan {
         orders: planned,
+        manual,
         expected,
     })
 }
@@ -436,9 +497,11 @@ impl OrderSpec {
                              "province": "Oregon", "country": "United States", "zip": "97205", "phone": "555-0100", "company": null,
                              "latitude": 45.52, "longitude": -122.68, "country_code": "US", "province_code": "OR", "name": "Sam Rivera"});
         let created = format_rfc3339_ms(self.created_ms);
+        let cancelled = financial_status == "voided";
         let order = json!({
             "id": self.id, "admin_graphql_api_id": format!("gid://shopify/Order/{}", self.id),
-            "app_id": 580111, "browser_ip": "203.0.113.7", "buyer_accepts_marketing": false, "cancel_reason": null, "cancelled_at": null,
+            "app_id": 580111, "browser_ip": "203.0.113.7", "buyer_accepts_marketing": false,
+            "cancel_reason": cancelled.then_some("customer"), "cancelled_at": cancelled.then(|| format_rfc3339_ms(updated_ms)),
             "cart_token": format!("c1-{:x}", self.id), "checkout_id": self.id + 3, "checkout_token": format!("{:x}", self.id * 31),
             "confirmation_number": format!("K{:08X}", self.id % 99_999_999), "confirmed": true, "contact_email": self.email,
             "created_at": created, "currency": "USD", "current_subtotal_price": total.to_string(),
@@ -503,6 +566,10 @@ fn deliveries(
         Pattern::NewerFirst => vec![
             version("orders/updated", 2, upsell, "paid", "wh-upd2"),
             created,
+        ],
+        Pattern::Cancelled => vec![
+            created,
+            version("orders/cancelled", 2, order.total, "voided", "wh-cancel2"),
         ],
         Pattern::UpdatesOutOfOrder => vec![
             created,

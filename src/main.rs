@@ -59,6 +59,21 @@ enum Command {
         #[command(subcommand)]
         command: LoadCommand,
     },
+    /// Attribute an order to an advocate by hand. Before the order settles this wins; after, it
+    /// moves the order to the new advocate. Excluded orders stay excluded (the command is
+    /// dead-lettered with the reason, as are unknown orders and advocates).
+    Attribute {
+        #[arg(long)]
+        shop: String,
+        #[arg(long)]
+        order: u64,
+        /// The advocate's identifier (as in share links).
+        #[arg(long)]
+        advocate: String,
+        /// Who asked; kept in the attribution's reason.
+        #[arg(long, default_value = "operator")]
+        by: String,
+    },
     /// Send a realistic stream of signed webhooks and print what it should add up to.
     Generate(GenerateArgs),
     /// Print per-advocate revenue from ClickHouse.
@@ -206,6 +221,26 @@ async fn main() -> anyhow::Result<()> {
             println!("published {n} advocate(s)");
             Ok(())
         }
+        Command::Attribute {
+            shop,
+            order,
+            advocate,
+            by,
+        } => {
+            let command = tributary_schemas::ManualAttribution {
+                order_id: order,
+                advocate_identifier: advocate,
+                requested_by: by,
+            };
+            let shop = shop.trim().to_ascii_lowercase();
+            let commands = [(shop.clone(), command.clone())];
+            control_files::publish_manual_attributions(&bootstrap(&config)?, &commands).await?;
+            println!(
+                "queued: order {order} of {shop} to {}",
+                command.advocate_identifier
+            );
+            Ok(())
+        }
         Command::Generate(args) => {
             let plan = plan(&args)?;
             let report = send_with_progress(&args.url, &plan, args.concurrency).await;
@@ -213,6 +248,16 @@ async fn main() -> anyhow::Result<()> {
                 "sent {} deliveries ({} failed) in {:.1?}",
                 report.sent, report.failed, report.elapsed
             );
+            match &config.kafka.bootstrap_servers {
+                Some(bootstrap) => {
+                    let n = plan.publish_manual(bootstrap).await?;
+                    println!("published {n} manual attribution(s)");
+                }
+                None => println!(
+                    "{} manual attribution(s) not published: kafka.bootstrap_servers is not set",
+                    plan.manual.len()
+                ),
+            }
             let (table, _) = report::compare(&Default::default(), &plan.expected);
             println!("expected per advocate (the orders and gross columns are empty: this is the generator's side)\n{table}");
             Ok(())
@@ -347,8 +392,9 @@ async fn demo(
         plan.orders.len()
     );
     let sent = send_with_progress(&url, &plan, args.concurrency).await;
+    let manual = plan.publish_manual(&bootstrap).await?;
     println!(
-        "sent {} ({} failed) in {:.1?}; waiting for ClickHouse",
+        "sent {} ({} failed) in {:.1?} and {manual} manual attribution(s); waiting for ClickHouse",
         sent.sent, sent.failed, sent.elapsed
     );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(300);

@@ -126,16 +126,14 @@ async fn killing_ingest_processor_and_sink_at_random_keeps_totals_exact() {
     eprintln!("crash test seed {seed}");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut kills = [0; 3];
-    for orders in plan
-        .orders
-        .chunks(plan.orders.len().div_ceil(planned_kills))
-    {
-        let chunk = generate::Plan {
-            orders: orders.to_vec(),
-            expected: Default::default(),
-        };
+    for chunk in plan.chunks(planned_kills) {
         let url = url.clone();
-        let sending = tokio::spawn(async move { generate::send(&url, &chunk, 8, None).await });
+        let bootstrap = bootstrap.clone();
+        let sending = tokio::spawn(async move {
+            let sent = generate::send(&url, &chunk, 8, None).await;
+            chunk.publish_manual(&bootstrap).await.unwrap();
+            sent
+        });
         tokio::time::sleep(Duration::from_millis(rng.gen_range(0..400))).await;
         let victim = rng.gen_range(0..3);
         let (child, name, extra) = match victim {

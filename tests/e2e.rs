@@ -298,6 +298,7 @@ async fn generated_stream_matches_the_generators_totals_to_the_cent() {
     let p = Pipeline::start("generated", |_| {}).await;
     let plan = demo_plan(400, 11);
     let report = generate::send(&p.webhook_url, &plan, 16, None).await;
+    plan.publish_manual(&p.bootstrap).await.unwrap();
     assert_eq!((report.sent, report.failed), (plan.deliveries(), 0));
     let ch = p.clickhouse();
     eventually(
@@ -370,6 +371,144 @@ async fn refunds_reverse_by_amount_count_once_and_an_unknown_order_is_dead_lette
         reason.starts_with("refund: refund 13 is for order 8000000000999"),
         "{reason}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn manual_attribution_moves_a_settled_order_and_wins_over_a_held_one() {
+    let p = Pipeline::start("manual", |c| {
+        c.kafka.partitions = 1; // one watermark for every order below
+        c.processor.idle_tick_ms = 3_600_000;
+    })
+    .await;
+    let attribute = |shop: &str, order_id: u64, advocate: &str| {
+        let (bootstrap, shop) = (p.bootstrap.clone(), shop.to_owned());
+        let command = tributary_schemas::ManualAttribution {
+            order_id,
+            advocate_identifier: advocate.into(),
+            requested_by: "ops@example.org".into(),
+        };
+        async move {
+            tributary::control_files::publish_manual_attributions(&bootstrap, &[(shop, command)])
+                .await
+                .unwrap()
+        }
+    };
+    let ch = p.clickhouse();
+    let row = |id: u64| {
+        format!("SELECT concat(outcome, ',', source, ',', advocate_identifier, ',', reason, ',', toString(revision)) FROM attributions_current WHERE order_id = {id}")
+    };
+
+    // Settled to anna by her code, then moved to bjorn by hand.
+    let mut settled = Order::new(9_000_000_000_001, "80.00");
+    settled.codes = vec!["ANNA10"];
+    assert_eq!(
+        post(
+            &p.webhook_url,
+            &settled.delivery("orders/create", "m-1", "m-1")
+        )
+        .await,
+        200
+    );
+    eventually(
+        &ch,
+        &row(settled.id),
+        "ATTRIBUTED,Discount Code,anna,code ANNA10,1",
+    )
+    .await;
+    attribute(SHOP, settled.id, "BJORN").await;
+    eventually(
+        &ch,
+        &row(settled.id),
+        "ATTRIBUTED,Manual,bjorn,manual attribution by ops@example.org,2",
+    )
+    .await;
+    eventually(
+        &ch,
+        "SELECT arrayStringConcat(groupArray(concat(advocate_identifier, '=', toString(orders))), ' ') FROM (SELECT * FROM advocate_stats ORDER BY advocate_identifier)",
+        "bjorn=1",
+    )
+    .await;
+
+    // Held (upsell store) with a share link to kemi; the command arrives first and wins.
+    let mut held = Order::new(9_000_000_000_002, "60.00");
+    (held.shop, held.secret, held.landing_site) = (UPSELL_SHOP, UPSELL_SECRET, "/?ref=kemi");
+    assert_eq!(
+        post(
+            &p.webhook_url,
+            &held.delivery("orders/create", "m-2", "m-2")
+        )
+        .await,
+        200
+    );
+    attribute(UPSELL_SHOP, held.id, "ines").await;
+    let mut later = Order::new(9_000_000_000_003, "1.00");
+    (later.shop, later.secret, later.created_minute) = (UPSELL_SHOP, UPSELL_SECRET, 30);
+    assert_eq!(
+        post(
+            &p.webhook_url,
+            &later.delivery("orders/create", "m-3", "m-3")
+        )
+        .await,
+        200
+    );
+    eventually(
+        &ch,
+        &row(held.id),
+        "ATTRIBUTED,Manual,ines,manual attribution by ops@example.org,1",
+    )
+    .await;
+
+    // Refused, each with its reason: an excluded order, an unknown advocate, an unknown order.
+    let mut excluded = Order::new(9_000_000_000_004, "5.00");
+    excluded.test = true;
+    assert_eq!(
+        post(
+            &p.webhook_url,
+            &excluded.delivery("orders/create", "m-4", "m-4")
+        )
+        .await,
+        200
+    );
+    eventually(
+        &ch,
+        &format!(
+            "SELECT outcome FROM attributions_current WHERE order_id = {}",
+            excluded.id
+        ),
+        "EXCLUDED",
+    )
+    .await;
+    attribute(SHOP, excluded.id, "anna").await;
+    attribute(SHOP, settled.id, "nobody-here").await;
+    attribute(SHOP, 9_000_000_000_999, "anna").await;
+    let mut reasons = Vec::new();
+    for _ in 0..100 {
+        reasons.clear();
+        read_topic(&p.bootstrap, topics::DEAD_LETTERS, |m| {
+            let letter = DeadLetter::from_avro(m.payload().unwrap()).unwrap();
+            reasons.push(format!("{}: {}", letter.stage, letter.error));
+        })
+        .unwrap();
+        if reasons.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    reasons.sort();
+    assert_eq!(
+        reasons,
+        vec![
+            "manual: nobody-here is not an active advocate of demo-outdoors.myshopify.com".to_owned(),
+            "manual: order 9000000000004 is never attributed (excluded: test order)".to_owned(),
+            "manual: order 9000000000999 has not been seen in this partition; replay the command once it is in".to_owned(),
+        ]
+    );
+    eventually(
+        &ch,
+        &row(settled.id),
+        "ATTRIBUTED,Manual,bjorn,manual attribution by ops@example.org,2",
+    )
+    .await;
 }
 
 /// The upsell store holds orders 10 minutes of event time. One partition, so every record moves
@@ -535,6 +674,7 @@ async fn clickhouse_down_for_a_while_then_back_loses_nothing() {
     switch.up.store(false, std::sync::atomic::Ordering::SeqCst);
     let plan = demo_plan(200, 23);
     let report = generate::send(&p.webhook_url, &plan, 16, None).await;
+    plan.publish_manual(&p.bootstrap).await.unwrap();
     assert_eq!(report.failed, 0);
     tokio::time::sleep(Duration::from_secs(2)).await; // the sink retries against a dead ClickHouse
     let direct = tributary_sinks::clickhouse::Config {

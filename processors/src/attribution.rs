@@ -1,7 +1,8 @@
 //! The attribution rules of the contract, as a pure function of the settled order, the store and
 //! its advocates:
 //!
-//! 1. manual (a later issue adds the command);
+//! 1. manual: an operator's command ([`manual`]), applied by the state when it arrives or when the
+//!    order settles; it does not override an exclusion;
 //! 2. the first code in `discount_codes` that belongs to an active advocate and is not one of the
 //!    store's excluded codes (trimmed, uppercased);
 //! 3. a share link in `landing_site`: `ref=<identifier>`, else `utm_campaign=<identifier>` with
@@ -35,6 +36,17 @@ impl Decision {
             advocate: None,
             code: None,
         }
+    }
+}
+
+/// An operator's attribution of an order to `advocate`.
+pub fn manual(advocate: &Advocate, requested_by: &str) -> Decision {
+    Decision {
+        outcome: Outcome::Attributed,
+        source: AttributionSource::Manual,
+        reason: format!("manual attribution by {requested_by}"),
+        advocate: Some((advocate.id.clone(), advocate.identifier.clone())),
+        code: None,
     }
 }
 

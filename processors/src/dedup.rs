@@ -66,6 +66,21 @@ pub fn remember(window: &mut Vec<String>, event: &OrderEvent) {
     if let Some(id) = &event.event_id {
         window.push(event_tag(id));
     }
+    trim(window);
+}
+
+/// Whether a record with this delivery id (a webhook or a command) was applied recently.
+pub fn seen_delivery(window: &[String], webhook_id: &str) -> bool {
+    window.contains(&webhook_tag(webhook_id))
+}
+
+/// Records an applied delivery id that is not an order version (a command).
+pub fn remember_delivery(window: &mut Vec<String>, webhook_id: &str) {
+    window.push(webhook_tag(webhook_id));
+    trim(window);
+}
+
+fn trim(window: &mut Vec<String>) {
     let excess = window.len().saturating_sub(DELIVERY_WINDOW);
     window.drain(..excess);
 }

@@ -11,7 +11,7 @@
 use rust_decimal::Decimal;
 use serde::Deserialize;
 use tributary_schemas::time::parse_rfc3339_ms;
-use tributary_schemas::{OrderEvent, OrderEventKind, WebhookEnvelope};
+use tributary_schemas::{ManualAttribution, OrderEvent, OrderEventKind, WebhookEnvelope};
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum NormalizeError {
@@ -23,13 +23,24 @@ pub enum NormalizeError {
     MissingTotal(u64),
     #[error("body is not a Shopify refund: {0}")]
     RefundJson(String),
+    #[error("body is not a manual-attribution command: {0}")]
+    ManualJson(String),
 }
 
 #[derive(Debug, PartialEq)]
 pub enum Normalized {
     Order(Box<OrderEvent>),
     Refund(RefundEvent),
+    Manual(ManualCommand),
     Skipped,
+}
+
+/// An operator's manual attribution of one order (see [`WebhookEnvelope::manual_attribution`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ManualCommand {
+    pub shop_domain: String,
+    pub command_id: String,
+    pub command: ManualAttribution,
 }
 
 /// One `refunds/create`: money returned to the buyer, in shop currency.
@@ -56,6 +67,15 @@ pub fn kind_of(topic: &str) -> Option<OrderEventKind> {
 }
 
 pub fn normalize(envelope: &WebhookEnvelope) -> Result<Normalized, NormalizeError> {
+    if envelope.source == WebhookEnvelope::SOURCE_MANUAL {
+        let command = serde_json::from_slice(&envelope.body)
+            .map_err(|e| NormalizeError::ManualJson(e.to_string()))?;
+        return Ok(Normalized::Manual(ManualCommand {
+            shop_domain: envelope.shop_domain.clone(),
+            command_id: envelope.webhook_id.clone(),
+            command,
+        }));
+    }
     if envelope.topic == "refunds/create" {
         return normalize_refund(envelope);
     }

@@ -25,7 +25,7 @@ use tributary_schemas::kafka::{
 use tributary_schemas::topics::{self, order_key};
 use tributary_schemas::{Attribution, AvroRecord, DeadLetter, WebhookEnvelope};
 
-use crate::attribution::decide;
+use crate::attribution::{decide, manual};
 use crate::control::Control;
 use crate::normalize::{normalize, Normalized};
 use crate::state::{Applied, PartitionState};
@@ -243,7 +243,10 @@ impl Processor {
         } else {
             self.process_envelope(message, &envelope, state)
         };
-        state.observe(envelope.triggered_at_ms);
+        // An operator's command carries the wall clock, not the shop's: it does not move time.
+        if envelope.source != WebhookEnvelope::SOURCE_MANUAL {
+            state.observe(envelope.triggered_at_ms);
+        }
         let control = self.control.read().unwrap_or_else(|p| p.into_inner());
         let settled = state.settle_due(message.offset(), |event| {
             let Some(store) = control.active_store(&event.shop_domain) else {
@@ -294,7 +297,7 @@ impl Processor {
                             .increment(1);
                         Vec::new()
                     }
-                    Applied::Held => Vec::new(),
+                    Applied::Held | Applied::Refused(_) => Vec::new(),
                     Applied::UnknownOrder => vec![dead_letter(
                         message,
                         "refund",
@@ -303,6 +306,32 @@ impl Processor {
                             refund.refund_id, refund.order_id
                         ),
                     )],
+                };
+            }
+            Normalized::Manual(command) => {
+                let order_id = command.command.order_id;
+                let key = order_key(&command.shop_domain, order_id).into_bytes();
+                let advocates = control.advocates(&command.shop_domain);
+                let Some(advocate) = advocates.by_identifier(&command.command.advocate_identifier)
+                else {
+                    let reason = format!(
+                        "{} is not an active advocate of {}",
+                        command.command.advocate_identifier, command.shop_domain
+                    );
+                    return vec![dead_letter(message, "manual", &reason)];
+                };
+                let decision = manual(advocate, &command.command.requested_by);
+                return match state.apply_manual(&command, decision, message.offset()) {
+                    Applied::Changed(attribution) => {
+                        vec![encoded(message, topics::ATTRIBUTIONS, key, attribution.to_avro())]
+                    }
+                    Applied::Held | Applied::Unchanged(_) => Vec::new(),
+                    Applied::UnknownOrder => vec![dead_letter(
+                        message,
+                        "manual",
+                        &format!("order {order_id} has not been seen in this partition; replay the command once it is in"),
+                    )],
+                    Applied::Refused(reason) => vec![dead_letter(message, "manual", &reason)],
                 };
             }
             Normalized::Skipped => return Vec::new(),
@@ -329,7 +358,7 @@ impl Processor {
                 order_event(),
                 encoded(message, topics::ATTRIBUTIONS, key(), attribution.to_avro()),
             ],
-            Applied::UnknownOrder => Vec::new(),
+            Applied::UnknownOrder | Applied::Refused(_) => Vec::new(),
         }
     }
 }

@@ -20,11 +20,11 @@ use std::collections::{BTreeSet, HashMap};
 
 use rust_decimal::Decimal;
 use tributary_schemas::topics::order_key;
-use tributary_schemas::{Attribution, OrderEvent, RefundStatus};
+use tributary_schemas::{Attribution, OrderEvent, Outcome, RefundStatus};
 
 use crate::attribution::Decision;
 use crate::dedup::{self, Verdict};
-use crate::normalize::RefundEvent;
+use crate::normalize::{ManualCommand, RefundEvent};
 
 #[derive(Debug, PartialEq)]
 pub enum Applied {
@@ -34,8 +34,10 @@ pub enum Applied {
     Held,
     /// Nothing changed, for this reason (never [`Verdict::Fresh`]).
     Unchanged(Verdict),
-    /// A refund for an order this partition has never seen.
+    /// A refund or command for an order this partition has never seen.
     UnknownOrder,
+    /// A command that cannot apply, for this reason.
+    Refused(String),
 }
 
 /// An order waiting for the watermark to pass `settle_at_ms`.
@@ -45,6 +47,8 @@ struct Held {
     recent_delivery_ids: Vec<String>,
     /// Refunds that arrived while holding, applied when the order settles.
     refunds: Vec<RefundEvent>,
+    /// A manual attribution that arrived while holding; it wins when the order settles.
+    manual: Option<Decision>,
     /// Input position of the order's first record, and the watermark just before it: where a
     /// replay must start to rebuild this order.
     first_offset: i64,
@@ -159,6 +163,7 @@ impl PartitionState {
                 newest: event.clone(),
                 recent_delivery_ids,
                 refunds: Vec::new(),
+                manual: None,
                 first_offset: input_offset,
                 watermark_before: self.watermark_ms,
             },
@@ -189,6 +194,44 @@ impl PartitionState {
         Applied::Held
     }
 
+    /// Applies an operator's attribution of an order to an advocate (`decision`). A settled order
+    /// moves to that advocate; a held one will settle to it. Excluded orders stay excluded.
+    pub fn apply_manual(
+        &mut self,
+        command: &ManualCommand,
+        decision: Decision,
+        input_offset: i64,
+    ) -> Applied {
+        let key = order_key(&command.shop_domain, command.command.order_id);
+        if let Some(held) = self.held.get_mut(&key) {
+            held.manual = Some(decision);
+            return Applied::Held;
+        }
+        let Some(current) = self.settled.get_mut(&key) else {
+            return Applied::UnknownOrder;
+        };
+        if dedup::seen_delivery(&current.recent_delivery_ids, &command.command_id) {
+            return Applied::Unchanged(Verdict::DuplicateWebhook);
+        }
+        if current.outcome == Outcome::Excluded {
+            return Applied::Refused(format!(
+                "order {} is never attributed ({})",
+                current.order_id, current.reason
+            ));
+        }
+        let (advocate_id, advocate_identifier) = decision.advocate.unzip();
+        current.outcome = decision.outcome;
+        current.source = decision.source;
+        current.reason = decision.reason;
+        current.advocate_id = advocate_id;
+        current.advocate_identifier = advocate_identifier;
+        current.code = decision.code;
+        current.revision += 1;
+        current.input_offset = input_offset;
+        dedup::remember_delivery(&mut current.recent_delivery_ids, &command.command_id);
+        Applied::Changed(Box::new(current.clone()))
+    }
+
     /// Settles every held order the watermark has passed, in (settle time, key) order. `decide`
     /// judges the settled version; `None` (its store is no longer connected) drops the order.
     pub fn settle_due(
@@ -208,6 +251,10 @@ impl PartitionState {
                 continue;
             };
             if let Some(decision) = decide(&held.newest) {
+                let decision = match held.manual {
+                    Some(manual) if decision.outcome != Outcome::Excluded => manual,
+                    _ => decision,
+                };
                 let mut record = settle(
                     &held.newest,
                     held.recent_delivery_ids,

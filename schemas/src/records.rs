@@ -45,6 +45,34 @@ impl WebhookEnvelope {
     pub fn is_idle_tick(&self) -> bool {
         self.source == Self::SOURCE_IDLE_TICK
     }
+
+    /// An operator's command, written into the order's own partition so that it is ordered with
+    /// the order's events and a replay applies it at the same point.
+    pub const SOURCE_MANUAL: &'static str = "tributary_manual";
+
+    pub fn manual_attribution(shop_domain: &str, command: &ManualAttribution, now_ms: i64) -> Self {
+        Self {
+            source: Self::SOURCE_MANUAL.into(),
+            shop_domain: shop_domain.to_owned(),
+            topic: "tributary/manual_attribution".into(),
+            webhook_id: format!("manual-{}-{now_ms}", command.order_id),
+            event_id: None,
+            triggered_at_ms: now_ms,
+            api_version: String::new(),
+            received_at_ms: now_ms,
+            body: serde_json::to_vec(command).unwrap_or_default(),
+        }
+    }
+}
+
+/// The body of a manual-attribution command: this order goes to this advocate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManualAttribution {
+    pub order_id: u64,
+    pub advocate_identifier: String,
+    /// Who asked, for the record's reason.
+    pub requested_by: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
