@@ -7,4 +7,5 @@ pub mod bench;
 pub mod config;
 pub mod control_files;
 pub mod generate;
+pub mod replay;
 pub mod report;

@@ -9,7 +9,7 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use support::*;
 use tributary::generate;
-use tributary_schemas::kafka::{dlq_headers, producer_config, read_topic};
+use tributary_schemas::kafka::{dlq_headers, producer_config, read_topic, ResetTo};
 use tributary_schemas::{topics, AvroRecord, DeadLetter};
 
 fn count_records(bootstrap: &str, topic: &str) -> usize {
@@ -371,6 +371,109 @@ async fn refunds_reverse_by_amount_count_once_and_an_unknown_order_is_dead_lette
         reason.starts_with("refund: refund 13 is for order 8000000000999"),
         "{reason}"
     );
+
+    // The order arrives; replaying the dead letter counts the refund, and replaying it again
+    // changes nothing.
+    assert_eq!(
+        post(
+            &p.webhook_url,
+            &stranger.delivery("orders/create", "w-s", "e-s")
+        )
+        .await,
+        200
+    );
+    let stranger_row = row.replace(&order.id.to_string(), &stranger.id.to_string());
+    eventually(&ch, &stranger_row, "0,10,NONE").await;
+    for _ in 0..2 {
+        let replayed = tributary::replay::replay_dead_letters(&p.bootstrap, 0, Some("refund"))
+            .await
+            .unwrap();
+        assert_eq!((replayed.replayed, replayed.next_offset), (1, 1));
+        eventually(&ch, &stranger_row, "5,5,PARTIAL").await;
+    }
+    assert_eq!(count_records(&p.bootstrap, topics::DEAD_LETTERS), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_replay_of_every_topic_leaves_every_clickhouse_total_unchanged() {
+    let mut p = Pipeline::start("replay", |_| {}).await;
+    let plan = demo_plan(150, 31);
+    assert_eq!(
+        generate::send(&p.webhook_url, &plan, 16, None).await.failed,
+        0
+    );
+    plan.publish_manual(&p.bootstrap).await.unwrap();
+    let ch = p.clickhouse();
+    eventually(
+        &ch,
+        "SELECT toString(count()) FROM attributions_current",
+        &plan.orders.len().to_string(),
+    )
+    .await;
+    let totals = {
+        let ch = ch.clone();
+        move || {
+            let ch = ch.clone();
+            async move { tributary::report::advocate_totals(&ch).await.unwrap() }
+        }
+    };
+    for _ in 0..100 {
+        if tributary::report::compare(&totals().await, &plan.expected).1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let before = totals().await;
+    assert!(tributary::report::compare(&before, &plan.expected).1);
+    let rows_before: Vec<u64> = ch
+        .query("SELECT count() FROM attributions")
+        .fetch_all()
+        .await
+        .unwrap();
+    let changelog_before = count_records(&p.bootstrap, topics::ATTRIBUTIONS);
+
+    p.stop().await;
+    let (processor, sink) = (
+        p.config.processor.group_id.clone(),
+        p.config.clickhouse.group_id.clone(),
+    );
+    for (group, topic) in [
+        (&processor, topics::WEBHOOKS),
+        (&sink, topics::ATTRIBUTIONS),
+    ] {
+        tributary::replay::reset(&p.bootstrap, group, topic, ResetTo::Beginning)
+            .await
+            .unwrap();
+    }
+    p.start_again(|_| {}).await;
+    p.drained(&processor, topics::WEBHOOKS).await;
+    p.drained(&sink, topics::ATTRIBUTIONS).await;
+
+    assert_eq!(
+        count_records(&p.bootstrap, topics::ATTRIBUTIONS),
+        changelog_before,
+        "replayed webhooks produce no new attribution"
+    );
+    let rows_after: Vec<u64> = ch
+        .query("SELECT count() FROM attributions")
+        .fetch_all()
+        .await
+        .unwrap();
+    assert!(
+        rows_after[0] > rows_before[0],
+        "the sink inserted its topic again"
+    );
+    assert_eq!(
+        totals().await,
+        before,
+        "and ClickHouse's totals did not move"
+    );
+    eventually(
+        &ch,
+        "SELECT toString(count()) FROM attributions_current",
+        &plan.orders.len().to_string(),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -204,6 +204,8 @@ impl PartitionState {
     ) -> Applied {
         let key = order_key(&command.shop_domain, command.command.order_id);
         if let Some(held) = self.held.get_mut(&key) {
+            // Remembered now, so that once settled the order knows this command was applied.
+            dedup::remember_delivery(&mut held.recent_delivery_ids, &command.command_id);
             held.manual = Some(decision);
             return Applied::Held;
         }

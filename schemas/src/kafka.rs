@@ -196,6 +196,8 @@ pub enum TopicError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("topic {0} does not exist; run `tributary topics create`")]
     MissingTopic(String),
+    #[error("group {0} has other members (given {1} of {2} partitions); stop its services first")]
+    GroupActive(String, usize, usize),
 }
 
 /// The partition ids of `topic`.
@@ -327,4 +329,99 @@ impl GroupProgress {
             .sum();
         Ok((committed, end))
     }
+}
+
+/// Where [`reset_group`] moves a consumer group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetTo {
+    Beginning,
+    End,
+    /// The first record with a timestamp at or after this time (ms since the epoch).
+    Time(i64),
+    /// This offset in every partition, kept within the partition's watermarks.
+    Offset(i64),
+}
+
+/// Commits new offsets for `group` on `topic`, so that its next run replays from there (or skips
+/// ahead). The group must be stopped. The reset joins the group to commit as its only member
+/// (the embedded broker takes commits only from members) and refuses if it has to share the
+/// partitions. Commit metadata is cleared, so a processor rebuilds its watermark from the replayed
+/// records. Returns (partition, new offset) for each partition. Blocking.
+pub fn reset_group(
+    bootstrap_servers: &str,
+    group: &str,
+    topic: &str,
+    to: ResetTo,
+) -> Result<Vec<(i32, i64)>, TopicError> {
+    let consumer: BaseConsumer = consumer_config(bootstrap_servers, group).create()?;
+    let timeout = Duration::from_secs(10);
+    let partitions = partitions_of(&consumer, topic)?;
+    let mut offsets = TopicPartitionList::new();
+    let mut chosen = Vec::new();
+    for &partition in &partitions {
+        let (low, high) = consumer.fetch_watermarks(topic, partition, timeout)?;
+        let offset = match to {
+            ResetTo::Beginning => low,
+            ResetTo::End => high,
+            ResetTo::Offset(offset) => offset.clamp(low, high),
+            ResetTo::Time(ms) => offset_for_time(
+                bootstrap_servers,
+                &consumer,
+                topic,
+                partition,
+                ms,
+                (low, high),
+            )?,
+        };
+        offsets.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+        chosen.push((partition, offset));
+    }
+    consumer.subscribe(&[topic])?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        // Records fetched meanwhile are ignored; only the commit below counts.
+        let _ = consumer.poll(Duration::from_millis(100));
+        let assigned = consumer.assignment()?.count();
+        if assigned == partitions.len() {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(TopicError::GroupActive(
+                group.to_owned(),
+                assigned,
+                partitions.len(),
+            ));
+        }
+    }
+    consumer.commit(&offsets, rdkafka::consumer::CommitMode::Sync)?;
+    consumer.unsubscribe();
+    Ok(chosen)
+}
+
+/// The broker's answer to a time lookup; the embedded broker does not index timestamps (it
+/// answers nothing), so there the partition is scanned instead.
+fn offset_for_time(
+    bootstrap_servers: &str,
+    consumer: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+    ms: i64,
+    (low, high): (i64, i64),
+) -> Result<i64, TopicError> {
+    let mut wanted = TopicPartitionList::new();
+    wanted.add_partition_offset(topic, partition, Offset::Offset(ms))?;
+    let found = consumer.offsets_for_times(wanted, Duration::from_secs(10))?;
+    if let Some(Offset::Offset(offset)) = found.elements().first().map(|e| e.offset()) {
+        if offset >= 0 {
+            return Ok(offset);
+        }
+    }
+    let mut first_at_or_after = None;
+    read_partitions(bootstrap_servers, topic, &[partition], |message| {
+        let at = message.timestamp().to_millis().unwrap_or(i64::MIN);
+        if first_at_or_after.is_none() && at >= ms {
+            first_at_or_after = Some(message.offset());
+        }
+    })?;
+    Ok(first_at_or_after.unwrap_or(high).max(low))
 }

@@ -70,7 +70,8 @@ pub const ALL: [TopicSpec; 6] = [
     TopicSpec {
         name: DEAD_LETTERS,
         cleanup: Cleanup::Delete,
-        single_partition: false,
+        // Few records; one partition gives operators one offset to replay from.
+        single_partition: true,
     },
 ];
 

@@ -93,10 +93,20 @@ impl Pipeline {
     /// Stops every service (as a deploy would), changes the config, and starts them again on the
     /// same broker and database.
     pub async fn restart(&mut self, adjust: impl FnOnce(&mut Config)) {
+        self.stop().await;
+        self.start_again(adjust).await;
+    }
+
+    /// Stops every service and waits until they have committed and exited.
+    pub async fn stop(&mut self) {
         self.shutdown.cancel();
         if let Some(task) = self.task.take() {
             task.await.expect("the pipeline stopped cleanly");
         }
+    }
+
+    /// Starts the services again after [`Pipeline::stop`].
+    pub async fn start_again(&mut self, adjust: impl FnOnce(&mut Config)) {
         adjust(&mut self.config);
         self.shutdown = CancellationToken::new();
         self.task = Some(spawn_pipeline(
@@ -105,6 +115,20 @@ impl Pipeline {
             &self.shutdown,
         ));
         wait_ready(&format!("http://{}/readyz", self.config.ingest.listen)).await;
+    }
+
+    /// Waits until `group` has committed everything in `topic`.
+    pub async fn drained(&self, group: &str, topic: &str) {
+        let progress = tributary_schemas::kafka::GroupProgress::new(&self.bootstrap, group, topic)
+            .expect("group progress");
+        for _ in 0..300 {
+            let (committed, end) = progress.committed_and_end().expect("offsets");
+            if committed >= end {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{group} did not drain {topic}");
     }
 
     pub fn clickhouse(&self) -> clickhouse::Client {
