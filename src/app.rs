@@ -213,6 +213,15 @@ pub async fn run_sink(
     Ok(())
 }
 
+/// Drops the configured ClickHouse database (the demo and the bench start empty).
+pub async fn reset_database(config: &Config) -> anyhow::Result<()> {
+    config
+        .clickhouse
+        .drop_database()
+        .await
+        .context("ClickHouse is not reachable; start it with scripts/clickhouse.sh start")
+}
+
 /// Polls a `/readyz` URL until it answers 200.
 pub async fn wait_ready(url: &str, timeout: Duration) -> anyhow::Result<()> {
     let client = reqwest::Client::new();

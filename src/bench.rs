@@ -33,6 +33,13 @@ use crate::control_files::{self, StoreEntry};
 use crate::generate::{self, Plan, SendReport};
 use crate::report;
 
+#[derive(Debug, Clone, Copy)]
+enum Service {
+    Ingest,
+    Processor,
+    Sink,
+}
+
 pub struct BenchPlan {
     /// Sent in stage 1 and drained by stages 2 and 3.
     pub backlog: Plan,
@@ -76,11 +83,7 @@ pub async fn run(mut config: Config, plan: BenchPlan) -> anyhow::Result<BenchRep
     // Separate database, embedded broker: the bench never touches an operator's data.
     config.clickhouse.database = "tributary_bench".into();
     config.kafka.bootstrap_servers = None;
-    config
-        .clickhouse
-        .drop_database()
-        .await
-        .context("ClickHouse is not reachable; start it with scripts/clickhouse.sh start")?;
+    app::reset_database(&config).await?;
     let client = config.clickhouse.client();
     let broker = EmbeddedBroker::start(1, config.kafka.partitions)?;
     let bootstrap = broker.bootstrap_servers();
@@ -93,24 +96,34 @@ pub async fn run(mut config: Config, plan: BenchPlan) -> anyhow::Result<BenchRep
     let readiness = Readiness::default();
     let metrics = app::install_metrics()?;
     let mut services = tokio::task::JoinSet::new();
+    // Each stage adds one service to the process.
+    let start = |service: Service| {
+        let (config, bootstrap, readiness, shutdown, metrics) = (
+            config.clone(),
+            bootstrap.clone(),
+            readiness.clone(),
+            shutdown.clone(),
+            metrics.clone(),
+        );
+        async move {
+            match service {
+                Service::Ingest => {
+                    app::run_ingest(&config, &bootstrap, readiness, metrics, shutdown).await
+                }
+                Service::Processor => {
+                    app::run_processor(&config, &bootstrap, readiness, shutdown).await
+                }
+                Service::Sink => app::run_sink(&config, &bootstrap, readiness, shutdown).await,
+            }
+            .with_context(|| format!("{service:?}"))
+        }
+    };
 
     println!(
         "stage 1/4: ingest only, {} deliveries",
         plan.backlog.deliveries()
     );
-    {
-        let (config, bootstrap, readiness, shutdown) = (
-            config.clone(),
-            bootstrap.clone(),
-            readiness.clone(),
-            shutdown.clone(),
-        );
-        services.spawn(async move {
-            app::run_ingest(&config, &bootstrap, readiness, metrics, shutdown)
-                .await
-                .context("ingest")
-        });
-    }
+    services.spawn(start(Service::Ingest));
     let url = format!("http://{}/webhooks/shopify", config.ingest.listen);
     app::wait_ready(
         &format!("http://{}/readyz", config.ingest.listen),
@@ -133,19 +146,7 @@ pub async fn run(mut config: Config, plan: BenchPlan) -> anyhow::Result<BenchRep
     plan.backlog.publish_manual(&bootstrap).await?;
 
     println!("stage 2/4: processor drains the backlog");
-    {
-        let (config, bootstrap, readiness, shutdown) = (
-            config.clone(),
-            bootstrap.clone(),
-            readiness.clone(),
-            shutdown.clone(),
-        );
-        services.spawn(async move {
-            app::run_processor(&config, &bootstrap, readiness, shutdown)
-                .await
-                .context("processor")
-        });
-    }
+    services.spawn(start(Service::Processor));
     let processor = drain(
         &bootstrap,
         &config.processor.group_id,
@@ -156,19 +157,7 @@ pub async fn run(mut config: Config, plan: BenchPlan) -> anyhow::Result<BenchRep
     .await?;
 
     println!("stage 3/4: sink drains the attributions");
-    {
-        let (config, bootstrap, readiness, shutdown) = (
-            config.clone(),
-            bootstrap.clone(),
-            readiness.clone(),
-            shutdown.clone(),
-        );
-        services.spawn(async move {
-            app::run_sink(&config, &bootstrap, readiness, shutdown)
-                .await
-                .context("sink")
-        });
-    }
+    services.spawn(start(Service::Sink));
     let sink = drain(
         &bootstrap,
         &config.clickhouse.group_id,

@@ -442,11 +442,7 @@ async fn demo(
     }
     // The demo's stream ends and then sits idle: settle the delayed store's orders soon after.
     config.processor.idle_tick_ms = config.processor.idle_tick_ms.min(1_000);
-    config
-        .clickhouse
-        .drop_database()
-        .await
-        .context("ClickHouse is not reachable; start it with scripts/clickhouse.sh start")?;
+    app::reset_database(&config).await?;
     let client = config.clickhouse.client();
     let (_embedded, bootstrap) = broker_or_embedded(&config).await?;
     let key = MasterKey::load(&config.secrets.master_key_file, true)?;

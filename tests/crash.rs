@@ -156,12 +156,7 @@ async fn killing_ingest_processor_and_sink_at_random_keeps_totals_exact() {
 
     let ch = config.clickhouse.client();
     let expected_orders = plan.orders.len().to_string();
-    eventually(
-        &ch,
-        "SELECT toString(count()) FROM attributions_current",
-        &expected_orders,
-    )
-    .await;
+    eventually_orders(&ch, &expected_orders).await;
     let mut last = String::new();
     for _ in 0..100 {
         let (table, matched) =

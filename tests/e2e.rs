@@ -85,7 +85,7 @@ async fn receiver_answers_each_bad_request_clearly_and_produces_nothing() {
         "nothing rejected was produced"
     );
 
-    assert_eq!(post(&p.webhook_url, &good).await, 200);
+    accepted(&p.webhook_url, &good).await;
     let mut rotated = order.delivery("orders/create", "w-old-secret", "e-old-secret");
     rotated.secret = PREVIOUS_SECRET.into();
     assert_eq!(
@@ -196,60 +196,43 @@ async fn every_rule_exclusion_and_duplicate_lands_exactly() {
         ),
     ];
     for (order, _) in &cases {
-        assert_eq!(
-            post(
-                &p.webhook_url,
-                &order.delivery(
-                    "orders/create",
-                    &format!("w{}", order.id),
-                    &format!("e{}", order.id)
-                )
-            )
-            .await,
-            200
-        );
+        accepted(
+            &p.webhook_url,
+            &order.delivery(
+                "orders/create",
+                &format!("w{}", order.id),
+                &format!("e{}", order.id),
+            ),
+        )
+        .await;
     }
     // Redelivery (same webhook id) and a re-sent event (same event id, new webhook id).
     let twice = with(20, &|o| o.codes = vec!["EUNJI20"]);
     for (webhook, event) in [("w20", "e20"), ("w20", "e20"), ("w20-retry", "e20")] {
-        assert_eq!(
-            post(
-                &p.webhook_url,
-                &twice.delivery("orders/create", webhook, event)
-            )
-            .await,
-            200
-        );
+        accepted(
+            &p.webhook_url,
+            &twice.delivery("orders/create", webhook, event),
+        )
+        .await;
     }
     // The newer version (an upsell, 130.00) arrives first; the older create arrives last.
     let mut newer = with(21, &|o| o.codes = vec!["BJORN15"]);
     newer.total = "130.00";
     newer.updated_minute = 5;
     let older = with(21, &|o| o.codes = vec!["BJORN15"]);
-    assert_eq!(
-        post(
-            &p.webhook_url,
-            &newer.delivery("orders/updated", "w21b", "e21b")
-        )
-        .await,
-        200
-    );
-    assert_eq!(
-        post(
-            &p.webhook_url,
-            &older.delivery("orders/create", "w21a", "e21a")
-        )
-        .await,
-        200
-    );
-
-    let ch = p.clickhouse();
-    eventually(
-        &ch,
-        "SELECT toString(count()) FROM attributions_current",
-        &(cases.len() + 2).to_string(),
+    accepted(
+        &p.webhook_url,
+        &newer.delivery("orders/updated", "w21b", "e21b"),
     )
     .await;
+    accepted(
+        &p.webhook_url,
+        &older.delivery("orders/create", "w21a", "e21a"),
+    )
+    .await;
+
+    let ch = p.clickhouse();
+    eventually_orders(&ch, &(cases.len() + 2).to_string()).await;
     for (order, expected) in &cases {
         assert_eq!(
             order_row(&ch, order.id).await,
@@ -301,12 +284,7 @@ async fn generated_stream_matches_the_generators_totals_to_the_cent() {
     plan.publish_manual(&p.bootstrap).await.unwrap();
     assert_eq!((report.sent, report.failed), (plan.deliveries(), 0));
     let ch = p.clickhouse();
-    eventually(
-        &ch,
-        "SELECT toString(count()) FROM attributions_current",
-        &plan.orders.len().to_string(),
-    )
-    .await;
+    eventually_orders(&ch, &plan.orders.len().to_string()).await;
     let actual = tributary::report::advocate_totals(&ch).await.unwrap();
     let (table, matched) = tributary::report::compare(&actual, &plan.expected);
     assert!(matched, "{table}");
@@ -322,14 +300,11 @@ async fn refunds_reverse_by_amount_count_once_and_an_unknown_order_is_dead_lette
     let p = Pipeline::start("refunds", |_| {}).await;
     let mut order = Order::new(8_000_000_000_001, "200.00");
     order.codes = vec!["ANNA10"];
-    assert_eq!(
-        post(
-            &p.webhook_url,
-            &order.delivery("orders/create", "w-c", "e-c")
-        )
-        .await,
-        200
-    );
+    accepted(
+        &p.webhook_url,
+        &order.delivery("orders/create", "w-c", "e-c"),
+    )
+    .await;
     let ch = p.clickhouse();
     let row = format!(
         "SELECT concat(toString(refunded), ',', toString(net), ',', refund_status) FROM attributions_current WHERE order_id = {}",
@@ -338,10 +313,10 @@ async fn refunds_reverse_by_amount_count_once_and_an_unknown_order_is_dead_lette
     eventually(&ch, &row, "0,200,NONE").await;
     let partial = order.refund(11, "50.25");
     for _ in 0..2 {
-        assert_eq!(post(&p.webhook_url, &partial).await, 200); // redelivered: counts once
+        accepted(&p.webhook_url, &partial).await; // redelivered: counts once
     }
     eventually(&ch, &row, "50.25,149.75,PARTIAL").await;
-    assert_eq!(post(&p.webhook_url, &order.refund(12, "160.00")).await, 200);
+    accepted(&p.webhook_url, &order.refund(12, "160.00")).await;
     eventually(&ch, &row, "210.25,0,FULL").await;
     eventually(
         &ch,
@@ -351,10 +326,7 @@ async fn refunds_reverse_by_amount_count_once_and_an_unknown_order_is_dead_lette
     .await;
 
     let stranger = Order::new(8_000_000_000_999, "10.00");
-    assert_eq!(
-        post(&p.webhook_url, &stranger.refund(13, "5.00")).await,
-        200
-    );
+    accepted(&p.webhook_url, &stranger.refund(13, "5.00")).await;
     let mut reason = String::new();
     for _ in 0..100 {
         read_topic(&p.bootstrap, topics::DEAD_LETTERS, |m| {
@@ -374,14 +346,11 @@ async fn refunds_reverse_by_amount_count_once_and_an_unknown_order_is_dead_lette
 
     // The order arrives; replaying the dead letter counts the refund, and replaying it again
     // changes nothing.
-    assert_eq!(
-        post(
-            &p.webhook_url,
-            &stranger.delivery("orders/create", "w-s", "e-s")
-        )
-        .await,
-        200
-    );
+    accepted(
+        &p.webhook_url,
+        &stranger.delivery("orders/create", "w-s", "e-s"),
+    )
+    .await;
     let stranger_row = row.replace(&order.id.to_string(), &stranger.id.to_string());
     eventually(&ch, &stranger_row, "0,10,NONE").await;
     for _ in 0..2 {
@@ -404,12 +373,7 @@ async fn a_full_replay_of_every_topic_leaves_every_clickhouse_total_unchanged() 
     );
     plan.publish_manual(&p.bootstrap).await.unwrap();
     let ch = p.clickhouse();
-    eventually(
-        &ch,
-        "SELECT toString(count()) FROM attributions_current",
-        &plan.orders.len().to_string(),
-    )
-    .await;
+    eventually_orders(&ch, &plan.orders.len().to_string()).await;
     let totals = {
         let ch = ch.clone();
         move || {
@@ -468,12 +432,7 @@ async fn a_full_replay_of_every_topic_leaves_every_clickhouse_total_unchanged() 
         before,
         "and ClickHouse's totals did not move"
     );
-    eventually(
-        &ch,
-        "SELECT toString(count()) FROM attributions_current",
-        &plan.orders.len().to_string(),
-    )
-    .await;
+    eventually_orders(&ch, &plan.orders.len().to_string()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -504,14 +463,11 @@ async fn manual_attribution_moves_a_settled_order_and_wins_over_a_held_one() {
     // Settled to anna by her code, then moved to bjorn by hand.
     let mut settled = Order::new(9_000_000_000_001, "80.00");
     settled.codes = vec!["ANNA10"];
-    assert_eq!(
-        post(
-            &p.webhook_url,
-            &settled.delivery("orders/create", "m-1", "m-1")
-        )
-        .await,
-        200
-    );
+    accepted(
+        &p.webhook_url,
+        &settled.delivery("orders/create", "m-1", "m-1"),
+    )
+    .await;
     eventually(
         &ch,
         &row(settled.id),
@@ -535,25 +491,19 @@ async fn manual_attribution_moves_a_settled_order_and_wins_over_a_held_one() {
     // Held (upsell store) with a share link to kemi; the command arrives first and wins.
     let mut held = Order::new(9_000_000_000_002, "60.00");
     (held.shop, held.secret, held.landing_site) = (UPSELL_SHOP, UPSELL_SECRET, "/?ref=kemi");
-    assert_eq!(
-        post(
-            &p.webhook_url,
-            &held.delivery("orders/create", "m-2", "m-2")
-        )
-        .await,
-        200
-    );
+    accepted(
+        &p.webhook_url,
+        &held.delivery("orders/create", "m-2", "m-2"),
+    )
+    .await;
     attribute(UPSELL_SHOP, held.id, "ines").await;
     let mut later = Order::new(9_000_000_000_003, "1.00");
     (later.shop, later.secret, later.created_minute) = (UPSELL_SHOP, UPSELL_SECRET, 30);
-    assert_eq!(
-        post(
-            &p.webhook_url,
-            &later.delivery("orders/create", "m-3", "m-3")
-        )
-        .await,
-        200
-    );
+    accepted(
+        &p.webhook_url,
+        &later.delivery("orders/create", "m-3", "m-3"),
+    )
+    .await;
     eventually(
         &ch,
         &row(held.id),
@@ -564,14 +514,11 @@ async fn manual_attribution_moves_a_settled_order_and_wins_over_a_held_one() {
     // Refused, each with its reason: an excluded order, an unknown advocate, an unknown order.
     let mut excluded = Order::new(9_000_000_000_004, "5.00");
     excluded.test = true;
-    assert_eq!(
-        post(
-            &p.webhook_url,
-            &excluded.delivery("orders/create", "m-4", "m-4")
-        )
-        .await,
-        200
-    );
+    accepted(
+        &p.webhook_url,
+        &excluded.delivery("orders/create", "m-4", "m-4"),
+    )
+    .await;
     eventually(
         &ch,
         &format!(
@@ -690,7 +637,7 @@ async fn poison_records_go_to_the_dead_letter_topic_while_the_rest_flows() {
     let mut broken =
         Order::new(3_000_000_000_001, "5.00").delivery("orders/create", "w-broken", "e-broken");
     broken.body = b"{\"id\": 3000000000001, \"created_at\": ".to_vec();
-    assert_eq!(post(&p.webhook_url, &broken).await, 200);
+    accepted(&p.webhook_url, &broken).await;
     // Money as a float is refused rather than rounded.
     let mut float =
         Order::new(3_000_000_000_002, "5.00").delivery("orders/create", "w-float", "e-float");
@@ -701,25 +648,17 @@ async fn poison_records_go_to_the_dead_letter_topic_while_the_rest_flows() {
             "\"current_total_price\":5.0",
         )
         .into_bytes();
-    assert_eq!(post(&p.webhook_url, &float).await, 200);
+    accepted(&p.webhook_url, &float).await;
     let mut fine = Order::new(3_000_000_000_003, "7.00");
     fine.codes = vec!["ANNA10"];
-    assert_eq!(
-        post(
-            &p.webhook_url,
-            &fine.delivery("orders/create", "w-fine", "e-fine")
-        )
-        .await,
-        200
-    );
-
-    let ch = p.clickhouse();
-    eventually(
-        &ch,
-        "SELECT toString(count()) FROM attributions_current",
-        "1",
+    accepted(
+        &p.webhook_url,
+        &fine.delivery("orders/create", "w-fine", "e-fine"),
     )
     .await;
+
+    let ch = p.clickhouse();
+    eventually_orders(&ch, "1").await;
     assert_eq!(
         order_row(&ch, 3_000_000_000_003).await,
         "ATTRIBUTED,Discount Code,anna,7"
@@ -768,12 +707,7 @@ async fn clickhouse_down_for_a_while_then_back_loses_nothing() {
     let url = switch.url.clone();
     let p = Pipeline::start("outage", move |c| c.clickhouse.url = url).await;
     let ch = p.clickhouse();
-    eventually(
-        &ch,
-        "SELECT toString(count()) FROM attributions_current",
-        "0",
-    )
-    .await;
+    eventually_orders(&ch, "0").await;
     switch.up.store(false, std::sync::atomic::Ordering::SeqCst);
     let plan = demo_plan(200, 23);
     let report = generate::send(&p.webhook_url, &plan, 16, None).await;
@@ -796,12 +730,7 @@ async fn clickhouse_down_for_a_while_then_back_loses_nothing() {
         "nothing reached ClickHouse while it was down"
     );
     switch.up.store(true, std::sync::atomic::Ordering::SeqCst);
-    eventually(
-        &ch,
-        "SELECT toString(count()) FROM attributions_current",
-        &plan.orders.len().to_string(),
-    )
-    .await;
+    eventually_orders(&ch, &plan.orders.len().to_string()).await;
     let (table, matched) = tributary::report::compare(
         &tributary::report::advocate_totals(&ch).await.unwrap(),
         &plan.expected,

@@ -13,14 +13,15 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tributary_schemas::kafka::{
-    consumer_config, dlq_headers, now_ms, producer_config, read_partitions, GroupMember, TopicError,
+    commit_offsets, consumer_config, dlq_headers, now_ms, producer_config, read_partitions,
+    CommitWhen, GroupMember, TopicError,
 };
 use tributary_schemas::topics::{self, order_key};
 use tributary_schemas::{Attribution, AvroRecord, DeadLetter, WebhookEnvelope};
@@ -115,9 +116,10 @@ impl Processor {
         shutdown: CancellationToken,
     ) -> Result<(), ProcessorError> {
         // Ready once the group has assigned this member its partitions (possibly none).
-        let consumer: StreamConsumer<GroupMember> =
+        let consumer: Arc<StreamConsumer<GroupMember>> = Arc::new(
             consumer_config(&self.bootstrap_servers, &self.config.group_id)
-                .create_with_context(GroupMember::new(ready))?;
+                .create_with_context(GroupMember::new(ready))?,
+        );
         consumer.subscribe(&[topics::WEBHOOKS])?;
         let producer: FutureProducer =
             producer_config(&self.bootstrap_servers, Duration::from_secs(30)).create()?;
@@ -141,7 +143,7 @@ impl Processor {
                             last_read.insert(partition, Instant::now());
                         }
                     }
-                    checkpoint(&consumer, &mut in_flight, &mut done, &states).await?
+                    checkpoint(&consumer, &mut in_flight, &mut done, &states, CommitWhen::Running).await?
                 }
                 received = consumer.recv() => {
                     let message = match received {
@@ -183,12 +185,19 @@ impl Processor {
                     done.insert(partition, message.offset() + 1);
                     metrics::counter!("tributary_processor_records_total").increment(1);
                     if in_flight.len() >= self.config.max_in_flight {
-                        checkpoint(&consumer, &mut in_flight, &mut done, &states).await?;
+                        checkpoint(&consumer, &mut in_flight, &mut done, &states, CommitWhen::Running).await?;
                     }
                 }
             }
         }
-        checkpoint(&consumer, &mut in_flight, &mut done, &states).await
+        checkpoint(
+            &consumer,
+            &mut in_flight,
+            &mut done,
+            &states,
+            CommitWhen::Stopping,
+        )
+        .await
     }
 
     /// Rebuilds the order state of `partitions` from `tributary.attributions`, in one pass.
@@ -490,11 +499,12 @@ async fn await_deliveries(in_flight: &mut Vec<DeliveryFuture>) -> Result<(), Pro
 
 /// Waits until everything produced is acknowledged, then commits the input offsets it covers;
 /// never past the first record of a held order (see [`PartitionState::commit_position`]).
-async fn checkpoint<C: ConsumerContext>(
-    consumer: &StreamConsumer<C>,
+async fn checkpoint<C: ConsumerContext + 'static>(
+    consumer: &Arc<StreamConsumer<C>>,
     in_flight: &mut Vec<DeliveryFuture>,
     done: &mut HashMap<i32, i64>,
     states: &HashMap<i32, PartitionState>,
+    when: CommitWhen,
 ) -> Result<(), ProcessorError> {
     await_deliveries(in_flight).await?;
     if done.is_empty() {
@@ -509,10 +519,7 @@ async fn checkpoint<C: ConsumerContext>(
         element.set_offset(Offset::Offset(offset))?;
         element.set_metadata(watermark_metadata(watermark));
     }
-    // A commit refused after a rebalance is harmless: the new owner replays from the last commit.
-    if let Err(error) = consumer.commit(&offsets, CommitMode::Sync) {
-        tracing::warn!(%error, "offset commit refused; the partition's next owner will replay");
-    }
+    commit_offsets(consumer, offsets, when).await;
     Ok(())
 }
 

@@ -8,7 +8,9 @@ use std::time::Duration;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::mocking::MockCluster;
@@ -104,6 +106,55 @@ impl ConsumerContext for GroupMember {
         if let Rebalance::Assign(_) = rebalance {
             self.ready.store(true, Ordering::SeqCst);
         }
+    }
+
+    fn commit_callback(
+        &self,
+        result: rdkafka::error::KafkaResult<()>,
+        _offsets: &TopicPartitionList,
+    ) {
+        // Harmless: the records after the last successful commit are replayed.
+        if let Err(error) = result {
+            tracing::warn!(%error, "offset commit failed; uncommitted records will be replayed");
+        }
+    }
+}
+
+/// Whether a consumer loop is running or stopping when it commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitWhen {
+    /// In the background: a blocking commit inside the loop can wait without end on a group
+    /// coordinator that is busy, and stop the loop with it. The result is logged by
+    /// [`GroupMember`].
+    Running,
+    /// Synchronously, but at most ten seconds, so that a clean stop replays nothing.
+    Stopping,
+}
+
+/// Commits `offsets` for the consumer's group.
+pub async fn commit_offsets<C: ConsumerContext + 'static>(
+    consumer: &Arc<StreamConsumer<C>>,
+    offsets: TopicPartitionList,
+    when: CommitWhen,
+) {
+    let result = match when {
+        CommitWhen::Running => consumer.commit(&offsets, CommitMode::Async),
+        CommitWhen::Stopping => {
+            let consumer = consumer.clone();
+            let commit =
+                tokio::task::spawn_blocking(move || consumer.commit(&offsets, CommitMode::Sync));
+            match tokio::time::timeout(Duration::from_secs(10), commit).await {
+                Ok(Ok(result)) => result,
+                _ => {
+                    tracing::warn!("the final offset commit did not finish; the next run replays a little more");
+                    Ok(())
+                }
+            }
+        }
+    };
+    // A commit refused after a rebalance is harmless: the new owner replays from the last commit.
+    if let Err(error) = result {
+        tracing::warn!(%error, "offset commit refused; uncommitted records will be replayed");
     }
 }
 

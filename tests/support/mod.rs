@@ -282,6 +282,21 @@ pub async fn post(url: &str, delivery: &Delivery) -> u16 {
         .as_u16()
 }
 
+/// Posts a delivery and asserts the receiver took it (200).
+pub async fn accepted(url: &str, delivery: &Delivery) {
+    assert_eq!(post(url, delivery).await, 200, "{}", delivery.webhook_id);
+}
+
+/// Polls ClickHouse until it holds `orders` orders (any outcome).
+pub async fn eventually_orders(client: &clickhouse::Client, orders: &str) {
+    eventually(
+        client,
+        "SELECT toString(count()) FROM attributions_current",
+        orders,
+    )
+    .await;
+}
+
 /// Polls ClickHouse until `query` (one String column) returns `expected`, or fails after 30 s.
 pub async fn eventually(client: &clickhouse::Client, query: &str, expected: &str) {
     let mut last = String::new();

@@ -12,11 +12,11 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
-use tributary_schemas::kafka::{consumer_config, GroupMember};
+use tributary_schemas::kafka::{commit_offsets, consumer_config, CommitWhen, GroupMember};
 use tributary_schemas::{topics, Attribution, AvroRecord};
 
 pub use row::AttributionRow;
@@ -156,9 +156,10 @@ impl ClickHouseSink {
         shutdown: CancellationToken,
     ) -> Result<(), SinkError> {
         self.migrate_until_up(&shutdown).await;
-        let consumer: StreamConsumer<GroupMember> =
+        let consumer: Arc<StreamConsumer<GroupMember>> = Arc::new(
             consumer_config(&self.bootstrap_servers, &self.config.group_id)
-                .create_with_context(GroupMember::new(ready))?;
+                .create_with_context(GroupMember::new(ready))?,
+        );
         consumer.subscribe(&[topics::ATTRIBUTIONS])?;
         let client = self.config.client();
         let mut batch: Vec<AttributionRow> = Vec::with_capacity(self.config.batch_rows);
@@ -168,7 +169,7 @@ impl ClickHouseSink {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                _ = tick.tick() => flush(&client, &consumer, &mut batch, &mut offsets, &shutdown).await?,
+                _ = tick.tick() => flush(&client, &consumer, &mut batch, &mut offsets, &shutdown, CommitWhen::Running).await?,
                 received = consumer.recv() => {
                     let message = match received {
                         Ok(message) => message,
@@ -189,12 +190,20 @@ impl ClickHouseSink {
                     }
                     offsets.insert(message.partition(), message.offset() + 1);
                     if batch.len() >= self.config.batch_rows {
-                        flush(&client, &consumer, &mut batch, &mut offsets, &shutdown).await?;
+                        flush(&client, &consumer, &mut batch, &mut offsets, &shutdown, CommitWhen::Running).await?;
                     }
                 }
             }
         }
-        flush(&client, &consumer, &mut batch, &mut offsets, &shutdown).await
+        flush(
+            &client,
+            &consumer,
+            &mut batch,
+            &mut offsets,
+            &shutdown,
+            CommitWhen::Stopping,
+        )
+        .await
     }
 
     async fn migrate_until_up(&self, shutdown: &CancellationToken) {
@@ -214,10 +223,11 @@ impl ClickHouseSink {
 /// Inserts the batch, retrying until ClickHouse takes it (or shutdown), then commits its offsets.
 async fn flush(
     client: &::clickhouse::Client,
-    consumer: &StreamConsumer<GroupMember>,
+    consumer: &Arc<StreamConsumer<GroupMember>>,
     batch: &mut Vec<AttributionRow>,
     offsets: &mut HashMap<i32, i64>,
     shutdown: &CancellationToken,
+    when: CommitWhen,
 ) -> Result<(), SinkError> {
     if offsets.is_empty() {
         return Ok(());
@@ -244,9 +254,8 @@ async fn flush(
     for (partition, next) in offsets.drain() {
         list.add_partition_offset(topics::ATTRIBUTIONS, partition, Offset::Offset(next))?;
     }
-    if let Err(error) = consumer.commit(&list, CommitMode::Sync) {
-        tracing::warn!(%error, "offset commit refused; rows will be inserted again, which is harmless");
-    }
+    // Rows after the last successful commit are inserted again, which is harmless.
+    commit_offsets(consumer, list, when).await;
     Ok(())
 }
 
