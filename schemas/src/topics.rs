@@ -95,8 +95,15 @@ pub fn webhook_key(shopify_topic: &str, shop_domain: &str, body: &[u8]) -> Strin
     struct Probe {
         id: Option<u64>,
         order_id: Option<u64>,
+        /// `orders/edited` carries only the edit, under this key.
+        order_edit: Option<EditProbe>,
+    }
+    #[derive(Deserialize)]
+    struct EditProbe {
+        order_id: Option<u64>,
     }
     let order_id = match serde_json::from_slice::<Probe>(body) {
+        Ok(p) if shopify_topic == "orders/edited" => p.order_edit.and_then(|e| e.order_id),
         Ok(p) if shopify_topic.starts_with("orders/") => p.id,
         Ok(p) if shopify_topic.starts_with("refunds/") => p.order_id,
         _ => None,
@@ -119,6 +126,8 @@ mod tests {
         assert_eq!(k, "s.myshopify.com/12345678901234567");
         assert_eq!(webhook_key("orders/updated", "s.myshopify.com", created), k);
         assert_eq!(webhook_key("refunds/create", "s.myshopify.com", refund), k);
+        let edit = br#"{"order_edit": {"id": 78912328, "order_id": 12345678901234567, "line_items": {}}}"#;
+        assert_eq!(webhook_key("orders/edited", "s.myshopify.com", edit), k);
         assert_eq!(
             webhook_key("orders/create", "s.myshopify.com", b"not json"),
             "s.myshopify.com"
