@@ -737,3 +737,46 @@ async fn clickhouse_down_for_a_while_then_back_loses_nothing() {
     );
     assert!(matched, "{table}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_resets_to_a_time_an_offset_or_the_end() {
+    let broker = tributary_schemas::kafka::EmbeddedBroker::start(1, 1).unwrap();
+    let bootstrap = broker.bootstrap_servers();
+    let producer: FutureProducer = producer_config(&bootstrap, Duration::from_secs(5))
+        .create()
+        .unwrap();
+    let produce = |n: usize| {
+        let producer = producer.clone();
+        async move {
+            for i in 0..n {
+                producer
+                    .send(
+                        FutureRecord::to(topics::WEBHOOKS)
+                            .key("k")
+                            .payload(&i.to_string()),
+                        Duration::from_secs(5),
+                    )
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    produce(5).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let cut = tributary_schemas::kafka::now_ms();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    produce(4).await;
+
+    let group = "operators-test";
+    let reset = |to| tributary::replay::reset(&bootstrap, group, topics::WEBHOOKS, to);
+    // The embedded broker answers no time lookup; the partition is scanned instead.
+    assert_eq!(reset(ResetTo::Time(cut)).await.unwrap(), vec![(0, 5)]);
+    let progress =
+        tributary_schemas::kafka::GroupProgress::new(&bootstrap, group, topics::WEBHOOKS).unwrap();
+    assert_eq!(progress.committed_and_end().unwrap(), (5, 9));
+    assert_eq!(reset(ResetTo::Offset(3)).await.unwrap(), vec![(0, 3)]);
+    assert_eq!(reset(ResetTo::Offset(99)).await.unwrap(), vec![(0, 9)]);
+    assert_eq!(reset(ResetTo::Beginning).await.unwrap(), vec![(0, 0)]);
+    assert_eq!(reset(ResetTo::End).await.unwrap(), vec![(0, 9)]);
+    assert_eq!(progress.committed_and_end().unwrap(), (9, 9));
+}

@@ -126,7 +126,8 @@ mod tests {
         assert_eq!(k, "s.myshopify.com/12345678901234567");
         assert_eq!(webhook_key("orders/updated", "s.myshopify.com", created), k);
         assert_eq!(webhook_key("refunds/create", "s.myshopify.com", refund), k);
-        let edit = br#"{"order_edit": {"id": 78912328, "order_id": 12345678901234567, "line_items": {}}}"#;
+        let edit =
+            br#"{"order_edit": {"id": 78912328, "order_id": 12345678901234567, "line_items": {}}}"#;
         assert_eq!(webhook_key("orders/edited", "s.myshopify.com", edit), k);
         assert_eq!(
             webhook_key("orders/create", "s.myshopify.com", b"not json"),
