@@ -361,6 +361,13 @@ async fn refunds_reverse_by_amount_count_once_and_an_unknown_order_is_dead_lette
         eventually(&ch, &stranger_row, "5,5,PARTIAL").await;
     }
     assert_eq!(count_records(&p.bootstrap, topics::DEAD_LETTERS), 1);
+    // Both orders are customer 42's.
+    eventually(
+        &ch,
+        "SELECT concat(toString(orders), ',', toString(gross), ',', toString(net), ',', toString(first_order_at = last_order_at)) FROM customers WHERE customer_id = 42",
+        "2,210,5,1",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -82,3 +82,20 @@ SELECT
 FROM attributions FINAL
 WHERE outcome != 'EXCLUDED'
 GROUP BY shop_domain, day, source, currency
+;
+-- Per customer (Shopify customer id) and currency: orders, value (gross and net) and the first and
+-- last order. Excluded orders (test, channel, tag) are not purchases and are left out; orders
+-- without a customer (customer_id 0) are too.
+CREATE VIEW IF NOT EXISTS customers AS
+SELECT
+    shop_domain,
+    customer_id,
+    currency,
+    count() AS orders,
+    sum(gross) AS gross,
+    sum(net) AS net,
+    min(created_at) AS first_order_at,
+    max(created_at) AS last_order_at
+FROM attributions FINAL
+WHERE outcome != 'EXCLUDED' AND customer_id != 0
+GROUP BY shop_domain, customer_id, currency
