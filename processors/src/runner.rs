@@ -136,6 +136,9 @@ impl Processor {
                 _ = shutdown.cancelled() => break,
                 _ = tick.tick() => {
                     for (&partition, state) in &states {
+                        let label = partition.to_string();
+                        metrics::gauge!("tributary_processor_held_orders", "partition" => label.clone()).set(state.held_len() as f64);
+                        metrics::gauge!("tributary_processor_watermark_ms", "partition" => label).set(state.watermark_ms() as f64);
                         let idle = last_read.get(&partition).is_none_or(|t| t.elapsed() >= idle_tick_after);
                         if state.held_len() > 0 && idle {
                             let delivery = send(&producer, idle_tick(partition), &mut in_flight).await?;
