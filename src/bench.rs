@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tributary_processors::attribution::Decision;
 use tributary_processors::normalize::{normalize, Normalized};
 use tributary_processors::state::PartitionState;
-use tributary_schemas::kafka::{EmbeddedBroker, GroupProgress};
+use tributary_schemas::kafka::EmbeddedBroker;
 use tributary_schemas::secrets::MasterKey;
 use tributary_schemas::topics;
 use tributary_schemas::{AttributionSource, OrderEvent, Outcome};
@@ -31,7 +31,7 @@ use crate::app::{self, Readiness};
 use crate::config::Config;
 use crate::control_files::{self, StoreEntry};
 use crate::generate::{self, Plan, SendReport};
-use crate::report;
+use crate::{replay, report};
 
 #[derive(Debug, Clone, Copy)]
 enum Service {
@@ -225,34 +225,25 @@ async fn drain(
     (readiness, service): (&Readiness, &str),
     services: &mut tokio::task::JoinSet<anyhow::Result<()>>,
 ) -> anyhow::Result<Drain> {
-    let progress = std::sync::Arc::new(GroupProgress::new(bootstrap, group, topic)?);
-    let deadline = Instant::now() + Duration::from_secs(600);
-    let mut started: Option<Instant> = None;
-    loop {
-        if let Some(stopped) = services.try_join_next() {
-            anyhow::bail!("a service stopped during the bench: {:?}", stopped?);
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "{group} did not drain {topic} in time"
-        );
-        let Some(started) = started else {
-            if readiness.is_ready(service) {
-                started = Some(Instant::now());
-            }
+    let timed = async {
+        while !readiness.is_ready(service) {
             tokio::time::sleep(Duration::from_millis(1)).await;
-            continue;
-        };
-        let reader = progress.clone();
-        let (committed, end) =
-            tokio::task::spawn_blocking(move || reader.committed_and_end()).await??;
-        if committed >= end {
-            return Ok(Drain {
-                records: end,
-                elapsed: started.elapsed(),
-            });
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        let started = Instant::now();
+        let records =
+            replay::caught_up(bootstrap, group, topic, Duration::from_millis(5), None).await?;
+        anyhow::Ok(Drain {
+            records,
+            elapsed: started.elapsed(),
+        })
+    };
+    tokio::select! {
+        drained = tokio::time::timeout(Duration::from_secs(600), timed) => {
+            drained.map_err(|_| anyhow::anyhow!("{group} did not drain {topic} in time"))?
+        }
+        Some(stopped) = services.join_next() => {
+            anyhow::bail!("a service stopped during the bench: {:?}", stopped?)
+        }
     }
 }
 

@@ -27,27 +27,54 @@ pub async fn reset(
 /// Shows a progress bar while `group` works through `topic` up to its current end; returns once
 /// the group's commits reach it.
 pub async fn follow(bootstrap: &str, group: &str, topic: &str) -> anyhow::Result<()> {
-    let progress = Arc::new(GroupProgress::new(bootstrap, group, topic)?);
-    let read = |progress: Arc<GroupProgress>| async move {
-        anyhow::Ok(tokio::task::spawn_blocking(move || progress.committed_and_end()).await??)
-    };
-    let (start, end) = read(progress.clone()).await?;
-    let bar = indicatif::ProgressBar::new(end.saturating_sub(start).max(0) as u64).with_style(
+    let bar = indicatif::ProgressBar::new(0).with_style(
         indicatif::ProgressStyle::with_template(
             "{spinner} {msg} {bar:40} {pos}/{len} records {per_sec} eta {eta}",
         )
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     bar.set_message(format!("{group} on {topic}"));
-    loop {
-        let (committed, _) = read(progress.clone()).await?;
-        bar.set_position(committed.saturating_sub(start).max(0) as u64);
-        if committed >= end {
-            bar.finish();
-            return Ok(());
+    caught_up(
+        bootstrap,
+        group,
+        topic,
+        Duration::from_millis(200),
+        Some(&bar),
+    )
+    .await?;
+    bar.finish();
+    Ok(())
+}
+
+/// Waits until `group`'s commits on `topic` reach the topic's end as read at the start, polling
+/// every `poll`, and returns how many records that was. `bar`, if any, shows the way.
+pub async fn caught_up(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    poll: Duration,
+    bar: Option<&indicatif::ProgressBar>,
+) -> anyhow::Result<i64> {
+    let progress = Arc::new(GroupProgress::new(bootstrap, group, topic)?);
+    let read = || {
+        let progress = progress.clone();
+        async move {
+            anyhow::Ok(tokio::task::spawn_blocking(move || progress.committed_and_end()).await??)
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let (start, end) = read().await?;
+    if let Some(bar) = bar {
+        bar.set_length(end.saturating_sub(start).max(0) as u64);
     }
+    let mut committed = start;
+    while committed < end {
+        tokio::time::sleep(poll).await;
+        committed = read().await?.0;
+        if let Some(bar) = bar {
+            bar.set_position(committed.saturating_sub(start).max(0) as u64);
+        }
+    }
+    Ok(end - start)
 }
 
 #[derive(Debug, Default, PartialEq, Eq)]

@@ -23,6 +23,14 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    /// A record already applied, as opposed to a version older than the one held.
+    pub fn is_duplicate(self) -> bool {
+        matches!(
+            self,
+            Self::DuplicateWebhook | Self::DuplicateEvent | Self::DuplicateRefund
+        )
+    }
+
     pub fn label(self) -> &'static str {
         match self {
             Self::Fresh => "fresh",

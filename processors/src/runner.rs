@@ -24,11 +24,12 @@ use tributary_schemas::kafka::{
     CommitWhen, GroupMember, TopicError,
 };
 use tributary_schemas::topics::{self, order_key};
-use tributary_schemas::{Attribution, AvroRecord, DeadLetter, WebhookEnvelope};
+use tributary_schemas::{Attribution, AvroRecord, DeadLetter, OrderEvent, Store, WebhookEnvelope};
 
 use crate::attribution::{decide, manual};
 use crate::control::Control;
-use crate::normalize::{normalize, Normalized};
+use crate::dedup::Verdict;
+use crate::normalize::{normalize, ManualCommand, Normalized, RefundEvent};
 use crate::state::{Applied, PartitionState};
 
 /// Configuration of the processor (`[processor]` in the config file).
@@ -243,23 +244,22 @@ impl Processor {
     }
 
     /// Everything one input record produces: its own outputs, then the attributions of every held
-    /// order the watermark has now passed.
+    /// order the watermark has now passed. Control data is read once per record.
     fn process(&self, message: &BorrowedMessage<'_>, state: &mut PartitionState) -> Vec<Output> {
         let envelope = match message.payload().map(WebhookEnvelope::from_avro) {
             Some(Ok(envelope)) => envelope,
             Some(Err(error)) => return vec![dead_letter(message, "decode", &error.to_string())],
             None => return vec![dead_letter(message, "decode", "record has no value")],
         };
+        let control = self.control.read().unwrap_or_else(|p| p.into_inner());
         let mut outputs = if envelope.is_idle_tick() {
             Vec::new()
         } else {
-            self.process_envelope(message, &envelope, state)
+            process_envelope(message, &envelope, state, &control)
         };
-        // An operator's command carries the wall clock, not the shop's: it does not move time.
-        if envelope.source != WebhookEnvelope::SOURCE_MANUAL {
+        if envelope.carries_event_time() {
             state.observe(envelope.triggered_at_ms);
         }
-        let control = self.control.read().unwrap_or_else(|p| p.into_inner());
         let settled = state.settle_due(message.offset(), |event| {
             let Some(store) = control.active_store(&event.shop_domain) else {
                 metrics::counter!("tributary_processor_skipped_total", "reason" => "store_not_connected").increment(1);
@@ -278,101 +278,120 @@ impl Processor {
         }
         outputs
     }
+}
 
-    fn process_envelope(
-        &self,
-        message: &BorrowedMessage<'_>,
-        envelope: &WebhookEnvelope,
-        state: &mut PartitionState,
-    ) -> Vec<Output> {
-        let normalized = match normalize(envelope) {
-            Ok(Normalized::Skipped) => return Vec::new(),
-            Ok(normalized) => normalized,
-            Err(error) => return vec![dead_letter(message, "normalize", &error.to_string())],
-        };
-        let control = self.control.read().unwrap_or_else(|p| p.into_inner());
-        let Some(store) = control.active_store(&envelope.shop_domain) else {
-            metrics::counter!("tributary_processor_skipped_total", "reason" => "store_not_connected").increment(1);
-            tracing::debug!(shop = %envelope.shop_domain, "record of a store that is not connected; skipped");
-            return Vec::new();
-        };
-        let event = match normalized {
-            Normalized::Order(event) => event,
-            Normalized::Refund(refund) => {
-                let key = order_key(&refund.shop_domain, refund.order_id).into_bytes();
-                return match state.apply_refund(&refund, message.offset()) {
-                    Applied::Changed(attribution) => {
-                        vec![encoded(message, topics::ATTRIBUTIONS, key, attribution.to_avro())]
-                    }
-                    Applied::Unchanged(verdict) => {
-                        metrics::counter!("tributary_dedup_dropped_total", "reason" => verdict.label())
-                            .increment(1);
-                        Vec::new()
-                    }
-                    Applied::Held | Applied::Refused(_) => Vec::new(),
-                    Applied::UnknownOrder => vec![dead_letter(
-                        message,
-                        "refund",
-                        &format!(
-                            "refund {} is for order {}, which this partition has not seen; replay it once the order is in",
-                            refund.refund_id, refund.order_id
-                        ),
-                    )],
-                };
-            }
-            Normalized::Manual(command) => {
-                let order_id = command.command.order_id;
-                let key = order_key(&command.shop_domain, order_id).into_bytes();
-                let advocates = control.advocates(&command.shop_domain);
-                let Some(advocate) = advocates.by_identifier(&command.command.advocate_identifier)
-                else {
-                    let reason = format!(
-                        "{} is not an active advocate of {}",
-                        command.command.advocate_identifier, command.shop_domain
-                    );
-                    return vec![dead_letter(message, "manual", &reason)];
-                };
-                let decision = manual(advocate, &command.command.requested_by);
-                return match state.apply_manual(&command, decision, message.offset()) {
-                    Applied::Changed(attribution) => {
-                        vec![encoded(message, topics::ATTRIBUTIONS, key, attribution.to_avro())]
-                    }
-                    Applied::Held | Applied::Unchanged(_) => Vec::new(),
-                    Applied::UnknownOrder => vec![dead_letter(
-                        message,
-                        "manual",
-                        &format!("order {order_id} has not been seen in this partition; replay the command once it is in"),
-                    )],
-                    Applied::Refused(reason) => vec![dead_letter(message, "manual", &reason)],
-                };
-            }
-            Normalized::Skipped => return Vec::new(),
-        };
-        let settle_delay_ms = i64::from(store.settle_delay_minutes.max(0)) * 60_000;
-        let applied = state.apply(&event, message.offset(), settle_delay_ms, || {
-            decide(&event, store, control.advocates(&event.shop_domain))
-        });
-        let key = || order_key(&event.shop_domain, event.order_id).into_bytes();
-        let order_event = || encoded(message, topics::ORDERS, key(), event.to_avro());
-        match applied {
-            Applied::Unchanged(verdict) => {
-                metrics::counter!("tributary_dedup_dropped_total", "reason" => verdict.label())
-                    .increment(1);
-                // A stale version is still a fact about the order; a duplicate is not.
-                if verdict.label().starts_with("duplicate") {
-                    Vec::new()
-                } else {
-                    vec![order_event()]
-                }
-            }
-            Applied::Held => vec![order_event()],
-            Applied::Changed(attribution) => vec![
-                order_event(),
-                encoded(message, topics::ATTRIBUTIONS, key(), attribution.to_avro()),
-            ],
-            Applied::UnknownOrder | Applied::Refused(_) => Vec::new(),
-        }
+fn process_envelope(
+    message: &BorrowedMessage<'_>,
+    envelope: &WebhookEnvelope,
+    state: &mut PartitionState,
+    control: &Control,
+) -> Vec<Output> {
+    let normalized = match normalize(envelope) {
+        Ok(Normalized::Skipped) => return Vec::new(),
+        Ok(normalized) => normalized,
+        Err(error) => return vec![dead_letter(message, "normalize", &error.to_string())],
+    };
+    let Some(store) = control.active_store(&envelope.shop_domain) else {
+        metrics::counter!("tributary_processor_skipped_total", "reason" => "store_not_connected")
+            .increment(1);
+        tracing::debug!(shop = %envelope.shop_domain, "record of a store that is not connected; skipped");
+        return Vec::new();
+    };
+    match normalized {
+        Normalized::Order(event) => process_order(message, &event, state, store, control),
+        Normalized::Refund(refund) => process_refund(message, &refund, state),
+        Normalized::Manual(command) => process_manual(message, &command, state, control),
+        Normalized::Skipped => Vec::new(),
     }
+}
+
+fn process_order(
+    message: &BorrowedMessage<'_>,
+    event: &OrderEvent,
+    state: &mut PartitionState,
+    store: &Store,
+    control: &Control,
+) -> Vec<Output> {
+    let settle_delay_ms = i64::from(store.settle_delay_minutes.max(0)) * 60_000;
+    let applied = state.apply(event, message.offset(), settle_delay_ms, || {
+        decide(event, store, control.advocates(&event.shop_domain))
+    });
+    let key = || order_key(&event.shop_domain, event.order_id).into_bytes();
+    let order_event = || encoded(message, topics::ORDERS, key(), event.to_avro());
+    match applied {
+        // A stale version is still a fact about the order; a duplicate is not.
+        Applied::Unchanged(verdict) if verdict.is_duplicate() => dropped(verdict),
+        Applied::Unchanged(verdict) => {
+            dropped(verdict);
+            vec![order_event()]
+        }
+        Applied::Held => vec![order_event()],
+        Applied::Changed(attribution) => vec![
+            order_event(),
+            encoded(message, topics::ATTRIBUTIONS, key(), attribution.to_avro()),
+        ],
+        Applied::UnknownOrder | Applied::Refused(_) => Vec::new(),
+    }
+}
+
+fn process_refund(
+    message: &BorrowedMessage<'_>,
+    refund: &RefundEvent,
+    state: &mut PartitionState,
+) -> Vec<Output> {
+    let key = order_key(&refund.shop_domain, refund.order_id).into_bytes();
+    match state.apply_refund(refund, message.offset()) {
+        Applied::Changed(attribution) => {
+            vec![encoded(message, topics::ATTRIBUTIONS, key, attribution.to_avro())]
+        }
+        Applied::Unchanged(verdict) => dropped(verdict),
+        Applied::Held | Applied::Refused(_) => Vec::new(),
+        Applied::UnknownOrder => vec![dead_letter(
+            message,
+            "refund",
+            &format!(
+                "refund {} is for order {}, which this partition has not seen; replay it once the order is in",
+                refund.refund_id, refund.order_id
+            ),
+        )],
+    }
+}
+
+fn process_manual(
+    message: &BorrowedMessage<'_>,
+    command: &ManualCommand,
+    state: &mut PartitionState,
+    control: &Control,
+) -> Vec<Output> {
+    let order_id = command.command.order_id;
+    let advocates = control.advocates(&command.shop_domain);
+    let Some(advocate) = advocates.by_identifier(&command.command.advocate_identifier) else {
+        let reason = format!(
+            "{} is not an active advocate of {}",
+            command.command.advocate_identifier, command.shop_domain
+        );
+        return vec![dead_letter(message, "manual", &reason)];
+    };
+    let decision = manual(advocate, &command.command.requested_by);
+    match state.apply_manual(command, decision, message.offset()) {
+        Applied::Changed(attribution) => {
+            let key = order_key(&command.shop_domain, order_id).into_bytes();
+            vec![encoded(message, topics::ATTRIBUTIONS, key, attribution.to_avro())]
+        }
+        Applied::Held | Applied::Unchanged(_) => Vec::new(),
+        Applied::UnknownOrder => vec![dead_letter(
+            message,
+            "manual",
+            &format!("order {order_id} has not been seen in this partition; replay the command once it is in"),
+        )],
+        Applied::Refused(reason) => vec![dead_letter(message, "manual", &reason)],
+    }
+}
+
+/// Counts a record dedup dropped; it produces nothing.
+fn dropped(verdict: Verdict) -> Vec<Output> {
+    metrics::counter!("tributary_dedup_dropped_total", "reason" => verdict.label()).increment(1);
+    Vec::new()
 }
 
 /// An output to the input's partition number, or a dead letter if it could not be encoded.

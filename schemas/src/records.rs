@@ -46,6 +46,12 @@ impl WebhookEnvelope {
         self.source == Self::SOURCE_IDLE_TICK
     }
 
+    /// Whether the trigger time is the shop's event time, which moves a partition's watermark.
+    /// An operator's command carries the operator's wall clock instead.
+    pub fn carries_event_time(&self) -> bool {
+        self.source != Self::SOURCE_MANUAL
+    }
+
     /// An operator's command, written into the order's own partition so that it is ordered with
     /// the order's events and a replay applies it at the same point.
     pub const SOURCE_MANUAL: &'static str = "tributary_manual";

@@ -119,16 +119,12 @@ impl Pipeline {
 
     /// Waits until `group` has committed everything in `topic`.
     pub async fn drained(&self, group: &str, topic: &str) {
-        let progress = tributary_schemas::kafka::GroupProgress::new(&self.bootstrap, group, topic)
-            .expect("group progress");
-        for _ in 0..300 {
-            let (committed, end) = progress.committed_and_end().expect("offsets");
-            if committed >= end {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("{group} did not drain {topic}");
+        let poll = Duration::from_millis(100);
+        let caught_up = tributary::replay::caught_up(&self.bootstrap, group, topic, poll, None);
+        tokio::time::timeout(Duration::from_secs(30), caught_up)
+            .await
+            .unwrap_or_else(|_| panic!("{group} did not drain {topic}"))
+            .expect("group offsets");
     }
 
     pub fn clickhouse(&self) -> clickhouse::Client {
@@ -156,11 +152,9 @@ fn spawn_pipeline(
 }
 
 pub async fn reset_database(config: &Config) {
-    config
-        .clickhouse
-        .drop_database()
+    tributary::app::reset_database(config)
         .await
-        .expect("ClickHouse is running (scripts/clickhouse.sh start)");
+        .expect("ClickHouse is running");
 }
 
 pub async fn load_demo_control(config: &Config, bootstrap: &str) {
