@@ -470,15 +470,8 @@ async fn demo(
         "sent {} ({} failed) in {:.1?} and {manual} manual attribution(s); waiting for ClickHouse",
         sent.sent, sent.failed, sent.elapsed
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
-    let (table, matched) = loop {
-        let actual = report::advocate_totals(&client).await.unwrap_or_default();
-        let (table, matched) = report::compare(&actual, &plan.expected);
-        if matched || tokio::time::Instant::now() > deadline {
-            break (table, matched);
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    let (table, matched) =
+        report::await_match(&client, &plan.expected, Duration::from_secs(300)).await;
     println!("\nper-advocate revenue: ClickHouse (orders, gross, net) beside the generator's expectation\n{table}");
     println!(
         "unattributed orders expected: {}, excluded orders expected: {}",

@@ -30,6 +30,24 @@ pub async fn advocate_totals(
         .collect()
 }
 
+/// Polls ClickHouse until its totals match `expected` or `within` has passed (the last records
+/// may still be on their way); returns the side-by-side table and whether they matched.
+pub async fn await_match(
+    client: &clickhouse::Client,
+    expected: &Expected,
+    within: std::time::Duration,
+) -> (String, bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let actual = advocate_totals(client).await.unwrap_or_default();
+        let (table, matched) = compare(&actual, expected);
+        if matched || tokio::time::Instant::now() > deadline {
+            return (table, matched);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
 /// The side-by-side table; returns it and whether every row matches.
 pub fn compare(
     actual: &BTreeMap<(String, String), AdvocateTotals>,
