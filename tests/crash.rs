@@ -157,20 +157,14 @@ async fn killing_ingest_processor_and_sink_at_random_keeps_totals_exact() {
     let ch = config.clickhouse.client();
     let expected_orders = plan.orders.len().to_string();
     eventually_orders(&ch, &expected_orders).await;
-    let mut last = String::new();
-    for _ in 0..100 {
-        let (table, matched) =
-            report::compare(&report::advocate_totals(&ch).await.unwrap(), &plan.expected);
-        if matched {
-            eprintln!(
-                "crash test: {total_kills} kills (ingest {}, processor {}, sink {}), {} deliveries, totals exact\n{table}",
-                kills[0], kills[1], kills[2],
-                plan.deliveries()
-            );
-            return;
-        }
-        last = table;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!("totals differ after {total_kills} kills ({kills:?}):\n{last}");
+    let (table, matched) = report::await_match(&ch, &plan.expected, Duration::from_secs(30)).await;
+    assert!(
+        matched,
+        "totals differ after {total_kills} kills ({kills:?}):\n{table}"
+    );
+    eprintln!(
+        "crash test: {total_kills} kills (ingest {}, processor {}, sink {}), {} deliveries, totals exact\n{table}",
+        kills[0], kills[1], kills[2],
+        plan.deliveries()
+    );
 }
