@@ -63,7 +63,12 @@ case "${1:-start}" in
     done
     echo "clickhouse did not start; see $dir/log" >&2; tail -20 "$dir/log/error.log" >&2 || true; exit 1 ;;
   stop)
-    [ -f "$dir/pid" ] && kill "$(cat "$dir/pid")" 2>/dev/null || true
+    # Wait for the server to exit: a later start must not find it still shutting down.
+    if [ -f "$dir/pid" ]; then
+      pid=$(cat "$dir/pid")
+      kill "$pid" 2>/dev/null || true
+      for _ in $(seq 1 120); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    fi
     rm -f "$dir/pid" ;;
   status)
     alive && echo "up at $url" || { echo "down"; exit 1; } ;;
