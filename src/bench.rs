@@ -143,7 +143,7 @@ pub async fn run(mut config: Config, plan: BenchPlan) -> anyhow::Result<BenchRep
         "{} webhooks were refused",
         ingest.failed
     );
-    plan.backlog.publish_manual(&bootstrap).await?;
+    plan.backlog.publish_commands(&bootstrap).await?;
 
     println!("stage 2/4: processor drains the backlog");
     services.spawn(start(Service::Processor));
@@ -181,7 +181,7 @@ pub async fn run(mut config: Config, plan: BenchPlan) -> anyhow::Result<BenchRep
         None,
     )
     .await;
-    plan.live.publish_manual(&bootstrap).await?;
+    plan.live.publish_commands(&bootstrap).await?;
     let visible = watcher.await.context("the row watcher failed")??;
     let mut end_to_end_ms: Vec<f64> = live
         .first_sent
@@ -325,6 +325,7 @@ fn never_asked() -> Decision {
         reason: String::new(),
         advocate: None,
         code: None,
+        reward: None,
     }
 }
 

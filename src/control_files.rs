@@ -10,7 +10,8 @@
 //! excluded_channels = ["pos"]
 //! excluded_tags = ["Exclude"]
 //! excluded_codes = ["HOLIDAY"]
-//! features = { order_attribution = true }
+//! features = { order_attribution = true, attribution_rewards = true }
+//! reward = { name = "Referral", basis = "per_unit", points = "0.1", auto_approve = false }
 //! ```
 //! `advocates.csv` columns: `shop_domain,id,identifier,first_name,email,status,codes`, with
 //! `status` `active` or `inactive` and `codes` separated by `;`.
@@ -24,7 +25,10 @@ use serde::Deserialize;
 use tributary_schemas::kafka::{now_ms, producer_config};
 use tributary_schemas::secrets::{webhook_secret_purpose, MasterKey};
 use tributary_schemas::topics::{self, advocate_key, store_key};
-use tributary_schemas::{Advocate, AdvocateStatus, AvroRecord, Store, StoreFeatures, StoreStatus};
+use tributary_schemas::{
+    Advocate, AdvocateStatus, AvroRecord, OperatorCommand, RewardActivity, Store, StoreFeatures,
+    StoreStatus, WebhookEnvelope,
+};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -56,6 +60,11 @@ pub struct StoreEntry {
     /// Feature toggles; all off unless set.
     #[serde(default)]
     pub features: StoreFeatures,
+    /// The activity definition rewards are earned under (with `features.attribution_rewards`):
+    /// `basis` `fixed` (`points` per order) or `per_unit` (`points` per unit of gross), and
+    /// `auto_approve`.
+    #[serde(default)]
+    pub reward: Option<RewardActivity>,
     /// Set to true to disconnect the store.
     #[serde(default)]
     pub disconnected: bool,
@@ -136,6 +145,7 @@ pub fn store_record(entry: &StoreEntry, master_key: &MasterKey) -> Store {
         excluded_tags: entry.excluded_tags.clone(),
         excluded_codes: entry.excluded_codes.clone(),
         features: entry.features.clone(),
+        reward_activity: entry.reward.clone(),
         updated_at_ms: now_ms(),
         domain,
     }
@@ -213,21 +223,20 @@ pub async fn load_advocates(bootstrap: &str, path: &Path) -> anyhow::Result<usiz
     publish(bootstrap, topics::ADVOCATES, &records).await
 }
 
-/// Queues operators' manual attributions, (shop, command) each: command records in their
-/// orders' own partitions of `shopify.webhooks`, so the processor applies each in order with its
-/// order's events (and a replay applies it at the same point). Returns once the broker has them.
-pub async fn publish_manual_attributions(
+/// Queues operators' commands (manual attributions, reward approvals), (shop, command) each:
+/// command records in their orders' own partitions of `shopify.webhooks`, so the processor applies
+/// each in order with its order's events (and a replay applies it at the same point). Returns once
+/// the broker has them.
+pub async fn publish_commands(
     bootstrap: &str,
-    commands: &[(String, tributary_schemas::ManualAttribution)],
+    commands: &[(String, OperatorCommand)],
 ) -> anyhow::Result<usize> {
-    let now = tributary_schemas::kafka::now_ms();
-    let records: Vec<(String, tributary_schemas::WebhookEnvelope)> = commands
+    let now = now_ms();
+    let records: Vec<(String, WebhookEnvelope)> = commands
         .iter()
         .map(|(shop, command)| {
-            let key = tributary_schemas::topics::order_key(shop, command.order_id);
-            let envelope =
-                tributary_schemas::WebhookEnvelope::manual_attribution(shop, command, now);
-            (key, envelope)
+            let key = topics::order_key(shop, command.order_id());
+            (key, WebhookEnvelope::operator_command(shop, command, now))
         })
         .collect();
     publish(bootstrap, topics::WEBHOOKS, &records).await

@@ -12,11 +12,13 @@ use futures::stream::{self, StreamExt};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
-use rust_decimal::Decimal;
+use rust_decimal::{Decimal, RoundingStrategy};
 use serde_json::{json, Value};
 use tributary_ingest::shopify_webhooks::sign;
 use tributary_schemas::time::format_rfc3339_ms;
-use tributary_schemas::ManualAttribution;
+use tributary_schemas::{
+    ManualAttribution, OperatorCommand, RewardActivity, RewardApproval, RewardBasis,
+};
 
 use crate::control_files::{AdvocateLine, StoreEntry};
 
@@ -67,12 +69,14 @@ impl Delivery {
     }
 }
 
-/// One advocate's attributed orders, gross and net (after refunds), in shop currency.
+/// One advocate's attributed orders, gross and net (after refunds) in shop currency, and reward
+/// wallet balance in points.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct AdvocateTotals {
     pub orders: u64,
     pub gross: Decimal,
     pub net: Decimal,
+    pub balance: Decimal,
 }
 
 impl AdvocateTotals {
@@ -80,6 +84,7 @@ impl AdvocateTotals {
         self.orders += other.orders;
         self.gross += other.gross;
         self.net += other.net;
+        self.balance += other.balance;
     }
 
     /// Equal to the cent, whatever the decimals' scales.
@@ -87,7 +92,33 @@ impl AdvocateTotals {
         self.orders == other.orders
             && self.gross.normalize() == other.gross.normalize()
             && self.net.normalize() == other.net.normalize()
+            && self.balance.normalize() == other.balance.normalize()
     }
+}
+
+/// The contract's reward arithmetic, written out here for the oracle: what an approved reward
+/// leaves in the wallet once `refunded` of `gross` went back (nothing if the order was cancelled).
+fn reward_balance(
+    activity: &RewardActivity,
+    gross: Decimal,
+    refunded: Decimal,
+    cancelled: bool,
+) -> Decimal {
+    let to_points =
+        |d: Decimal| d.round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero);
+    let reward = to_points(match activity.basis {
+        RewardBasis::Fixed => activity.points,
+        RewardBasis::PerUnit => activity.points * gross,
+    });
+    if cancelled {
+        return Decimal::ZERO;
+    }
+    let reversed = if gross > Decimal::ZERO {
+        to_points(reward * refunded.min(gross) / gross).min(reward)
+    } else {
+        Decimal::ZERO
+    };
+    reward - reversed
 }
 
 /// What a generated stream must add up to.
@@ -116,8 +147,9 @@ impl Expected {
 pub struct Plan {
     /// Each order's deliveries, to be sent in this order.
     pub orders: Vec<Vec<Delivery>>,
-    /// Operators' manual attributions, (shop, command), to publish once their orders are sent.
-    pub manual: Vec<(String, ManualAttribution)>,
+    /// Operators' commands (manual attributions, then reward approvals), (shop, command), to
+    /// publish once their orders are sent.
+    pub commands: Vec<(String, OperatorCommand)>,
     pub expected: Expected,
 }
 
@@ -139,10 +171,10 @@ impl Plan {
                     .collect();
                 Plan {
                     orders: orders.to_vec(),
-                    manual: self
-                        .manual
+                    commands: self
+                        .commands
                         .iter()
-                        .filter(|(_, c)| ids.contains(&c.order_id))
+                        .filter(|(_, c)| ids.contains(&c.order_id()))
                         .cloned()
                         .collect(),
                     expected: Expected::default(),
@@ -151,9 +183,9 @@ impl Plan {
             .collect()
     }
 
-    /// Publishes the plan's manual attributions; call it once the plan's webhooks are sent.
-    pub async fn publish_manual(&self, bootstrap: &str) -> anyhow::Result<usize> {
-        crate::control_files::publish_manual_attributions(bootstrap, &self.manual).await
+    /// Publishes the plan's operator commands; call it once the plan's webhooks are sent.
+    pub async fn publish_commands(&self, bootstrap: &str) -> anyhow::Result<usize> {
+        crate::control_files::publish_commands(bootstrap, &self.commands).await
     }
 }
 
@@ -227,7 +259,7 @@ pub fn plan(
     let mut rng = StdRng::seed_from_u64(seed);
     let mut expected = Expected::default();
     let mut planned = Vec::new();
-    let mut manual = Vec::new();
+    let mut commands = Vec::new();
     let start_ms = 1_764_316_800_000 + (seed as i64 % 1000) * 86_400_000; // 2025-11-28 + seed days
     for (store_index, store) in stores.iter().enumerate() {
         let secret = store
@@ -258,6 +290,10 @@ pub fn plan(
         // (A refund in the hold window still counts: refunds wait with their held order.)
         let store_start_ms = start_ms + store_index as i64 * 30 * 86_400_000;
         let delay_ms = i64::from(store.settle_delay_minutes.max(0)) * 60_000;
+        let reward = store
+            .reward
+            .as_ref()
+            .filter(|_| store.features.attribution_rewards);
         let spacing_ms = if delay_ms == 0 {
             1_500
         } else {
@@ -353,13 +389,13 @@ pub fn plan(
                 Credit::Excluded => Credit::Excluded,
                 _ if rng.gen_range(0..30) == 0 => {
                     let chosen = *active.choose(&mut rng).expect("non-empty");
-                    manual.push((
+                    commands.push((
                         domain.clone(),
-                        ManualAttribution {
+                        OperatorCommand::Attribute(ManualAttribution {
                             order_id,
                             advocate_identifier: messy_case(&mut rng, &chosen.identifier),
                             requested_by: "generator".into(),
-                        },
+                        }),
                     ));
                     Credit::To(chosen)
                 }
@@ -367,6 +403,27 @@ pub fn plan(
             };
             match credited {
                 Credit::To(a) => {
+                    // Without auto-approve, an operator approves two rewards in three, once the
+                    // order has settled (so only where orders settle at once).
+                    let approved = reward.is_some_and(|r| {
+                        r.auto_approve || (delay_ms == 0 && rng.gen_range(0..3) < 2)
+                    });
+                    let balance = match reward {
+                        Some(activity) if approved => {
+                            if !activity.auto_approve {
+                                commands.push((
+                                    domain.clone(),
+                                    OperatorCommand::ApproveReward(RewardApproval {
+                                        order_id,
+                                        approved_by: "generator".into(),
+                                    }),
+                                ));
+                            }
+                            let cancelled = matches!(pattern, Pattern::Cancelled);
+                            reward_balance(activity, gross, refunded, cancelled)
+                        }
+                        _ => Decimal::ZERO,
+                    };
                     expected
                         .per_advocate
                         .entry((domain.clone(), a.identifier.clone()))
@@ -375,6 +432,7 @@ pub fn plan(
                             orders: 1,
                             gross,
                             net,
+                            balance,
                         });
                 }
                 Credit::Nobody => expected.unattributed_orders += 1,
@@ -386,7 +444,7 @@ pub fn plan(
     }
     Ok(Plan {
         orders: planned,
-        manual,
+        commands,
         expected,
     })
 }

@@ -11,7 +11,9 @@ use tributary::config::Config;
 use tributary::{bench, control_files, generate, replay, report};
 use tributary_schemas::kafka::{dlq_headers, provision_topics, EmbeddedBroker, ResetTo};
 use tributary_schemas::secrets::MasterKey;
-use tributary_schemas::{topics, AvroRecord, DeadLetter};
+use tributary_schemas::{
+    topics, AvroRecord, DeadLetter, ManualAttribution, OperatorCommand, RewardApproval,
+};
 
 #[derive(Parser)]
 #[command(name = "tributary", version, about = "Shopify and marketplace orders in, attributed revenue out.", long_about = None)]
@@ -74,6 +76,11 @@ enum Command {
         #[arg(long, default_value = "operator")]
         by: String,
     },
+    /// Reward requests: approve them, list the pending ones.
+    Rewards {
+        #[command(subcommand)]
+        command: RewardsCommand,
+    },
     /// Send a realistic stream of signed webhooks and print what it should add up to.
     Generate(GenerateArgs),
     /// Print per-advocate revenue from ClickHouse.
@@ -115,6 +122,28 @@ enum Command {
     /// rows/s), then end-to-end latency with all running, and peak RSS. Uses an embedded broker
     /// and the `tributary_bench` database; fails if ClickHouse does not match the generator.
     Bench(BenchArgs),
+}
+
+#[derive(Subcommand)]
+enum RewardsCommand {
+    /// Approve an order's pending reward request: the advocate's wallet is credited (less what
+    /// refunds already took back). Refused, with the reason in the dead-letter topic, when the
+    /// order has no pending request.
+    Approve {
+        #[arg(long)]
+        shop: String,
+        #[arg(long)]
+        order: u64,
+        /// Who approved; kept in the ledger entry's reason.
+        #[arg(long, default_value = "operator")]
+        by: String,
+    },
+    /// List the reward requests waiting for approval (from ClickHouse).
+    Pending {
+        /// Only this store.
+        #[arg(long)]
+        shop: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -262,18 +291,35 @@ async fn main() -> anyhow::Result<()> {
             advocate,
             by,
         } => {
-            let command = tributary_schemas::ManualAttribution {
+            let shop = shop.trim().to_ascii_lowercase();
+            println!("queued: order {order} of {shop} to {advocate}");
+            let command = OperatorCommand::Attribute(ManualAttribution {
                 order_id: order,
                 advocate_identifier: advocate,
                 requested_by: by,
-            };
+            });
+            control_files::publish_commands(&bootstrap(&config)?, &[(shop, command)]).await?;
+            Ok(())
+        }
+        Command::Rewards {
+            command: RewardsCommand::Approve { shop, order, by },
+        } => {
             let shop = shop.trim().to_ascii_lowercase();
-            let commands = [(shop.clone(), command.clone())];
-            control_files::publish_manual_attributions(&bootstrap(&config)?, &commands).await?;
-            println!(
-                "queued: order {order} of {shop} to {}",
-                command.advocate_identifier
-            );
+            let command = OperatorCommand::ApproveReward(RewardApproval {
+                order_id: order,
+                approved_by: by,
+            });
+            control_files::publish_commands(&bootstrap(&config)?, &[(shop.clone(), command)])
+                .await?;
+            println!("queued: approval of order {order} of {shop}");
+            Ok(())
+        }
+        Command::Rewards {
+            command: RewardsCommand::Pending { shop },
+        } => {
+            let pending =
+                report::pending_rewards(&config.clickhouse.client(), shop.as_deref()).await?;
+            println!("{pending}");
             Ok(())
         }
         Command::Generate(args) => {
@@ -285,12 +331,12 @@ async fn main() -> anyhow::Result<()> {
             );
             match &config.kafka.bootstrap_servers {
                 Some(bootstrap) => {
-                    let n = plan.publish_manual(bootstrap).await?;
-                    println!("published {n} manual attribution(s)");
+                    let n = plan.publish_commands(bootstrap).await?;
+                    println!("published {n} operator command(s)");
                 }
                 None => println!(
-                    "{} manual attribution(s) not published: kafka.bootstrap_servers is not set",
-                    plan.manual.len()
+                    "{} operator command(s) not published: kafka.bootstrap_servers is not set",
+                    plan.commands.len()
                 ),
             }
             let (table, _) = report::compare(&Default::default(), &plan.expected);
@@ -465,14 +511,14 @@ async fn demo(
         plan.orders.len()
     );
     let sent = send_with_progress(&url, &plan, args.concurrency).await;
-    let manual = plan.publish_manual(&bootstrap).await?;
+    let commands = plan.publish_commands(&bootstrap).await?;
     println!(
-        "sent {} ({} failed) in {:.1?} and {manual} manual attribution(s); waiting for ClickHouse",
+        "sent {} ({} failed) in {:.1?} and {commands} operator command(s); waiting for ClickHouse",
         sent.sent, sent.failed, sent.elapsed
     );
     let (table, matched) =
         report::await_match(&client, &plan.expected, Duration::from_secs(300)).await;
-    println!("\nper-advocate revenue: ClickHouse (orders, gross, net) beside the generator's expectation\n{table}");
+    println!("\nper advocate: ClickHouse (orders, gross, net, reward balance) beside the generator's expectation\n{table}");
     println!(
         "unattributed orders expected: {}, excluded orders expected: {}",
         plan.expected.unattributed_orders, plan.expected.excluded_orders

@@ -1,4 +1,5 @@
-//! Per-advocate revenue read back from ClickHouse, beside what the generator expected.
+//! Per-advocate revenue and reward balances read back from ClickHouse, beside what the generator
+//! expected; pending reward requests.
 
 use std::collections::BTreeMap;
 
@@ -6,11 +7,12 @@ use rust_decimal::Decimal;
 
 use crate::generate::{AdvocateTotals, Expected};
 
-/// (shop, advocate identifier) → orders, gross and net from the `advocate_stats` view.
+/// (shop, advocate identifier) → orders, gross and net from the `advocate_stats` view, and the
+/// wallet balance from `reward_balances`.
 pub async fn advocate_totals(
     client: &clickhouse::Client,
 ) -> anyhow::Result<BTreeMap<(String, String), AdvocateTotals>> {
-    let rows: Vec<(String, String, String, String, String)> = client
+    let revenue: Vec<(String, String, String, String, String)> = client
         .query(
             "SELECT shop_domain, advocate_identifier, toString(sum(orders)), toString(sum(gross)),
                     toString(sum(net))
@@ -18,16 +20,51 @@ pub async fn advocate_totals(
         )
         .fetch_all()
         .await?;
-    rows.into_iter()
-        .map(|(shop, advocate, orders, gross, net)| {
-            let totals = AdvocateTotals {
-                orders: orders.parse()?,
-                gross: gross.parse::<Decimal>()?,
-                net: net.parse::<Decimal>()?,
-            };
-            Ok(((shop, advocate), totals))
-        })
-        .collect()
+    let mut totals: BTreeMap<(String, String), AdvocateTotals> = BTreeMap::new();
+    for (shop, advocate, orders, gross, net) in revenue {
+        let entry = totals.entry((shop, advocate)).or_default();
+        entry.orders = orders.parse()?;
+        entry.gross = gross.parse::<Decimal>()?;
+        entry.net = net.parse::<Decimal>()?;
+    }
+    let balances: Vec<(String, String, String)> = client
+        .query("SELECT shop_domain, advocate_identifier, toString(balance) FROM reward_balances")
+        .fetch_all()
+        .await?;
+    for (shop, advocate, balance) in balances {
+        totals.entry((shop, advocate)).or_default().balance = balance.parse::<Decimal>()?;
+    }
+    Ok(totals)
+}
+
+/// The reward requests waiting for approval, as a table.
+pub async fn pending_rewards(
+    client: &clickhouse::Client,
+    shop: Option<&str>,
+) -> anyhow::Result<String> {
+    let shop = shop.unwrap_or_default().trim().to_ascii_lowercase();
+    let rows: Vec<(String, u64, String, String, String)> = client
+        .query(
+            "SELECT shop_domain, order_id, advocate_identifier, toString(points),
+                    toString(requested_at)
+             FROM reward_requests_pending WHERE ? = '' OR shop_domain = ?
+             ORDER BY shop_domain, requested_at, order_id",
+        )
+        .bind(&shop)
+        .bind(&shop)
+        .fetch_all()
+        .await?;
+    let mut out = format!(
+        "{:<30} {:>20} {:<12} {:>10}  {}\n",
+        "store", "order", "advocate", "points", "requested at (UTC)"
+    );
+    for (shop, order, advocate, points, at) in &rows {
+        out.push_str(&format!(
+            "{shop:<30} {order:>20} {advocate:<12} {points:>10}  {at}\n"
+        ));
+    }
+    out.push_str(&format!("{} pending request(s)", rows.len()));
+    Ok(out)
 }
 
 /// Polls ClickHouse until its totals match `expected` or `within` has passed (the last records
@@ -57,13 +94,23 @@ pub fn compare(
         actual.keys().chain(expected.per_advocate.keys()).collect();
     keys.sort();
     keys.dedup();
-    let row = |store: &str, advocate: &str, cells: [String; 6], verdict: &str| {
+    let row = |store: &str, advocate: &str, cells: [String; 8], verdict: &str| {
         format!(
-            "{store:<30} {advocate:<8} {:>7} {:>12} {:>12} {:>7} {:>12} {:>12}  {verdict}\n",
-            cells[0], cells[1], cells[2], cells[3], cells[4], cells[5]
+            "{store:<30} {advocate:<8} {:>7} {:>12} {:>12} {:>10} {:>7} {:>12} {:>12} {:>10}  {verdict}\n",
+            cells[0], cells[1], cells[2], cells[3], cells[4], cells[5], cells[6], cells[7]
         )
     };
-    let header = ["orders", "gross", "net", "expect", "exp. gross", "exp. net"].map(String::from);
+    let header = [
+        "orders",
+        "gross",
+        "net",
+        "rewards",
+        "expect",
+        "exp. gross",
+        "exp. net",
+        "exp. rew.",
+    ]
+    .map(String::from);
     let mut out = row("store", "advocate", header, "");
     let mut all_match = true;
     for key in keys {
@@ -76,13 +123,14 @@ pub fn compare(
                 t.orders.to_string(),
                 t.gross.round_dp(2).to_string(),
                 t.net.round_dp(2).to_string(),
+                t.balance.round_dp(2).to_string(),
             ]
         });
-        let [[a, b, c], [d, e, f]] = cells;
+        let [[a, b, c, d], [e, f, g, h]] = cells;
         out.push_str(&row(
             &key.0,
             &key.1,
-            [a, b, c, d, e, f],
+            [a, b, c, d, e, f, g, h],
             if same { "ok" } else { "MISMATCH" },
         ));
     }

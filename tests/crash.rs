@@ -131,7 +131,7 @@ async fn killing_ingest_processor_and_sink_at_random_keeps_totals_exact() {
         let bootstrap = bootstrap.clone();
         let sending = tokio::spawn(async move {
             let sent = generate::send(&url, &chunk, 8, None).await;
-            chunk.publish_manual(&bootstrap).await.unwrap();
+            chunk.publish_commands(&bootstrap).await.unwrap();
             sent
         });
         tokio::time::sleep(Duration::from_millis(rng.gen_range(0..400))).await;

@@ -10,7 +10,9 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use support::*;
 use tributary::generate;
 use tributary_schemas::kafka::{dlq_headers, producer_config, read_topic, ResetTo};
-use tributary_schemas::{topics, AvroRecord, DeadLetter};
+use tributary_schemas::{
+    topics, AvroRecord, DeadLetter, ManualAttribution, OperatorCommand, RewardApproval,
+};
 
 fn count_records(bootstrap: &str, topic: &str) -> usize {
     let mut n = 0;
@@ -281,7 +283,7 @@ async fn generated_stream_matches_the_generators_totals_to_the_cent() {
     let p = Pipeline::start("generated", |_| {}).await;
     let plan = demo_plan(400, 11);
     let report = generate::send(&p.webhook_url, &plan, 16, None).await;
-    plan.publish_manual(&p.bootstrap).await.unwrap();
+    plan.publish_commands(&p.bootstrap).await.unwrap();
     assert_eq!((report.sent, report.failed), (plan.deliveries(), 0));
     let ch = p.clickhouse();
     eventually_orders(&ch, &plan.orders.len().to_string()).await;
@@ -379,7 +381,7 @@ async fn a_full_replay_of_every_topic_leaves_every_clickhouse_total_unchanged() 
         generate::send(&p.webhook_url, &plan, 16, None).await.failed,
         0
     );
-    plan.publish_manual(&p.bootstrap).await.unwrap();
+    plan.publish_commands(&p.bootstrap).await.unwrap();
     let ch = p.clickhouse();
     eventually_orders(&ch, &plan.orders.len().to_string()).await;
     let totals = {
@@ -448,13 +450,13 @@ async fn manual_attribution_moves_a_settled_order_and_wins_over_a_held_one() {
     .await;
     let attribute = |shop: &str, order_id: u64, advocate: &str| {
         let (bootstrap, shop) = (p.bootstrap.clone(), shop.to_owned());
-        let command = tributary_schemas::ManualAttribution {
+        let command = OperatorCommand::Attribute(ManualAttribution {
             order_id,
             advocate_identifier: advocate.into(),
             requested_by: "ops@example.org".into(),
-        };
+        });
         async move {
-            tributary::control_files::publish_manual_attributions(&bootstrap, &[(shop, command)])
+            tributary::control_files::publish_commands(&bootstrap, &[(shop, command)])
                 .await
                 .unwrap()
         }
@@ -535,22 +537,8 @@ async fn manual_attribution_moves_a_settled_order_and_wins_over_a_held_one() {
     attribute(SHOP, excluded.id, "anna").await;
     attribute(SHOP, settled.id, "nobody-here").await;
     attribute(SHOP, 9_000_000_000_999, "anna").await;
-    let mut reasons = Vec::new();
-    for _ in 0..100 {
-        reasons.clear();
-        read_topic(&p.bootstrap, topics::DEAD_LETTERS, |m| {
-            let letter = DeadLetter::from_avro(m.payload().unwrap()).unwrap();
-            reasons.push(format!("{}: {}", letter.stage, letter.error));
-        })
-        .unwrap();
-        if reasons.len() >= 3 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    reasons.sort();
     assert_eq!(
-        reasons,
+        dead_letter_reasons(&p.bootstrap, 3).await,
         vec![
             "manual: nobody-here is not an active advocate of demo-outdoors.myshopify.com".to_owned(),
             "manual: order 9000000000004 is never attributed (excluded: test order)".to_owned(),
@@ -567,6 +555,122 @@ async fn manual_attribution_moves_a_settled_order_and_wins_over_a_held_one() {
 
 /// The upsell store holds orders 10 minutes of event time. One partition, so every record moves
 /// the same watermark.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rewards_are_requested_approved_reversed_by_refunds_and_follow_a_moved_order() {
+    let p = Pipeline::start("rewards", |c| {
+        c.kafka.partitions = 1;
+        c.processor.idle_tick_ms = 3_600_000;
+    })
+    .await;
+    let command = |shop: &str, command: OperatorCommand| {
+        let (bootstrap, shop) = (p.bootstrap.clone(), shop.to_owned());
+        async move {
+            tributary::control_files::publish_commands(&bootstrap, &[(shop, command)])
+                .await
+                .unwrap()
+        }
+    };
+    let approve = |order_id: u64| {
+        OperatorCommand::ApproveReward(RewardApproval {
+            order_id,
+            approved_by: "ops@example.org".into(),
+        })
+    };
+    let ch = p.clickhouse();
+    let balances = "SELECT arrayStringConcat(groupArray(concat(advocate_identifier, '=', toString(balance))), ' ') FROM (SELECT * FROM reward_balances ORDER BY advocate_identifier)";
+    let pending = "SELECT arrayStringConcat(groupArray(concat(advocate_identifier, ':', toString(order_id), ':', toString(points))), ' ') FROM (SELECT * FROM reward_requests_pending ORDER BY request_id)";
+
+    // demo-upsells: 50 points per order, credited at once when the held order settles (an
+    // approval before that is refused: there is no request yet).
+    let mut held = Order::new(9_100_000_000_002, "80.00");
+    (held.shop, held.secret, held.codes) = (UPSELL_SHOP, UPSELL_SECRET, vec!["KEMI"]);
+    accepted(
+        &p.webhook_url,
+        &held.delivery("orders/create", "r-2", "r-2"),
+    )
+    .await;
+    command(UPSELL_SHOP, approve(held.id)).await;
+    let mut later = Order::new(9_100_000_000_003, "1.00");
+    (later.shop, later.secret, later.created_minute) = (UPSELL_SHOP, UPSELL_SECRET, 30);
+    accepted(
+        &p.webhook_url,
+        &later.delivery("orders/create", "r-3", "r-3"),
+    )
+    .await;
+    eventually(&ch, balances, "kemi=50").await;
+    accepted(&p.webhook_url, &held.refund(3, "80.00")).await;
+    eventually(&ch, balances, "kemi=0").await;
+
+    // demo-outdoors: 0.1 point per unit of gross, approved by an operator.
+    let mut order = Order::new(9_100_000_000_001, "200.00");
+    order.codes = vec!["anna10"];
+    accepted(
+        &p.webhook_url,
+        &order.delivery("orders/create", "r-1", "r-1"),
+    )
+    .await;
+    eventually(&ch, pending, "anna:9100000000001:20").await;
+    let listed = tributary::report::pending_rewards(&ch, Some(SHOP))
+        .await
+        .unwrap();
+    assert!(
+        listed.contains("9100000000001") && listed.ends_with("1 pending request(s)"),
+        "{listed}"
+    );
+
+    // A refund before approval moves nothing yet; approval credits what the refund left.
+    accepted(&p.webhook_url, &order.refund(1, "50.00")).await;
+    accepted(&p.webhook_url, &order.refund(1, "50.00")).await;
+    command(SHOP, approve(order.id)).await;
+    eventually(&ch, balances, "anna=15 kemi=0").await;
+    eventually(&ch, pending, "").await;
+
+    // Moved by hand: anna's reward is reversed, bjorn's request waits for its own approval.
+    command(
+        SHOP,
+        OperatorCommand::Attribute(ManualAttribution {
+            order_id: order.id,
+            advocate_identifier: "bjorn".into(),
+            requested_by: "ops@example.org".into(),
+        }),
+    )
+    .await;
+    eventually(&ch, pending, "bjorn:9100000000001:20").await;
+    eventually(&ch, balances, "anna=0 bjorn=0 kemi=0").await;
+    command(SHOP, approve(order.id)).await;
+    eventually(&ch, balances, "anna=0 bjorn=15 kemi=0").await;
+    // A second refund reverses in proportion, on the cumulative share: 20 × 150/200.
+    accepted(&p.webhook_url, &order.refund(2, "100.00")).await;
+    eventually(&ch, balances, "anna=0 bjorn=5 kemi=0").await;
+
+    // Refused with reasons: a second approval, one for a held order, one for an unknown order.
+    command(SHOP, approve(order.id)).await;
+    command(SHOP, approve(9_100_000_000_999)).await;
+    assert_eq!(
+        dead_letter_reasons(&p.bootstrap, 3).await,
+        vec![
+            "approval: order 9100000000002 has not settled yet, so it has no reward request; approve it once it has".to_owned(),
+            "approval: order 9100000000999 has not been seen in this partition; replay the command once it is in".to_owned(),
+            "approval: reward request demo-outdoors.myshopify.com/9100000000001/reward/2 is already approved".to_owned(),
+        ]
+    );
+    // Every entry once: anna's request, approval, two reversals and void; bjorn's request,
+    // approval and two reversals; kemi's request, approval and reversal (the redelivered refund
+    // added nothing).
+    eventually(
+        &ch,
+        "SELECT toString(count()) FROM reward_ledger FINAL",
+        "12",
+    )
+    .await;
+    eventually(
+        &ch,
+        &format!("SELECT arrayStringConcat(groupArray(concat(kind, ' ', toString(points))), ', ') FROM (SELECT * FROM reward_ledger FINAL WHERE order_id = {} ORDER BY entry_id)", order.id),
+        "REQUEST 20, APPROVAL 20, REVERSAL 5, REVERSAL 15, VOID 0, REQUEST 20, APPROVAL 20, REVERSAL 5, REVERSAL 10",
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn held_orders_merge_upsells_settle_on_event_time_and_survive_a_restart() {
     let mut p = Pipeline::start("settle", |c| {
@@ -715,7 +819,7 @@ async fn clickhouse_down_for_a_while_then_back_loses_nothing() {
     switch.up.store(false, std::sync::atomic::Ordering::SeqCst);
     let plan = demo_plan(200, 23);
     let report = generate::send(&p.webhook_url, &plan, 16, None).await;
-    plan.publish_manual(&p.bootstrap).await.unwrap();
+    plan.publish_commands(&p.bootstrap).await.unwrap();
     assert_eq!(report.failed, 0);
     tokio::time::sleep(Duration::from_secs(2)).await; // the sink retries against a dead ClickHouse
     let direct = tributary_sinks::clickhouse::Config {

@@ -12,7 +12,7 @@
 //! The advocate chosen by that precedence is then checked for self-referral: a buyer whose email
 //! equals the advocate's (case-insensitive) earns nobody, and no lower rule is tried.
 
-use tributary_schemas::{Advocate, AttributionSource, OrderEvent, Outcome, Store};
+use tributary_schemas::{Advocate, AttributionSource, OrderEvent, Outcome, RewardActivity, Store};
 use url::Url;
 
 use crate::control::{normalize_code, ShopAdvocates};
@@ -25,6 +25,9 @@ pub struct Decision {
     pub reason: String,
     pub advocate: Option<(String, String)>,
     pub code: Option<String>,
+    /// What the attribution earns the advocate: the store's activity definition, when the store
+    /// has rewards on and the order is attributed.
+    pub reward: Option<RewardActivity>,
 }
 
 impl Decision {
@@ -35,18 +38,28 @@ impl Decision {
             reason,
             advocate: None,
             code: None,
+            reward: None,
         }
     }
 }
 
-/// An operator's attribution of an order to `advocate`.
-pub fn manual(advocate: &Advocate, requested_by: &str) -> Decision {
+/// The activity an attributed order of `store` earns under, if the store has rewards on.
+fn reward_of(store: &Store) -> Option<RewardActivity> {
+    store
+        .reward_activity
+        .clone()
+        .filter(|_| store.features.attribution_rewards)
+}
+
+/// An operator's attribution of an order of `store` to `advocate`.
+pub fn manual(advocate: &Advocate, requested_by: &str, store: &Store) -> Decision {
     Decision {
         outcome: Outcome::Attributed,
         source: AttributionSource::Manual,
         reason: format!("manual attribution by {requested_by}"),
         advocate: Some((advocate.id.clone(), advocate.identifier.clone())),
         code: None,
+        reward: reward_of(store),
     }
 }
 
@@ -91,6 +104,7 @@ pub fn decide(order: &OrderEvent, store: &Store, advocates: &ShopAdvocates) -> D
         reason,
         advocate: Some((advocate.id.clone(), advocate.identifier.clone())),
         code,
+        reward: reward_of(store),
     }
 }
 
@@ -155,6 +169,7 @@ mod tests {
                 order_attribution: true,
                 ..Default::default()
             },
+            reward_activity: None,
             updated_at_ms: 0,
         }
     }

@@ -15,5 +15,6 @@ pub mod control;
 pub mod dedup;
 pub mod exclusions;
 pub mod normalize;
+pub mod rewards;
 pub mod runner;
 pub mod state;

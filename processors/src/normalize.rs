@@ -11,7 +11,9 @@
 use rust_decimal::Decimal;
 use serde::Deserialize;
 use tributary_schemas::time::parse_rfc3339_ms;
-use tributary_schemas::{ManualAttribution, OrderEvent, OrderEventKind, WebhookEnvelope};
+use tributary_schemas::{
+    ManualAttribution, OperatorCommand, OrderEvent, OrderEventKind, RewardApproval, WebhookEnvelope,
+};
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum NormalizeError {
@@ -23,8 +25,10 @@ pub enum NormalizeError {
     MissingTotal(u64),
     #[error("body is not a Shopify refund: {0}")]
     RefundJson(String),
-    #[error("body is not a manual-attribution command: {0}")]
-    ManualJson(String),
+    #[error("body is not a {topic} command: {message}")]
+    CommandJson { topic: String, message: String },
+    #[error("unknown operator command {0}")]
+    UnknownCommand(String),
 }
 
 #[derive(Debug, PartialEq)]
@@ -32,16 +36,23 @@ pub enum Normalized {
     Order(Box<OrderEvent>),
     Refund(RefundEvent),
     Manual(ManualCommand),
+    Approval(ApprovalCommand),
     Skipped,
 }
 
-/// An operator's manual attribution of one order (see [`WebhookEnvelope::manual_attribution`]).
+/// An operator's command about one order (see [`WebhookEnvelope::operator_command`]).
 #[derive(Debug, Clone, PartialEq)]
-pub struct ManualCommand {
+pub struct Command<T> {
     pub shop_domain: String,
+    /// The envelope's id: a command is applied once.
     pub command_id: String,
-    pub command: ManualAttribution,
+    /// The operator's clock when the command was issued; the same in every replay.
+    pub issued_at_ms: i64,
+    pub body: T,
 }
+
+pub type ManualCommand = Command<ManualAttribution>;
+pub type ApprovalCommand = Command<RewardApproval>;
 
 /// One `refunds/create`: money returned to the buyer, in shop currency.
 #[derive(Debug, Clone, PartialEq)]
@@ -68,13 +79,7 @@ pub fn kind_of(topic: &str) -> Option<OrderEventKind> {
 
 pub fn normalize(envelope: &WebhookEnvelope) -> Result<Normalized, NormalizeError> {
     if envelope.source == WebhookEnvelope::SOURCE_MANUAL {
-        let command = serde_json::from_slice(&envelope.body)
-            .map_err(|e| NormalizeError::ManualJson(e.to_string()))?;
-        return Ok(Normalized::Manual(ManualCommand {
-            shop_domain: envelope.shop_domain.clone(),
-            command_id: envelope.webhook_id.clone(),
-            command,
-        }));
+        return normalize_command(envelope);
     }
     if envelope.topic == "refunds/create" {
         return normalize_refund(envelope);
@@ -149,6 +154,29 @@ pub fn normalize(envelope: &WebhookEnvelope) -> Result<Normalized, NormalizeErro
             .map(|t| time("cancelled_at", t))
             .transpose()?,
     })))
+}
+
+fn normalize_command(envelope: &WebhookEnvelope) -> Result<Normalized, NormalizeError> {
+    fn command<T: serde::de::DeserializeOwned>(
+        envelope: &WebhookEnvelope,
+    ) -> Result<Command<T>, NormalizeError> {
+        let body =
+            serde_json::from_slice(&envelope.body).map_err(|e| NormalizeError::CommandJson {
+                topic: envelope.topic.clone(),
+                message: e.to_string(),
+            })?;
+        Ok(Command {
+            shop_domain: envelope.shop_domain.clone(),
+            command_id: envelope.webhook_id.clone(),
+            issued_at_ms: envelope.triggered_at_ms,
+            body,
+        })
+    }
+    match envelope.topic.as_str() {
+        OperatorCommand::ATTRIBUTE => Ok(Normalized::Manual(command(envelope)?)),
+        OperatorCommand::APPROVE_REWARD => Ok(Normalized::Approval(command(envelope)?)),
+        other => Err(NormalizeError::UnknownCommand(other.to_owned())),
+    }
 }
 
 fn normalize_refund(envelope: &WebhookEnvelope) -> Result<Normalized, NormalizeError> {

@@ -29,7 +29,7 @@ use tributary_schemas::{Attribution, AvroRecord, DeadLetter, OrderEvent, Store, 
 use crate::attribution::{decide, manual};
 use crate::control::Control;
 use crate::dedup::Verdict;
-use crate::normalize::{normalize, ManualCommand, Normalized, RefundEvent};
+use crate::normalize::{normalize, ApprovalCommand, ManualCommand, Normalized, RefundEvent};
 use crate::state::{Applied, PartitionState};
 
 /// Configuration of the processor (`[processor]` in the config file).
@@ -300,7 +300,8 @@ fn process_envelope(
     match normalized {
         Normalized::Order(event) => process_order(message, &event, state, store, control),
         Normalized::Refund(refund) => process_refund(message, &refund, state),
-        Normalized::Manual(command) => process_manual(message, &command, state, control),
+        Normalized::Manual(command) => process_manual(message, &command, state, store, control),
+        Normalized::Approval(command) => process_approval(message, &command, state),
         Normalized::Skipped => Vec::new(),
     }
 }
@@ -361,30 +362,64 @@ fn process_manual(
     message: &BorrowedMessage<'_>,
     command: &ManualCommand,
     state: &mut PartitionState,
+    store: &Store,
     control: &Control,
 ) -> Vec<Output> {
-    let order_id = command.command.order_id;
     let advocates = control.advocates(&command.shop_domain);
-    let Some(advocate) = advocates.by_identifier(&command.command.advocate_identifier) else {
+    let Some(advocate) = advocates.by_identifier(&command.body.advocate_identifier) else {
         let reason = format!(
             "{} is not an active advocate of {}",
-            command.command.advocate_identifier, command.shop_domain
+            command.body.advocate_identifier, command.shop_domain
         );
         return vec![dead_letter(message, "manual", &reason)];
     };
-    let decision = manual(advocate, &command.command.requested_by);
-    match state.apply_manual(command, decision, message.offset()) {
+    let decision = manual(advocate, &command.body.requested_by, store);
+    let applied = state.apply_manual(command, decision, message.offset());
+    command_outputs(
+        message,
+        "manual",
+        &command.shop_domain,
+        command.body.order_id,
+        applied,
+    )
+}
+
+fn process_approval(
+    message: &BorrowedMessage<'_>,
+    command: &ApprovalCommand,
+    state: &mut PartitionState,
+) -> Vec<Output> {
+    let applied = state.apply_approval(command, message.offset());
+    command_outputs(
+        message,
+        "approval",
+        &command.shop_domain,
+        command.body.order_id,
+        applied,
+    )
+}
+
+/// What an operator's command about `order_id` produces: the changed attribution, or a dead
+/// letter that says why it did not apply.
+fn command_outputs(
+    message: &BorrowedMessage<'_>,
+    stage: &str,
+    shop_domain: &str,
+    order_id: u64,
+    applied: Applied,
+) -> Vec<Output> {
+    match applied {
         Applied::Changed(attribution) => {
-            let key = order_key(&command.shop_domain, order_id).into_bytes();
+            let key = order_key(shop_domain, order_id).into_bytes();
             vec![encoded(message, topics::ATTRIBUTIONS, key, attribution.to_avro())]
         }
         Applied::Held | Applied::Unchanged(_) => Vec::new(),
         Applied::UnknownOrder => vec![dead_letter(
             message,
-            "manual",
+            stage,
             &format!("order {order_id} has not been seen in this partition; replay the command once it is in"),
         )],
-        Applied::Refused(reason) => vec![dead_letter(message, "manual", &reason)],
+        Applied::Refused(reason) => vec![dead_letter(message, stage, &reason)],
     }
 }
 

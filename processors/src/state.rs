@@ -24,7 +24,8 @@ use tributary_schemas::{Attribution, OrderEvent, Outcome, RefundStatus};
 
 use crate::attribution::Decision;
 use crate::dedup::{self, Verdict};
-use crate::normalize::{ManualCommand, RefundEvent};
+use crate::normalize::{ApprovalCommand, ManualCommand, RefundEvent};
+use crate::rewards;
 
 #[derive(Debug, PartialEq)]
 pub enum Applied {
@@ -149,7 +150,13 @@ impl PartitionState {
         if settle_delay_ms <= 0 {
             let mut recent_delivery_ids = Vec::new();
             dedup::remember(&mut recent_delivery_ids, event);
-            let settled = settle(event, recent_delivery_ids, decide(), input_offset);
+            let settled = settle(
+                event,
+                recent_delivery_ids,
+                decide(),
+                input_offset,
+                event.triggered_at_ms,
+            );
             self.settled.insert(key, settled.clone());
             return Applied::Changed(Box::new(settled));
         }
@@ -182,6 +189,7 @@ impl PartitionState {
             current.revision += 1;
             current.input_offset = input_offset;
             add_refund(current, refund);
+            rewards::follow_refunds(current, refund.triggered_at_ms);
             return Applied::Changed(Box::new(current.clone()));
         }
         let Some(held) = self.held.get_mut(&key) else {
@@ -195,14 +203,15 @@ impl PartitionState {
     }
 
     /// Applies an operator's attribution of an order to an advocate (`decision`). A settled order
-    /// moves to that advocate; a held one will settle to it. Excluded orders stay excluded.
+    /// moves to that advocate, and its reward with it; a held one will settle to it. Excluded
+    /// orders stay excluded.
     pub fn apply_manual(
         &mut self,
         command: &ManualCommand,
         decision: Decision,
         input_offset: i64,
     ) -> Applied {
-        let key = order_key(&command.shop_domain, command.command.order_id);
+        let key = order_key(&command.shop_domain, command.body.order_id);
         if let Some(held) = self.held.get_mut(&key) {
             // Remembered now, so that once settled the order knows this command was applied.
             dedup::remember_delivery(&mut held.recent_delivery_ids, &command.command_id);
@@ -222,12 +231,47 @@ impl PartitionState {
             ));
         }
         let (advocate_id, advocate_identifier) = decision.advocate.unzip();
+        let moved = current.advocate_id != advocate_id;
+        if moved {
+            let to = advocate_identifier.as_deref().unwrap_or_default();
+            let reason = format!("order moved to {to} by {}", command.body.requested_by);
+            rewards::withdraw(current, &reason, command.issued_at_ms);
+        }
         current.outcome = decision.outcome;
         current.source = decision.source;
         current.reason = decision.reason;
         current.advocate_id = advocate_id;
         current.advocate_identifier = advocate_identifier;
         current.code = decision.code;
+        if let Some(activity) = decision.reward.as_ref().filter(|_| moved) {
+            rewards::request(current, activity, command.issued_at_ms);
+        }
+        current.revision += 1;
+        current.input_offset = input_offset;
+        dedup::remember_delivery(&mut current.recent_delivery_ids, &command.command_id);
+        Applied::Changed(Box::new(current.clone()))
+    }
+
+    /// Applies an operator's approval of a settled order's pending reward request.
+    pub fn apply_approval(&mut self, command: &ApprovalCommand, input_offset: i64) -> Applied {
+        let order_id = command.body.order_id;
+        let key = order_key(&command.shop_domain, order_id);
+        if self.held.contains_key(&key) {
+            return Applied::Refused(format!(
+                "order {order_id} has not settled yet, so it has no reward request; approve it once it has"
+            ));
+        }
+        let Some(current) = self.settled.get_mut(&key) else {
+            return Applied::UnknownOrder;
+        };
+        if dedup::seen_delivery(&current.recent_delivery_ids, &command.command_id) {
+            return Applied::Unchanged(Verdict::DuplicateWebhook);
+        }
+        if let Err(reason) =
+            rewards::approve(current, &command.body.approved_by, command.issued_at_ms)
+        {
+            return Applied::Refused(reason);
+        }
         current.revision += 1;
         current.input_offset = input_offset;
         dedup::remember_delivery(&mut current.recent_delivery_ids, &command.command_id);
@@ -262,10 +306,12 @@ impl PartitionState {
                     held.recent_delivery_ids,
                     decision,
                     input_offset,
+                    self.watermark_ms,
                 );
                 for refund in &held.refunds {
                     add_refund(&mut record, refund);
                 }
+                rewards::follow_refunds(&mut record, self.watermark_ms);
                 self.settled.insert(key, record.clone());
                 settled.push(record);
             }
@@ -291,6 +337,7 @@ fn update_settled(current: &mut Attribution, event: &OrderEvent, input_offset: i
     current.net = net(current.gross, current.refunded, current.cancelled);
     current.input_offset = input_offset;
     dedup::remember(&mut current.recent_delivery_ids, event);
+    rewards::follow_refunds(current, event.triggered_at_ms);
     Applied::Changed(Box::new(current.clone()))
 }
 
@@ -320,15 +367,17 @@ pub fn net(gross: Decimal, refunded: Decimal, cancelled: bool) -> Decimal {
     }
 }
 
+/// The settled order's first record; `at_ms` is the event time its reward request is created at.
 fn settle(
     event: &OrderEvent,
     recent_delivery_ids: Vec<String>,
     decision: Decision,
     input_offset: i64,
+    at_ms: i64,
 ) -> Attribution {
     let cancelled = event.cancelled_at_ms.is_some();
     let (advocate_id, advocate_identifier) = decision.advocate.unzip();
-    Attribution {
+    let mut record = Attribution {
         shop_domain: event.shop_domain.clone(),
         order_id: event.order_id,
         revision: 1,
@@ -357,7 +406,12 @@ fn settle(
         refund_ids: Vec::new(),
         recent_delivery_ids,
         input_offset,
+        rewards: Vec::new(),
+    };
+    if let Some(activity) = decision.reward.as_ref() {
+        rewards::request(&mut record, activity, at_ms);
     }
+    record
 }
 
 #[cfg(test)]
@@ -372,6 +426,7 @@ mod tests {
             reason: "code A".into(),
             advocate: Some(("1".into(), "anna".into())),
             code: Some("A".into()),
+            reward: None,
         }
     }
 

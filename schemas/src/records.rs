@@ -56,17 +56,53 @@ impl WebhookEnvelope {
     /// the order's events and a replay applies it at the same point.
     pub const SOURCE_MANUAL: &'static str = "tributary_manual";
 
-    pub fn manual_attribution(shop_domain: &str, command: &ManualAttribution, now_ms: i64) -> Self {
+    pub fn operator_command(shop_domain: &str, command: &OperatorCommand, now_ms: i64) -> Self {
+        let (topic, body) = match command {
+            OperatorCommand::Attribute(body) => {
+                (OperatorCommand::ATTRIBUTE, serde_json::to_vec(body))
+            }
+            OperatorCommand::ApproveReward(body) => {
+                (OperatorCommand::APPROVE_REWARD, serde_json::to_vec(body))
+            }
+        };
         Self {
             source: Self::SOURCE_MANUAL.into(),
             shop_domain: shop_domain.to_owned(),
-            topic: "tributary/manual_attribution".into(),
-            webhook_id: format!("manual-{}-{now_ms}", command.order_id),
+            topic: topic.into(),
+            webhook_id: format!("{}-{}-{now_ms}", command.label(), command.order_id()),
             event_id: None,
             triggered_at_ms: now_ms,
             api_version: String::new(),
             received_at_ms: now_ms,
-            body: serde_json::to_vec(command).unwrap_or_default(),
+            body: body.unwrap_or_default(),
+        }
+    }
+}
+
+/// An operator's command about one order; the envelope's `topic` names the kind and its body is
+/// the JSON of the variant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OperatorCommand {
+    Attribute(ManualAttribution),
+    ApproveReward(RewardApproval),
+}
+
+impl OperatorCommand {
+    pub const ATTRIBUTE: &'static str = "tributary/manual_attribution";
+    pub const APPROVE_REWARD: &'static str = "tributary/reward_approval";
+
+    /// Short name, for ids and logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Attribute(_) => "manual",
+            Self::ApproveReward(_) => "approval",
+        }
+    }
+
+    pub fn order_id(&self) -> u64 {
+        match self {
+            Self::Attribute(c) => c.order_id,
+            Self::ApproveReward(c) => c.order_id,
         }
     }
 }
@@ -79,6 +115,15 @@ pub struct ManualAttribution {
     pub advocate_identifier: String,
     /// Who asked, for the record's reason.
     pub requested_by: String,
+}
+
+/// The body of a reward approval: the order's pending reward request is approved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RewardApproval {
+    pub order_id: u64,
+    /// Who approved, for the ledger entry's reason.
+    pub approved_by: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -215,8 +260,64 @@ pub struct Attribution {
     pub refund_ids: Vec<String>,
     pub recent_delivery_ids: Vec<String>,
     pub input_offset: i64,
+    /// The order's reward ledger: every request, approval, reversal and void, in order.
+    pub rewards: Vec<RewardEntry>,
 }
 avro_record!(Attribution, "attribution.avsc");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RewardEntryKind {
+    /// Points requested for the order's advocate; moves no balance until approved.
+    Request,
+    /// Credits the request's points to the advocate's wallet.
+    Approval,
+    /// Debits points of an approved request (refund, cancellation, the order moved away).
+    Reversal,
+    /// Closes a request: it is no longer pending and earns nothing more.
+    Void,
+}
+
+/// One entry of an order's reward ledger. Ids are deterministic (`<shop>/<order>/reward/<n>` for
+/// the n-th request, with `/approval`, `/reversal/<k>` or `/void` after it), so an entry written
+/// twice is one entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RewardEntry {
+    pub entry_id: String,
+    pub request_id: String,
+    pub kind: RewardEntryKind,
+    pub advocate_id: String,
+    pub advocate_identifier: String,
+    /// Never negative; the kind says which way it moves the wallet.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub points: Decimal,
+    pub reason: String,
+    /// Event time of the record that caused the entry (replays give the same time).
+    pub at_ms: i64,
+}
+
+/// What an attributed order earns its advocate (a store's activity definition).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RewardActivity {
+    /// Shown in ledger reasons, e.g. "Referral".
+    pub name: String,
+    pub basis: RewardBasis,
+    /// Points per order (`fixed`) or per unit of gross in shop currency (`per_unit`).
+    #[serde(with = "rust_decimal::serde::str")]
+    pub points: Decimal,
+    /// Credit the wallet at once; otherwise requests wait for `tributary rewards approve`.
+    pub auto_approve: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RewardBasis {
+    #[serde(alias = "fixed")]
+    Fixed,
+    #[serde(alias = "per_unit")]
+    PerUnit,
+}
 
 impl Attribution {
     pub fn latest_version(&self) -> OrderVersion {
@@ -267,6 +368,8 @@ pub struct Store {
     pub excluded_tags: Vec<String>,
     pub excluded_codes: Vec<String>,
     pub features: StoreFeatures,
+    /// What attributed orders earn, when `features.attribution_rewards` is on.
+    pub reward_activity: Option<RewardActivity>,
     pub updated_at_ms: i64,
 }
 avro_record!(Store, "store.avsc");
@@ -391,6 +494,16 @@ mod tests {
             refund_ids: vec!["509562969".into()],
             recent_delivery_ids: vec!["a".into(), "b".into()],
             input_offset: 42,
+            rewards: vec![RewardEntry {
+                entry_id: "a.myshopify.com/1/reward/1".into(),
+                request_id: "a.myshopify.com/1/reward/1".into(),
+                kind: RewardEntryKind::Request,
+                advocate_id: "7".into(),
+                advocate_identifier: "anna".into(),
+                points: Decimal::from_str("12.50").unwrap(),
+                reason: "Referral".into(),
+                at_ms: 4,
+            }],
         });
         round_trip(Store {
             domain: "a.myshopify.com".into(),
@@ -404,6 +517,12 @@ mod tests {
                 order_attribution: true,
                 ..Default::default()
             },
+            reward_activity: Some(RewardActivity {
+                name: "Referral".into(),
+                basis: RewardBasis::PerUnit,
+                points: Decimal::from_str("0.5").unwrap(),
+                auto_approve: false,
+            }),
             updated_at_ms: 5,
         });
         round_trip(Advocate {

@@ -306,6 +306,34 @@ pub async fn eventually(client: &clickhouse::Client, query: &str, expected: &str
     panic!("query {query}\n  expected {expected}\n  last got {last}");
 }
 
+/// The dead letters' "stage: reason", sorted, once there are at least `at_least` of them (or
+/// after 10 s).
+pub async fn dead_letter_reasons(bootstrap: &str, at_least: usize) -> Vec<String> {
+    use rdkafka::Message;
+    use tributary_schemas::AvroRecord;
+    let mut reasons = Vec::new();
+    for _ in 0..100 {
+        reasons.clear();
+        tributary_schemas::kafka::read_topic(
+            bootstrap,
+            tributary_schemas::topics::DEAD_LETTERS,
+            |m| {
+                if let Some(Ok(letter)) = m.payload().map(tributary_schemas::DeadLetter::from_avro)
+                {
+                    reasons.push(format!("{}: {}", letter.stage, letter.error));
+                }
+            },
+        )
+        .expect("dead letters readable");
+        if reasons.len() >= at_least {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    reasons.sort();
+    reasons
+}
+
 /// One order's current row: outcome, source, advocate, gross.
 pub async fn order_row(client: &clickhouse::Client, id: u64) -> String {
     let query = format!(
@@ -333,7 +361,7 @@ pub fn normalize_decimals(text: &str) -> String {
         token.clear();
     };
     for c in text.chars() {
-        if matches!(c, ':' | ',' | '|') {
+        if matches!(c, ':' | ',' | '|' | '=' | ' ') {
             flush(&mut token, &mut out);
             out.push(c);
         } else {

@@ -1,9 +1,10 @@
-//! The ClickHouse sink: `tributary.attributions` → table `attributions`.
+//! The ClickHouse sink: `tributary.attributions` → tables `attributions` and `reward_ledger`.
 //!
 //! Offset contract: rows are inserted in batches (by rows and by time); a batch's offsets are
 //! committed only after ClickHouse accepted the insert. While ClickHouse is down the sink retries
 //! the same batch with backoff and commits nothing, so nothing is lost. A redelivered or replayed
-//! row is harmless: the table keeps the highest revision of each order (see `schema.sql`).
+//! row is harmless: the table keeps the highest revision of each order, and the ledger one row per
+//! entry id (see `schema.sql`).
 
 mod row;
 
@@ -19,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tributary_schemas::kafka::{commit_offsets, consumer_config, CommitWhen, GroupMember};
 use tributary_schemas::{topics, Attribution, AvroRecord};
 
-pub use row::AttributionRow;
+pub use row::{AttributionRow, RewardRow};
 
 const SCHEMA: &str = include_str!("schema.sql");
 
@@ -162,7 +163,7 @@ impl ClickHouseSink {
         );
         consumer.subscribe(&[topics::ATTRIBUTIONS])?;
         let client = self.config.client();
-        let mut batch: Vec<AttributionRow> = Vec::with_capacity(self.config.batch_rows);
+        let mut batch = Batch::default();
         let mut offsets: HashMap<i32, i64> = HashMap::new();
         let mut tick = tokio::time::interval(Duration::from_millis(self.config.batch_ms));
         loop {
@@ -179,7 +180,7 @@ impl ClickHouseSink {
                         }
                     };
                     match message.payload().map(Attribution::from_avro) {
-                        Some(Ok(record)) => batch.push(AttributionRow::from(&record)),
+                        Some(Ok(record)) => batch.push(&record),
                         // The processor is the only writer of this topic; a record it wrote that
                         // this version cannot read is reported and skipped, never guessed at.
                         Some(Err(error)) => {
@@ -189,7 +190,7 @@ impl ClickHouseSink {
                         None => {}
                     }
                     offsets.insert(message.partition(), message.offset() + 1);
-                    if batch.len() >= self.config.batch_rows {
+                    if batch.attributions.len() >= self.config.batch_rows {
                         flush(&client, &consumer, &mut batch, &mut offsets, &shutdown, CommitWhen::Running).await?;
                     }
                 }
@@ -220,11 +221,45 @@ impl ClickHouseSink {
     }
 }
 
+/// Rows read since the last commit.
+#[derive(Default)]
+struct Batch {
+    attributions: Vec<AttributionRow>,
+    rewards: Vec<RewardRow>,
+}
+
+impl Batch {
+    /// An order's revision and its whole reward ledger (entries already written collapse by id).
+    fn push(&mut self, record: &Attribution) {
+        self.attributions.push(AttributionRow::from(record));
+        self.rewards
+            .extend(record.rewards.iter().map(|e| RewardRow::new(record, e)));
+    }
+
+    fn is_empty(&self) -> bool {
+        self.attributions.is_empty() && self.rewards.is_empty()
+    }
+
+    /// Both inserts; a retry after a partial failure writes rows again, which is harmless.
+    async fn insert(
+        &self,
+        client: &::clickhouse::Client,
+    ) -> Result<(), ::clickhouse::error::Error> {
+        insert(client, "attributions", &self.attributions).await?;
+        insert(client, "reward_ledger", &self.rewards).await
+    }
+
+    fn clear(&mut self) {
+        self.attributions.clear();
+        self.rewards.clear();
+    }
+}
+
 /// Inserts the batch, retrying until ClickHouse takes it (or shutdown), then commits its offsets.
 async fn flush(
     client: &::clickhouse::Client,
     consumer: &Arc<StreamConsumer<GroupMember>>,
-    batch: &mut Vec<AttributionRow>,
+    batch: &mut Batch,
     offsets: &mut HashMap<i32, i64>,
     shutdown: &CancellationToken,
     when: CommitWhen,
@@ -234,14 +269,15 @@ async fn flush(
     }
     let mut backoff = Backoff::default();
     while !batch.is_empty() {
-        match insert(client, batch).await {
+        match batch.insert(client).await {
             Ok(()) => {
-                metrics::counter!("tributary_sink_rows_total").increment(batch.len() as u64);
+                metrics::counter!("tributary_sink_rows_total")
+                    .increment(batch.attributions.len() as u64);
                 batch.clear();
             }
             Err(error) => {
                 metrics::counter!("tributary_sink_insert_failures_total").increment(1);
-                tracing::warn!(%error, rows = batch.len(), "insert failed; retrying the same batch");
+                tracing::warn!(%error, rows = batch.attributions.len(), "insert failed; retrying the same batch");
                 if shutdown.is_cancelled() {
                     // Leave the offsets uncommitted: the next run inserts this batch again.
                     return Ok(());
@@ -259,11 +295,15 @@ async fn flush(
     Ok(())
 }
 
-async fn insert(
+async fn insert<R: ::clickhouse::RowOwned + ::clickhouse::RowWrite>(
     client: &::clickhouse::Client,
-    rows: &[AttributionRow],
+    table: &str,
+    rows: &[R],
 ) -> Result<(), ::clickhouse::error::Error> {
-    let mut insert = client.insert::<AttributionRow>("attributions").await?;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut insert = client.insert::<R>(table).await?;
     for row in rows {
         insert.write(row).await?;
     }

@@ -1,10 +1,10 @@
-//! The `attributions` row in RowBinary: Decimal(18, 4) is an i64 of ten-thousandths, DateTime is
-//! u32 seconds.
+//! The `attributions` and `reward_ledger` rows in RowBinary: Decimal(18, 4) is an i64 of
+//! ten-thousandths, DateTime is u32 seconds.
 
 use clickhouse::Row;
 use rust_decimal::Decimal;
 use serde::Serialize;
-use tributary_schemas::Attribution;
+use tributary_schemas::{Attribution, RewardEntry};
 
 pub const MONEY_SCALE: u32 = 4;
 
@@ -34,6 +34,37 @@ pub struct AttributionRow {
     pub refunded: i64,
     pub net: i64,
     pub refund_status: String,
+}
+
+#[derive(Debug, Clone, Row, Serialize)]
+pub struct RewardRow {
+    pub shop_domain: String,
+    pub entry_id: String,
+    pub request_id: String,
+    pub order_id: u64,
+    pub kind: String,
+    pub advocate_id: String,
+    pub advocate_identifier: String,
+    pub points: i64,
+    pub reason: String,
+    pub at: u32,
+}
+
+impl RewardRow {
+    pub fn new(order: &Attribution, entry: &RewardEntry) -> Self {
+        Self {
+            shop_domain: order.shop_domain.clone(),
+            entry_id: entry.entry_id.clone(),
+            request_id: entry.request_id.clone(),
+            order_id: order.order_id,
+            kind: label(&entry.kind),
+            advocate_id: entry.advocate_id.clone(),
+            advocate_identifier: entry.advocate_identifier.clone(),
+            points: money(entry.points),
+            reason: entry.reason.clone(),
+            at: seconds(entry.at_ms),
+        }
+    }
 }
 
 /// Decimal(18, 4) mantissa. Amounts beyond ±922 trillion saturate rather than wrap.

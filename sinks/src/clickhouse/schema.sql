@@ -99,3 +99,49 @@ SELECT
 FROM attributions FINAL
 WHERE outcome != 'EXCLUDED' AND customer_id != 0
 GROUP BY shop_domain, customer_id, currency
+;
+-- The reward ledger: one row per entry (request, approval, reversal, void) with its deterministic
+-- id. The sink writes an order's whole ledger with each of its revisions; ReplacingMergeTree
+-- keeps one row per id, so reading through FINAL counts every entry once. Points are never
+-- negative: approvals credit the wallet, reversals debit it, requests and voids move nothing.
+CREATE TABLE IF NOT EXISTS reward_ledger
+(
+    shop_domain String,
+    entry_id String,
+    request_id String,
+    order_id UInt64,
+    kind String,
+    advocate_id String,
+    advocate_identifier String,
+    points Decimal(18, 4),
+    reason String,
+    at DateTime
+)
+ENGINE = ReplacingMergeTree()
+PARTITION BY toYYYYMM(at)
+ORDER BY (shop_domain, entry_id)
+;
+-- Wallet balance per advocate: approved points less reversed points.
+CREATE VIEW IF NOT EXISTS reward_balances AS
+SELECT
+    shop_domain,
+    advocate_id,
+    any(advocate_identifier) AS advocate_identifier,
+    sumIf(points, kind = 'APPROVAL') AS credited,
+    sumIf(points, kind = 'REVERSAL') AS reversed,
+    credited - reversed AS balance
+FROM reward_ledger FINAL
+GROUP BY shop_domain, advocate_id
+;
+-- Requests waiting for `tributary rewards approve`: neither approved nor voided.
+CREATE VIEW IF NOT EXISTS reward_requests_pending AS
+SELECT
+    shop_domain,
+    request_id,
+    any(order_id) AS order_id,
+    any(advocate_identifier) AS advocate_identifier,
+    sumIf(points, kind = 'REQUEST') AS points,
+    min(at) AS requested_at
+FROM reward_ledger FINAL
+GROUP BY shop_domain, request_id
+HAVING countIf(kind IN ('APPROVAL', 'VOID')) = 0
