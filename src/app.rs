@@ -13,6 +13,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tributary_ingest::shopify_webhooks::{self, StoreSecrets};
 use tributary_processors::control::Control;
+use tributary_processors::customer_events::EventsStage;
 use tributary_processors::runner::Processor;
 use tributary_schemas::control::follow;
 use tributary_schemas::kafka::producer_config;
@@ -200,6 +201,21 @@ pub async fn run_processor(
     Ok(())
 }
 
+/// The events stage: Placed Order, Received Refund, first and repeat purchase.
+pub async fn run_events(
+    config: &Config,
+    bootstrap: &str,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let repartition_ready = readiness.flag("events-repartition");
+    let emit_ready = readiness.flag("events");
+    EventsStage::new(bootstrap, config.events.clone())
+        .run(repartition_ready, emit_ready, shutdown)
+        .await?;
+    Ok(())
+}
+
 pub async fn run_sink(
     config: &Config,
     bootstrap: &str,
@@ -260,7 +276,7 @@ pub fn shutdown_on_signal(token: CancellationToken) {
     });
 }
 
-/// Ingest, processor and sink in this process; the first to fail stops the others.
+/// Ingest, processor, events stage and sink in this process; the first to fail stops the others.
 pub async fn run_all(
     config: &Config,
     bootstrap: &str,
@@ -271,6 +287,7 @@ pub async fn run_all(
     let result = tokio::select! {
         r = run_ingest(config, bootstrap, readiness.clone(), metrics, shutdown.clone()) => r.context("ingest"),
         r = run_processor(config, bootstrap, readiness.clone(), shutdown.clone()) => r.context("processor"),
+        r = run_events(config, bootstrap, readiness.clone(), shutdown.clone()) => r.context("events"),
         r = run_sink(config, bootstrap, readiness.clone(), shutdown.clone()) => r.context("sink"),
     };
     shutdown.cancel();

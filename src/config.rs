@@ -17,6 +17,8 @@ pub struct Config {
     #[serde(default)]
     pub processor: ProcessorSection,
     #[serde(default)]
+    pub events: EventsSection,
+    #[serde(default)]
     pub clickhouse: ClickHouseSection,
     #[serde(default)]
     pub secrets: SecretsConfig,
@@ -104,6 +106,7 @@ impl Default for OpsConfig {
 // The library config structs are re-exported so their doc comments document the file.
 pub type IngestSection = tributary_ingest::shopify_webhooks::Config;
 pub type ProcessorSection = tributary_processors::runner::Config;
+pub type EventsSection = tributary_processors::customer_events::Config;
 pub type ClickHouseSection = tributary_sinks::clickhouse::Config;
 
 impl Config {

@@ -492,6 +492,11 @@ const PRODUCTS: [(&str, &str); 8] = [
 ];
 
 impl OrderSpec {
+    /// Shoppers come back: every three consecutive orders of a store share a customer.
+    fn customer_id(&self) -> u64 {
+        6_000_000_000 + ((self.id >> 20) & 0xf) * 1_000_000 + self.number as u64 / 3
+    }
+
     fn new(rng: &mut StdRng, id: u64, number: usize, created_ms: i64, shop: &str) -> Self {
         let lines: Vec<(String, Decimal, u32)> = (0..rng.gen_range(1..=4))
             .map(|_| {
@@ -576,7 +581,7 @@ impl OrderSpec {
             "total_line_items_price": self.total.to_string(), "total_price": self.total.to_string(), "total_price_set": money(self.total),
             "total_shipping_price_set": money(Decimal::new(599, 2)), "total_tax": "0.00", "total_weight": 1350,
             "updated_at": format_rfc3339_ms(updated_ms), "billing_address": address, "shipping_address": address,
-            "customer": {"id": 6_000_000_000u64 + self.id % 100_000, "email": self.email, "first_name": "Sam", "last_name": "Rivera",
+            "customer": {"id": self.customer_id(), "email": self.email, "first_name": "Sam", "last_name": "Rivera",
                          "state": "enabled", "verified_email": true, "tags": "", "currency": "USD", "accepts_marketing": false,
                          "default_address": address},
             "line_items": line_items,

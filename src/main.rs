@@ -28,7 +28,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run ingest, processor and ClickHouse sink in one process. Without kafka.bootstrap_servers,
+    /// Run ingest, processor, events stage and ClickHouse sink in one process. Without kafka.bootstrap_servers,
     /// starts the embedded broker in process and provisions the topics.
     Run,
     /// Run the embedded broker (librdkafka's mock cluster) alone, so separate processes can share
@@ -44,6 +44,9 @@ enum Command {
     Ingest,
     /// Run only the processor (normalize, dedup, exclusions, attribution).
     Process,
+    /// Run only the events stage (tributary.events: Placed Order, Received Refund, first and
+    /// repeat purchase).
+    Events,
     /// Run only the ClickHouse sink.
     Sink,
     /// Topic administration.
@@ -252,6 +255,11 @@ async fn main() -> anyhow::Result<()> {
             let (readiness, bootstrap) =
                 (serve_ops(&config, shutdown.clone())?, bootstrap(&config)?);
             app::run_processor(&config, &bootstrap, readiness, shutdown).await
+        }
+        Command::Events => {
+            let (readiness, bootstrap) =
+                (serve_ops(&config, shutdown.clone())?, bootstrap(&config)?);
+            app::run_events(&config, &bootstrap, readiness, shutdown).await
         }
         Command::Sink => {
             let (readiness, bootstrap) =

@@ -11,7 +11,8 @@ use support::*;
 use tributary::generate;
 use tributary_schemas::kafka::{dlq_headers, producer_config, read_topic, ResetTo};
 use tributary_schemas::{
-    topics, AvroRecord, DeadLetter, ManualAttribution, OperatorCommand, RewardApproval,
+    topics, AvroRecord, CustomerEventKind, DeadLetter, ManualAttribution, OperatorCommand,
+    RewardApproval,
 };
 
 fn count_records(bootstrap: &str, topic: &str) -> usize {
@@ -401,6 +402,38 @@ async fn a_full_replay_of_every_topic_leaves_every_clickhouse_total_unchanged() 
         .await
         .unwrap();
     let changelog_before = count_records(&p.bootstrap, topics::ATTRIBUTIONS);
+    let (repartition, events) = (
+        p.config.events.repartition_group_id.clone(),
+        p.config.events.group_id.clone(),
+    );
+    p.drained(&repartition, topics::ATTRIBUTIONS).await;
+    p.drained(&events, topics::ORDERS_BY_CUSTOMER).await;
+    let events_before = event_counts(&p.bootstrap);
+    // Every order that is not excluded is placed once, and is a first or a repeat purchase;
+    // the refunds reported add up to what ClickHouse says was refunded.
+    let placed = plan.orders.len() as u64 - plan.expected.excluded_orders;
+    let refunded: Vec<String> = ch
+        .query(
+            "SELECT toString(sum(refunded)) FROM attributions_current WHERE outcome != 'EXCLUDED'",
+        )
+        .fetch_all()
+        .await
+        .unwrap();
+    let kinds = |k: CustomerEventKind| events_before.get(&k).map_or(0, |(n, _)| *n);
+    assert_eq!(kinds(CustomerEventKind::PlacedOrder), placed);
+    assert_eq!(
+        kinds(CustomerEventKind::FirstPurchase) + kinds(CustomerEventKind::RepeatPurchase),
+        placed
+    );
+    assert!(
+        kinds(CustomerEventKind::RepeatPurchase) > placed / 3,
+        "shoppers come back"
+    );
+    assert_eq!(
+        events_before[&CustomerEventKind::ReceivedRefund].1,
+        dec(&refunded[0])
+    );
+    let by_customer_before = count_records(&p.bootstrap, topics::ORDERS_BY_CUSTOMER);
 
     p.stop().await;
     let (processor, sink) = (
@@ -410,6 +443,8 @@ async fn a_full_replay_of_every_topic_leaves_every_clickhouse_total_unchanged() 
     for (group, topic) in [
         (&processor, topics::WEBHOOKS),
         (&sink, topics::ATTRIBUTIONS),
+        (&repartition, topics::ATTRIBUTIONS),
+        (&events, topics::ORDERS_BY_CUSTOMER),
     ] {
         tributary::replay::reset(&p.bootstrap, group, topic, ResetTo::Beginning)
             .await
@@ -418,6 +453,14 @@ async fn a_full_replay_of_every_topic_leaves_every_clickhouse_total_unchanged() 
     p.start_again(|_| {}).await;
     p.drained(&processor, topics::WEBHOOKS).await;
     p.drained(&sink, topics::ATTRIBUTIONS).await;
+    p.drained(&repartition, topics::ATTRIBUTIONS).await;
+    p.drained(&events, topics::ORDERS_BY_CUSTOMER).await;
+    assert!(count_records(&p.bootstrap, topics::ORDERS_BY_CUSTOMER) > by_customer_before);
+    assert_eq!(
+        event_counts(&p.bootstrap),
+        events_before,
+        "every order forwarded again, and not one event emitted twice"
+    );
 
     assert_eq!(
         count_records(&p.bootstrap, topics::ATTRIBUTIONS),

@@ -12,9 +12,11 @@
 
 pub mod attribution;
 pub mod control;
+pub mod customer_events;
 pub mod dedup;
 pub mod exclusions;
 pub mod normalize;
+pub mod output;
 pub mod rewards;
 pub mod runner;
 pub mod state;

@@ -15,13 +15,13 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::producer::{DeliveryFuture, FutureProducer};
+use rdkafka::{Message, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tributary_schemas::kafka::{
-    commit_offsets, consumer_config, dlq_headers, now_ms, producer_config, read_partitions,
-    CommitWhen, GroupMember, TopicError,
+    consumer_config, dlq_headers, now_ms, producer_config, read_partitions, CommitWhen,
+    GroupMember, TopicError,
 };
 use tributary_schemas::topics::{self, order_key};
 use tributary_schemas::{Attribution, AvroRecord, DeadLetter, OrderEvent, Store, WebhookEnvelope};
@@ -30,6 +30,7 @@ use crate::attribution::{decide, manual};
 use crate::control::Control;
 use crate::dedup::Verdict;
 use crate::normalize::{normalize, ApprovalCommand, ManualCommand, Normalized, RefundEvent};
+use crate::output::{commit_done, send, Output};
 use crate::state::{Applied, PartitionState};
 
 /// Configuration of the processor (`[processor]` in the config file).
@@ -84,15 +85,6 @@ pub enum ProcessorError {
     Restore(#[from] TopicError),
     #[error("a produced record was not acknowledged: {0}")]
     Delivery(String),
-}
-
-/// One record to produce.
-struct Output {
-    topic: &'static str,
-    partition: Option<i32>,
-    key: Vec<u8>,
-    payload: Vec<u8>,
-    headers: Option<OwnedHeaders>,
 }
 
 pub struct Processor {
@@ -512,50 +504,8 @@ fn report_gap(partition: i32, expected: i64, received: i64) {
     }
 }
 
-/// Enqueues one record; when the producer's queue is full, waits for what is in flight first.
-async fn send(
-    producer: &FutureProducer,
-    output: Output,
-    in_flight: &mut Vec<DeliveryFuture>,
-) -> Result<DeliveryFuture, ProcessorError> {
-    loop {
-        let mut record = FutureRecord::to(output.topic)
-            .key(&output.key)
-            .payload(&output.payload);
-        if let Some(partition) = output.partition {
-            record = record.partition(partition);
-        }
-        if let Some(headers) = &output.headers {
-            record = record.headers(headers.clone());
-        }
-        match producer.send_result(record) {
-            Ok(delivery) => return Ok(delivery),
-            Err((
-                rdkafka::error::KafkaError::MessageProduction(
-                    rdkafka::types::RDKafkaErrorCode::QueueFull,
-                ),
-                _,
-            )) => {
-                await_deliveries(in_flight).await?;
-            }
-            Err((error, _)) => return Err(error.into()),
-        }
-    }
-}
-
-async fn await_deliveries(in_flight: &mut Vec<DeliveryFuture>) -> Result<(), ProcessorError> {
-    for delivery in in_flight.drain(..) {
-        match delivery.await {
-            Ok(Ok(_)) => {}
-            Ok(Err((error, _))) => return Err(ProcessorError::Delivery(error.to_string())),
-            Err(_) => return Err(ProcessorError::Delivery("producer dropped a record".into())),
-        }
-    }
-    Ok(())
-}
-
-/// Waits until everything produced is acknowledged, then commits the input offsets it covers;
-/// never past the first record of a held order (see [`PartitionState::commit_position`]).
+/// Waits for everything produced, then commits the input offsets it covers; never past the first
+/// record of a held order (see [`PartitionState::commit_position`]), with the watermark beside it.
 async fn checkpoint<C: ConsumerContext + 'static>(
     consumer: &Arc<StreamConsumer<C>>,
     in_flight: &mut Vec<DeliveryFuture>,
@@ -563,21 +513,13 @@ async fn checkpoint<C: ConsumerContext + 'static>(
     states: &HashMap<i32, PartitionState>,
     when: CommitWhen,
 ) -> Result<(), ProcessorError> {
-    await_deliveries(in_flight).await?;
-    if done.is_empty() {
-        return Ok(());
-    }
-    let mut offsets = TopicPartitionList::new();
-    for (partition, next) in done.drain() {
+    let position = |partition: i32, next: i64| {
         let (offset, watermark) = states
             .get(&partition)
             .map_or((next, 0), |state| state.commit_position(next));
-        let mut element = offsets.add_partition(topics::WEBHOOKS, partition);
-        element.set_offset(Offset::Offset(offset))?;
-        element.set_metadata(watermark_metadata(watermark));
-    }
-    commit_offsets(consumer, offsets, when).await;
-    Ok(())
+        (offset, watermark_metadata(watermark))
+    };
+    commit_done(consumer, topics::WEBHOOKS, in_flight, done, position, when).await
 }
 
 fn dead_letter(message: &BorrowedMessage<'_>, stage: &str, error: &str) -> Output {

@@ -395,6 +395,37 @@ pub struct Advocate {
 }
 avro_record!(Advocate, "advocate.avsc");
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum CustomerEventKind {
+    PlacedOrder,
+    FirstPurchase,
+    RepeatPurchase,
+    ReceivedRefund,
+}
+
+/// An event for downstream destinations (topic `tributary.events`), emitted once per id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomerEvent {
+    pub event_id: String,
+    pub kind: CustomerEventKind,
+    pub shop_domain: String,
+    pub customer_id: Option<u64>,
+    pub order_id: u64,
+    pub order_name: String,
+    pub outcome: String,
+    pub advocate_identifier: Option<String>,
+    pub currency: String,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub amount: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub order_refunded: Decimal,
+    pub refund_ids: Vec<String>,
+    pub customer_order_number: u64,
+    pub occurred_at_ms: i64,
+}
+avro_record!(CustomerEvent, "customer_event.avsc");
+
 /// A record a stage could not process (topic `tributary.dlq`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeadLetter {

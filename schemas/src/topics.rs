@@ -5,6 +5,8 @@
 //! | `shopify.webhooks` | [`WebhookEnvelope`](crate::WebhookEnvelope) | `<shop>/<order id>` (orders/*, refunds/create), else `<shop>` | delete |
 //! | `tributary.orders` | [`OrderEvent`](crate::OrderEvent) | `<shop>/<order id>` | delete |
 //! | `tributary.attributions` | [`Attribution`](crate::Attribution) | `<shop>/<order id>` | compact |
+//! | `tributary.orders_by_customer` | [`Attribution`](crate::Attribution), as in `tributary.attributions` | `<shop>/customer/<id>` (no customer: the order key) | delete |
+//! | `tributary.events` | [`CustomerEvent`](crate::CustomerEvent) | as `tributary.orders_by_customer` | delete |
 //! | `tributary.control.stores` | [`Store`](crate::Store) | `<shop>` | compact |
 //! | `tributary.control.advocates` | [`Advocate`](crate::Advocate) | `<shop>/<advocate id>` | compact |
 //! | `tributary.dlq` | [`DeadLetter`](crate::DeadLetter) | the failed record's key | delete |
@@ -13,13 +15,18 @@
 //! clients agree), which puts every delivery of one order on one partition. The processor writes
 //! its outputs to the *same partition number* as the input record, so `shopify.webhooks`,
 //! `tributary.orders` and `tributary.attributions` must have the same partition count; `tributary
-//! topics create` provisions them so.
+//! topics create` provisions them so. Likewise the events stage writes `tributary.events` to the
+//! partition number of its input in `tributary.orders_by_customer`.
 
 use serde::Deserialize;
 
 pub const WEBHOOKS: &str = "shopify.webhooks";
 pub const ORDERS: &str = "tributary.orders";
 pub const ATTRIBUTIONS: &str = "tributary.attributions";
+/// Internal: attribution records re-keyed by customer, so one customer's orders meet in one
+/// partition (see `processors::customer_events`).
+pub const ORDERS_BY_CUSTOMER: &str = "tributary.orders_by_customer";
+pub const EVENTS: &str = "tributary.events";
 pub const STORES: &str = "tributary.control.stores";
 pub const ADVOCATES: &str = "tributary.control.advocates";
 pub const DEAD_LETTERS: &str = "tributary.dlq";
@@ -41,7 +48,7 @@ pub struct TopicSpec {
     pub single_partition: bool,
 }
 
-pub const ALL: [TopicSpec; 6] = [
+pub const ALL: [TopicSpec; 8] = [
     TopicSpec {
         name: WEBHOOKS,
         cleanup: Cleanup::Delete,
@@ -55,6 +62,16 @@ pub const ALL: [TopicSpec; 6] = [
     TopicSpec {
         name: ATTRIBUTIONS,
         cleanup: Cleanup::Compact,
+        single_partition: false,
+    },
+    TopicSpec {
+        name: ORDERS_BY_CUSTOMER,
+        cleanup: Cleanup::Delete,
+        single_partition: false,
+    },
+    TopicSpec {
+        name: EVENTS,
+        cleanup: Cleanup::Delete,
         single_partition: false,
     },
     TopicSpec {
@@ -77,6 +94,14 @@ pub const ALL: [TopicSpec; 6] = [
 
 pub fn order_key(shop_domain: &str, order_id: u64) -> String {
     format!("{shop_domain}/{order_id}")
+}
+
+/// The key that brings one customer's orders together; an order without a customer is its own.
+pub fn customer_key(shop_domain: &str, customer_id: Option<u64>, order_id: u64) -> String {
+    match customer_id {
+        Some(id) => format!("{shop_domain}/customer/{id}"),
+        None => order_key(shop_domain, order_id),
+    }
 }
 
 pub fn store_key(shop_domain: &str) -> String {

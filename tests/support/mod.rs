@@ -334,6 +334,32 @@ pub async fn dead_letter_reasons(bootstrap: &str, at_least: usize) -> Vec<String
     reasons
 }
 
+/// Every record of `tributary.events`.
+pub fn read_events(bootstrap: &str) -> Vec<tributary_schemas::CustomerEvent> {
+    use rdkafka::Message;
+    use tributary_schemas::AvroRecord;
+    let mut events = Vec::new();
+    tributary_schemas::kafka::read_topic(bootstrap, tributary_schemas::topics::EVENTS, |m| {
+        let payload = m.payload().expect("events have values");
+        events.push(tributary_schemas::CustomerEvent::from_avro(payload).expect("an event"));
+    })
+    .expect("read events");
+    events
+}
+
+/// Events by kind: how many, and the sum of their amounts.
+pub fn event_counts(
+    bootstrap: &str,
+) -> std::collections::BTreeMap<tributary_schemas::CustomerEventKind, (u64, Decimal)> {
+    let mut counts = std::collections::BTreeMap::new();
+    for event in read_events(bootstrap) {
+        let entry: &mut (u64, Decimal) = counts.entry(event.kind).or_default();
+        entry.0 += 1;
+        entry.1 += event.amount;
+    }
+    counts
+}
+
 /// One order's current row: outcome, source, advocate, gross.
 pub async fn order_row(client: &clickhouse::Client, id: u64) -> String {
     let query = format!(
