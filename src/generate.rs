@@ -731,8 +731,10 @@ pub async fn send_paced(
     orders_per_second: Option<f64>,
     progress: Option<indicatif::ProgressBar>,
 ) -> SendReport {
+    // Shopify gives up on a webhook after 5 s and retries it later; so does the generator.
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency)
+        .timeout(Duration::from_secs(5))
         .build()
         .unwrap_or_default();
     let progress = Arc::new(progress);

@@ -30,11 +30,12 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tributary_schemas::kafka::{
-    consumer_config, producer_config, read_partitions, CommitWhen, GroupMember,
+    consumer_config, producer_config, received_or_warn, CommitWhen, GroupMember,
 };
 use tributary_schemas::topics::{self, customer_key, order_key};
 use tributary_schemas::{Attribution, AvroRecord, CustomerEvent, CustomerEventKind, Outcome};
 
+use crate::changelog::{read_changelog, unrestored};
 use crate::output::{commit_done, send, Output};
 use crate::runner::ProcessorError;
 
@@ -243,12 +244,8 @@ impl EventsStage {
                 _ = shutdown.cancelled() => break,
                 _ = tick.tick() => commit_done(&consumer, input, &mut in_flight, &mut done, plain, CommitWhen::Running).await?,
                 received = consumer.recv() => {
-                    let message = match received {
-                        Ok(message) => message,
-                        Err(error) => {
-                            tracing::warn!(%error, "consumer error; continuing");
-                            continue;
-                        }
+                    let Some(message) = received_or_warn(received) else {
+                        continue;
                     };
                     for partition in consumer.context().take_revoked() {
                         states.remove(&partition);
@@ -259,15 +256,8 @@ impl EventsStage {
                         Loop::Emit => {
                             let partition = message.partition();
                             if !states.contains_key(&partition) {
-                                let assigned: Vec<i32> = consumer
-                                    .assignment()?
-                                    .elements_for_topic(input)
-                                    .iter()
-                                    .map(|e| e.partition())
-                                    .filter(|p| !states.contains_key(p))
-                                    .chain([partition])
-                                    .collect();
-                                states.extend(self.restore(assigned).await?);
+                                let missing = unrestored(&consumer, input, &states, partition)?;
+                                states.extend(self.restore(missing).await?);
                             }
                             let state = states.entry(partition).or_default();
                             emit(&message, state)
@@ -295,25 +285,10 @@ impl EventsStage {
     /// Rebuilds the emit loop's state of `partitions` from `tributary.events`, in one pass.
     async fn restore(
         &self,
-        mut partitions: Vec<i32>,
+        partitions: Vec<i32>,
     ) -> Result<HashMap<i32, CustomerEvents>, ProcessorError> {
-        partitions.sort_unstable();
-        partitions.dedup();
-        let bootstrap = self.bootstrap_servers.clone();
-        let events = tokio::task::spawn_blocking(move || {
-            let mut events: HashMap<i32, Vec<CustomerEvent>> =
-                partitions.iter().map(|&p| (p, Vec::new())).collect();
-            read_partitions(&bootstrap, topics::EVENTS, &partitions, |message| {
-                match message.payload().map(CustomerEvent::from_avro) {
-                    Some(Ok(event)) => events.entry(message.partition()).or_default().push(event),
-                    Some(Err(error)) => tracing::warn!(partition = message.partition(), offset = message.offset(), %error, "event record skipped"),
-                    None => {}
-                }
-            })
-            .map(|()| events)
-        })
-        .await
-        .map_err(|e| ProcessorError::Delivery(format!("restore task failed: {e}")))??;
+        let events: HashMap<i32, Vec<CustomerEvent>> =
+            read_changelog(&self.bootstrap_servers, topics::EVENTS, partitions).await?;
         let states: HashMap<i32, CustomerEvents> = events
             .into_iter()
             .map(|(partition, events)| (partition, CustomerEvents::restore(events)))

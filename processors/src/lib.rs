@@ -11,6 +11,7 @@
 //! [`runner`] is the consume-process-produce loop that drives them, with the offset contract.
 
 pub mod attribution;
+pub mod changelog;
 pub mod control;
 pub mod customer_events;
 pub mod dedup;

@@ -20,13 +20,14 @@ use rdkafka::{Message, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tributary_schemas::kafka::{
-    consumer_config, dlq_headers, now_ms, producer_config, read_partitions, CommitWhen,
+    consumer_config, dlq_headers, now_ms, producer_config, received_or_warn, CommitWhen,
     GroupMember, TopicError,
 };
 use tributary_schemas::topics::{self, order_key};
 use tributary_schemas::{Attribution, AvroRecord, DeadLetter, OrderEvent, Store, WebhookEnvelope};
 
 use crate::attribution::{decide, manual};
+use crate::changelog::{read_changelog, unrestored};
 use crate::control::Control;
 use crate::dedup::Verdict;
 use crate::normalize::{normalize, ApprovalCommand, ManualCommand, Normalized, RefundEvent};
@@ -142,12 +143,8 @@ impl Processor {
                     checkpoint(&consumer, &mut in_flight, &mut done, &states, CommitWhen::Running).await?
                 }
                 received = consumer.recv() => {
-                    let message = match received {
-                        Ok(message) => message,
-                        Err(error) => {
-                            tracing::warn!(%error, "consumer error; continuing");
-                            continue;
-                        }
+                    let Some(message) = received_or_warn(received) else {
+                        continue;
                     };
                     for partition in consumer.context().take_revoked() {
                         states.remove(&partition);
@@ -161,15 +158,7 @@ impl Processor {
                         report_gap(partition, expected, message.offset());
                     }
                     if !states.contains_key(&partition) {
-                        // Restore every assigned partition still missing at once: one reader.
-                        let mut missing: Vec<i32> = consumer
-                            .assignment()?
-                            .elements_for_topic(topics::WEBHOOKS)
-                            .iter()
-                            .map(|e| e.partition())
-                            .filter(|p| !states.contains_key(p) && *p != partition)
-                            .collect();
-                        missing.push(partition);
+                        let missing = unrestored(&consumer, topics::WEBHOOKS, &states, partition)?;
                         let watermarks = committed_watermarks(&consumer, &missing);
                         states.extend(self.restore(missing, watermarks).await?);
                     }
@@ -202,23 +191,9 @@ impl Processor {
         partitions: Vec<i32>,
         watermarks: HashMap<i32, i64>,
     ) -> Result<HashMap<i32, PartitionState>, ProcessorError> {
-        let bootstrap = self.bootstrap_servers.clone();
         let started = std::time::Instant::now();
-        let mut records: HashMap<i32, Vec<Attribution>> =
-            partitions.iter().map(|&p| (p, Vec::new())).collect();
-        let records = tokio::task::spawn_blocking(move || {
-            read_partitions(&bootstrap, topics::ATTRIBUTIONS, &partitions, |message| {
-                let partition = message.partition();
-                match message.payload().map(Attribution::from_avro) {
-                    Some(Ok(record)) => records.entry(partition).or_default().push(record),
-                    Some(Err(error)) => tracing::warn!(partition, offset = message.offset(), %error, "changelog record skipped"),
-                    None => {}
-                }
-            })
-            .map(|()| records)
-        })
-        .await
-        .map_err(|e| ProcessorError::Delivery(format!("restore task failed: {e}")))??;
+        let records: HashMap<i32, Vec<Attribution>> =
+            read_changelog(&self.bootstrap_servers, topics::ATTRIBUTIONS, partitions).await?;
         let states: HashMap<i32, PartitionState> = records
             .into_iter()
             .map(|(partition, records)| {

@@ -476,3 +476,15 @@ fn offset_for_time(
     })?;
     Ok(first_at_or_after.unwrap_or(high).max(low))
 }
+
+/// The message a consumer received, or `None` after logging its error: consumer errors are
+/// transient (a broker away, a rebalance), and the loop goes on.
+pub fn received_or_warn<M>(received: rdkafka::error::KafkaResult<M>) -> Option<M> {
+    match received {
+        Ok(message) => Some(message),
+        Err(error) => {
+            tracing::warn!(%error, "consumer error; continuing");
+            None
+        }
+    }
+}

@@ -17,7 +17,9 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
-use tributary_schemas::kafka::{commit_offsets, consumer_config, CommitWhen, GroupMember};
+use tributary_schemas::kafka::{
+    commit_offsets, consumer_config, received_or_warn, CommitWhen, GroupMember,
+};
 use tributary_schemas::{topics, Attribution, AvroRecord};
 
 pub use row::{AttributionRow, RewardRow};
@@ -172,12 +174,8 @@ impl ClickHouseSink {
                 _ = shutdown.cancelled() => break,
                 _ = tick.tick() => flush(&client, &consumer, &mut batch, &mut offsets, &shutdown, CommitWhen::Running).await?,
                 received = consumer.recv() => {
-                    let message = match received {
-                        Ok(message) => message,
-                        Err(error) => {
-                            tracing::warn!(%error, "consumer error; continuing");
-                            continue;
-                        }
+                    let Some(message) = received_or_warn(received) else {
+                        continue;
                     };
                     match message.payload().map(Attribution::from_avro) {
                         Some(Ok(record)) => batch.push(&record),

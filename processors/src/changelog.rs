@@ -1,0 +1,59 @@
+//! Reading a stage's state back from its changelog topic, when the group assigns it partitions.
+
+use std::collections::HashMap;
+
+use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::Message;
+use tributary_schemas::kafka::read_partitions;
+use tributary_schemas::AvroRecord;
+
+use crate::runner::ProcessorError;
+
+/// The partitions of `topic` assigned to `consumer` that have no state yet, with `partition`
+/// (the one a record just came from): all of them are restored in one pass.
+pub fn unrestored<C: ConsumerContext, S>(
+    consumer: &StreamConsumer<C>,
+    topic: &str,
+    states: &HashMap<i32, S>,
+    partition: i32,
+) -> Result<Vec<i32>, ProcessorError> {
+    let mut partitions: Vec<i32> = consumer
+        .assignment()?
+        .elements_for_topic(topic)
+        .iter()
+        .map(|e| e.partition())
+        .filter(|p| !states.contains_key(p))
+        .chain([partition])
+        .collect();
+    partitions.sort_unstable();
+    partitions.dedup();
+    Ok(partitions)
+}
+
+/// Every record of `partitions` of `topic`, read to the end, by partition (every requested
+/// partition has an entry). A record that does not decode is logged and skipped.
+pub async fn read_changelog<T: AvroRecord + Send + 'static>(
+    bootstrap_servers: &str,
+    topic: &'static str,
+    partitions: Vec<i32>,
+) -> Result<HashMap<i32, Vec<T>>, ProcessorError> {
+    let bootstrap = bootstrap_servers.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut records: HashMap<i32, Vec<T>> =
+            partitions.iter().map(|&p| (p, Vec::new())).collect();
+        read_partitions(&bootstrap, topic, &partitions, |message| {
+            let partition = message.partition();
+            match message.payload().map(T::from_avro) {
+                Some(Ok(record)) => records.entry(partition).or_default().push(record),
+                Some(Err(error)) => {
+                    tracing::warn!(topic, partition, offset = message.offset(), %error, "changelog record skipped")
+                }
+                None => {}
+            }
+        })
+        .map(|()| records)
+    })
+    .await
+    .map_err(|e| ProcessorError::Delivery(format!("restore task failed: {e}")))?
+    .map_err(ProcessorError::from)
+}
