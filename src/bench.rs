@@ -7,7 +7,9 @@
 //!    they only move once its outputs are acknowledged.
 //! 3. **Sink.** The sink starts on the attributions the processor produced. Measures
 //!    `tributary.attributions` records/s committed, each committed record being a row in ClickHouse.
-//! 4. **End to end.** With all three running, a second stream is sent at a steady order rate; each
+//! 4. **Events.** The events stage starts on the same attributions. Measures attribution records/s
+//!    until both its loops have committed everything (re-keyed by customer, then events emitted).
+//! 5. **End to end.** With all four running, a second stream is sent at a steady order rate; each
 //!    order's latency runs from sending its first webhook to its row being visible in ClickHouse
 //!    (polled every 10 ms).
 //!
@@ -38,6 +40,7 @@ enum Service {
     Ingest,
     Processor,
     Sink,
+    Events,
 }
 
 pub struct BenchPlan {
@@ -70,6 +73,7 @@ pub struct BenchReport {
     pub mean_body_bytes: usize,
     pub processor: Drain,
     pub sink: Drain,
+    pub events: Drain,
     pub live: SendReport,
     /// Milliseconds from an order's first webhook to its row in ClickHouse, sorted.
     pub end_to_end_ms: Vec<f64>,
@@ -83,6 +87,9 @@ pub async fn run(mut config: Config, plan: BenchPlan) -> anyhow::Result<BenchRep
     // Separate database, embedded broker: the bench never touches an operator's data.
     config.clickhouse.database = "tributary_bench".into();
     config.kafka.bootstrap_servers = None;
+    // The embedded broker keeps only the newest 5 MiB of each partition (docs/decisions.md); the
+    // backlog's attribution records, each carrying its reward ledger, need more than 6 partitions.
+    config.kafka.partitions = config.kafka.partitions.max(12);
     app::reset_database(&config).await?;
     let client = config.clickhouse.client();
     let broker = EmbeddedBroker::start(1, config.kafka.partitions)?;
@@ -114,13 +121,14 @@ pub async fn run(mut config: Config, plan: BenchPlan) -> anyhow::Result<BenchRep
                     app::run_processor(&config, &bootstrap, readiness, shutdown).await
                 }
                 Service::Sink => app::run_sink(&config, &bootstrap, readiness, shutdown).await,
+                Service::Events => app::run_events(&config, &bootstrap, readiness, shutdown).await,
             }
             .with_context(|| format!("{service:?}"))
         }
     };
 
     println!(
-        "stage 1/4: ingest only, {} deliveries",
+        "stage 1/5: ingest only, {} deliveries",
         plan.backlog.deliveries()
     );
     services.spawn(start(Service::Ingest));
@@ -145,7 +153,7 @@ pub async fn run(mut config: Config, plan: BenchPlan) -> anyhow::Result<BenchRep
     );
     plan.backlog.publish_commands(&bootstrap).await?;
 
-    println!("stage 2/4: processor drains the backlog");
+    println!("stage 2/5: processor drains the backlog");
     services.spawn(start(Service::Processor));
     let processor = drain(
         &bootstrap,
@@ -156,7 +164,7 @@ pub async fn run(mut config: Config, plan: BenchPlan) -> anyhow::Result<BenchRep
     )
     .await?;
 
-    println!("stage 3/4: sink drains the attributions");
+    println!("stage 3/5: sink drains the attributions");
     services.spawn(start(Service::Sink));
     let sink = drain(
         &bootstrap,
@@ -167,8 +175,32 @@ pub async fn run(mut config: Config, plan: BenchPlan) -> anyhow::Result<BenchRep
     )
     .await?;
 
+    println!("stage 4/5: events stage re-keys the attributions by customer and emits events");
+    services.spawn(start(Service::Events));
+    let repartitioned = drain(
+        &bootstrap,
+        &config.events.repartition_group_id,
+        topics::ATTRIBUTIONS,
+        (&readiness, "events-repartition"),
+        &mut services,
+    )
+    .await?;
+    let emitted = drain(
+        &bootstrap,
+        &config.events.group_id,
+        topics::ORDERS_BY_CUSTOMER,
+        (&readiness, "events"),
+        &mut services,
+    )
+    .await?;
+    // Both loops run at once; the stage is done when the second has caught up.
+    let events = Drain {
+        records: repartitioned.records,
+        elapsed: repartitioned.elapsed + emitted.elapsed,
+    };
+
     println!(
-        "stage 4/4: end to end, {} orders at {} orders/s",
+        "stage 5/5: end to end, {} orders at {} orders/s",
         plan.live.orders.len(),
         plan.live_orders_per_second
     );
@@ -209,6 +241,7 @@ pub async fn run(mut config: Config, plan: BenchPlan) -> anyhow::Result<BenchRep
         ingest,
         processor,
         sink,
+        events,
         live,
         end_to_end_ms,
         peak_rss_mib: peak_rss_kib() / 1024,
@@ -360,7 +393,7 @@ impl std::fmt::Display for BenchReport {
         let mut ack_us = self.ingest.latencies_us.clone();
         ack_us.sort_unstable();
         let ms = |us: u64| us as f64 / 1e3;
-        writeln!(f, "\nbench (one process: embedded broker, ingest, processor, sink, generator; ClickHouse beside it)")?;
+        writeln!(f, "\nbench (one process: embedded broker, ingest, processor, sink, events stage, generator; ClickHouse beside it)")?;
         writeln!(
             f,
             "  ingest:     {:>9.0} webhooks/s acknowledged ({} webhooks, mean body {} bytes)",
@@ -389,6 +422,13 @@ impl std::fmt::Display for BenchReport {
             self.sink.per_second(),
             self.sink.records,
             self.sink.elapsed
+        )?;
+        writeln!(
+            f,
+            "  events:     {:>9.0} attribution records/s re-keyed by customer and turned into events ({} records in {:.2?})",
+            self.events.per_second(),
+            self.events.records,
+            self.events.elapsed
         )?;
         writeln!(
             f,
