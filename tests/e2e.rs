@@ -758,7 +758,27 @@ async fn held_orders_merge_upsells_settle_on_event_time_and_survive_a_restart() 
     eventually(&ch, &row(7_000_000_000_002), "").await;
     let mut b_upsell = order(7_000_000_000_002, "75.00", 11);
     b_upsell.updated_minute = 3;
-    send(b_upsell, "orders/updated", "b-upsell").await;
+    send(b_upsell.clone(), "orders/updated", "b-upsell").await;
+    // The upsell's `orders/edited` carries only the edit: it is recorded in the order's partition
+    // and changes nothing (the `orders/updated` above carries the new total).
+    let edit = serde_json::json!({"order_edit": {
+        "id": 78912328, "app_id": null, "created_at": "2025-11-28T12:14:00Z", "notice": "",
+        "order_id": b_upsell.id,
+        "line_items": {"additions": [{"id": 1, "delta": 1}], "removals": []}}});
+    let edited = tributary::generate::Delivery {
+        body: serde_json::to_vec(&edit).unwrap(),
+        ..b_upsell.delivery("orders/edited", "b-edited", "b-edited")
+    };
+    accepted(&p.webhook_url, &edited).await;
+    let mut edit_keys = Vec::new();
+    read_topic(&p.bootstrap, topics::WEBHOOKS, |m| {
+        let envelope = tributary_schemas::WebhookEnvelope::from_avro(m.payload().unwrap()).unwrap();
+        if envelope.topic == "orders/edited" {
+            edit_keys.push(String::from_utf8_lossy(m.key().unwrap()).into_owned());
+        }
+    })
+    .unwrap();
+    assert_eq!(edit_keys, vec![topics::order_key(UPSELL_SHOP, b_upsell.id)]);
 
     // A restart loses nothing held: the replay rebuilds B from its first record, merges its
     // upsell again, and the idle tick (now short) settles it with its newest version.
@@ -766,6 +786,7 @@ async fn held_orders_merge_upsells_settle_on_event_time_and_survive_a_restart() 
     eventually(&ch, &row(7_000_000_000_002), "ATTRIBUTED,kemi,75").await;
     eventually(&ch, &row(7_000_000_000_001), "ATTRIBUTED,kemi,130").await;
     eventually(&ch, "SELECT toString(max(revision)) FROM attributions", "1").await;
+    assert!(dead_letter_reasons(&p.bootstrap, 0).await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
