@@ -300,13 +300,14 @@ async fn main() -> anyhow::Result<()> {
             by,
         } => {
             let shop = shop.trim().to_ascii_lowercase();
-            println!("queued: order {order} of {shop} to {advocate}");
             let command = OperatorCommand::Attribute(ManualAttribution {
                 order_id: order,
-                advocate_identifier: advocate,
+                advocate_identifier: advocate.clone(),
                 requested_by: by,
             });
-            control_files::publish_commands(&bootstrap(&config)?, &[(shop, command)]).await?;
+            control_files::publish_commands(&bootstrap(&config)?, &[(shop.clone(), command)])
+                .await?;
+            println!("queued: order {order} of {shop} to {advocate}");
             Ok(())
         }
         Command::Rewards {

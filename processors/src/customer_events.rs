@@ -33,7 +33,9 @@ use tributary_schemas::kafka::{
     consumer_config, producer_config, received_or_warn, CommitWhen, GroupMember,
 };
 use tributary_schemas::topics::{self, customer_key, order_key};
-use tributary_schemas::{Attribution, AvroRecord, CustomerEvent, CustomerEventKind, Outcome};
+use tributary_schemas::{
+    enum_label, Attribution, AvroRecord, CustomerEvent, CustomerEventKind, Outcome,
+};
 
 use crate::changelog::{read_changelog, unrestored};
 use crate::output::{commit_done, send, Output};
@@ -130,10 +132,7 @@ impl CustomerEvents {
             customer_id: order.customer_id,
             order_id: order.order_id,
             order_name: order.order_name.clone(),
-            outcome: serde_json::to_value(order.outcome)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default(),
+            outcome: enum_label(&order.outcome),
             advocate_identifier: order.advocate_identifier.clone(),
             currency: order.currency.clone(),
             amount,
@@ -143,8 +142,9 @@ impl CustomerEvents {
             occurred_at_ms: order.created_at_ms,
         };
         let mut events = Vec::new();
-        if !self.orders.contains_key(&key) {
-            self.orders.insert(key.clone(), ReportedRefunds::default());
+        let placed_before = self.orders.contains_key(&key);
+        let reported = self.orders.entry(key.clone()).or_default();
+        if !placed_before {
             events.push(event(
                 CustomerEventKind::PlacedOrder,
                 "placed".into(),
@@ -164,7 +164,6 @@ impl CustomerEvents {
                 events.push(purchase);
             }
         }
-        let reported = self.orders.entry(key.clone()).or_default();
         let new_refunds: Vec<String> = order
             .refund_ids
             .iter()

@@ -56,18 +56,18 @@ pub fn reversal_target(
 
 /// The order's current request, folded from its ledger.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Request {
-    pub request_id: String,
-    pub advocate_id: String,
-    pub advocate_identifier: String,
-    pub points: Decimal,
-    pub approved: bool,
-    pub reversed: Decimal,
+struct Request {
+    request_id: String,
+    advocate_id: String,
+    advocate_identifier: String,
+    points: Decimal,
+    approved: bool,
+    reversed: Decimal,
     reversals: usize,
 }
 
 /// The newest request unless it was voided.
-pub fn current_request(attribution: &Attribution) -> Option<Request> {
+fn current_request(attribution: &Attribution) -> Option<Request> {
     let mut current: Option<Request> = None;
     for entry in &attribution.rewards {
         match entry.kind {
@@ -253,15 +253,6 @@ pub fn withdraw(attribution: &mut Attribution, reason: &str, at_ms: i64) {
     );
 }
 
-/// The wallet movement of each entry: approvals credit, reversals debit.
-pub fn balance_change(entry: &RewardEntry) -> Decimal {
-    match entry.kind {
-        RewardEntryKind::Approval => entry.points,
-        RewardEntryKind::Reversal => -entry.points,
-        RewardEntryKind::Request | RewardEntryKind::Void => Decimal::ZERO,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -312,6 +303,15 @@ mod tests {
             recent_delivery_ids: vec![],
             input_offset: 0,
             rewards: vec![],
+        }
+    }
+
+    /// The wallet movement of each entry: approvals credit, reversals debit.
+    fn balance_change(entry: &RewardEntry) -> Decimal {
+        match entry.kind {
+            RewardEntryKind::Approval => entry.points,
+            RewardEntryKind::Reversal => -entry.points,
+            RewardEntryKind::Request | RewardEntryKind::Void => Decimal::ZERO,
         }
     }
 

@@ -218,38 +218,31 @@ impl PartitionState {
             held.manual = Some(decision);
             return Applied::Held;
         }
-        let Some(current) = self.settled.get_mut(&key) else {
-            return Applied::UnknownOrder;
-        };
-        if dedup::seen_delivery(&current.recent_delivery_ids, &command.command_id) {
-            return Applied::Unchanged(Verdict::DuplicateWebhook);
-        }
-        if current.outcome == Outcome::Excluded {
-            return Applied::Refused(format!(
-                "order {} is never attributed ({})",
-                current.order_id, current.reason
-            ));
-        }
-        let (advocate_id, advocate_identifier) = decision.advocate.unzip();
-        let moved = current.advocate_id != advocate_id;
-        if moved {
-            let to = advocate_identifier.as_deref().unwrap_or_default();
-            let reason = format!("order moved to {to} by {}", command.body.requested_by);
-            rewards::withdraw(current, &reason, command.issued_at_ms);
-        }
-        current.outcome = decision.outcome;
-        current.source = decision.source;
-        current.reason = decision.reason;
-        current.advocate_id = advocate_id;
-        current.advocate_identifier = advocate_identifier;
-        current.code = decision.code;
-        if let Some(activity) = decision.reward.as_ref().filter(|_| moved) {
-            rewards::request(current, activity, command.issued_at_ms);
-        }
-        current.revision += 1;
-        current.input_offset = input_offset;
-        dedup::remember_delivery(&mut current.recent_delivery_ids, &command.command_id);
-        Applied::Changed(Box::new(current.clone()))
+        self.apply_command_to_settled(&key, &command.command_id, input_offset, |current| {
+            if current.outcome == Outcome::Excluded {
+                return Err(format!(
+                    "order {} is never attributed ({})",
+                    current.order_id, current.reason
+                ));
+            }
+            let (advocate_id, advocate_identifier) = decision.advocate.unzip();
+            let moved = current.advocate_id != advocate_id;
+            if moved {
+                let to = advocate_identifier.as_deref().unwrap_or_default();
+                let reason = format!("order moved to {to} by {}", command.body.requested_by);
+                rewards::withdraw(current, &reason, command.issued_at_ms);
+            }
+            current.outcome = decision.outcome;
+            current.source = decision.source;
+            current.reason = decision.reason;
+            current.advocate_id = advocate_id;
+            current.advocate_identifier = advocate_identifier;
+            current.code = decision.code;
+            if let Some(activity) = decision.reward.as_ref().filter(|_| moved) {
+                rewards::request(current, activity, command.issued_at_ms);
+            }
+            Ok(())
+        })
     }
 
     /// Applies an operator's approval of a settled order's pending reward request.
@@ -261,20 +254,32 @@ impl PartitionState {
                 "order {order_id} has not settled yet, so it has no reward request; approve it once it has"
             ));
         }
-        let Some(current) = self.settled.get_mut(&key) else {
+        self.apply_command_to_settled(&key, &command.command_id, input_offset, |current| {
+            rewards::approve(current, &command.body.approved_by, command.issued_at_ms)
+        })
+    }
+
+    /// An operator's command on a settled order: applied once (by `command_id`) through `change`,
+    /// which may refuse it with a reason; a change makes a new revision.
+    fn apply_command_to_settled(
+        &mut self,
+        key: &str,
+        command_id: &str,
+        input_offset: i64,
+        change: impl FnOnce(&mut Attribution) -> Result<(), String>,
+    ) -> Applied {
+        let Some(current) = self.settled.get_mut(key) else {
             return Applied::UnknownOrder;
         };
-        if dedup::seen_delivery(&current.recent_delivery_ids, &command.command_id) {
+        if dedup::seen_delivery(&current.recent_delivery_ids, command_id) {
             return Applied::Unchanged(Verdict::DuplicateWebhook);
         }
-        if let Err(reason) =
-            rewards::approve(current, &command.body.approved_by, command.issued_at_ms)
-        {
+        if let Err(reason) = change(current) {
             return Applied::Refused(reason);
         }
         current.revision += 1;
         current.input_offset = input_offset;
-        dedup::remember_delivery(&mut current.recent_delivery_ids, &command.command_id);
+        dedup::remember_delivery(&mut current.recent_delivery_ids, command_id);
         Applied::Changed(Box::new(current.clone()))
     }
 

@@ -5,6 +5,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::avro_record;
 
+/// The name an enum value has in the topics (e.g. `ATTRIBUTED`), for tables and events.
+pub fn enum_label<T: Serialize>(value: &T) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
 /// One Shopify webhook delivery as received (topic `shopify.webhooks`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WebhookEnvelope {

@@ -4,7 +4,7 @@
 use clickhouse::Row;
 use rust_decimal::Decimal;
 use serde::Serialize;
-use tributary_schemas::{Attribution, RewardEntry};
+use tributary_schemas::{enum_label as label, Attribution, RewardEntry};
 
 pub const MONEY_SCALE: u32 = 4;
 
@@ -80,13 +80,6 @@ pub fn money(value: Decimal) -> i64 {
 
 fn seconds(ms: i64) -> u32 {
     u32::try_from(ms.div_euclid(1000)).unwrap_or(0)
-}
-
-fn label<T: Serialize>(value: &T) -> String {
-    serde_json::to_value(value)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
 }
 
 impl From<&Attribution> for AttributionRow {
