@@ -12,14 +12,16 @@ use rdkafka::producer::FutureProducer;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tributary_ingest::shopify_webhooks::{self, StoreSecrets};
-use tributary_processors::control::Control;
 use tributary_processors::customer_events::EventsStage;
 use tributary_processors::runner::Processor;
 use tributary_schemas::control::follow;
+use tributary_schemas::control::Control;
 use tributary_schemas::kafka::producer_config;
 use tributary_schemas::secrets::MasterKey;
 use tributary_schemas::{topics, Advocate, Store};
+use tributary_shopify::AdminClient;
 use tributary_sinks::clickhouse::ClickHouseSink;
+use tributary_sinks::shopify::writeback::WritebackSink;
 
 use crate::config::Config;
 
@@ -142,6 +144,36 @@ where
         .with_context(|| format!("reading {topic} failed"))
 }
 
+/// Stores and advocates, followed in the background; returns once both have caught up.
+async fn follow_stores_and_advocates(
+    bootstrap: &str,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Arc<RwLock<Control>>> {
+    let control = Arc::new(RwLock::new(Control::default()));
+    let stores = control.clone();
+    follow_control::<Store, _>(bootstrap, topics::STORES, shutdown, move |key, store| {
+        stores
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .apply_store(key, store)
+    })
+    .await?;
+    let advocates = control.clone();
+    follow_control::<Advocate, _>(
+        bootstrap,
+        topics::ADVOCATES,
+        shutdown,
+        move |key, advocate| {
+            advocates
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .apply_advocate(key, advocate)
+        },
+    )
+    .await?;
+    Ok(control)
+}
+
 /// The webhook receiver, serving the ops routes beside it.
 pub async fn run_ingest(
     config: &Config,
@@ -173,28 +205,7 @@ pub async fn run_processor(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let ready = readiness.flag("processor");
-    let control = Arc::new(RwLock::new(Control::default()));
-    let stores = control.clone();
-    follow_control::<Store, _>(bootstrap, topics::STORES, &shutdown, move |key, store| {
-        stores
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .apply_store(key, store)
-    })
-    .await?;
-    let advocates = control.clone();
-    follow_control::<Advocate, _>(
-        bootstrap,
-        topics::ADVOCATES,
-        &shutdown,
-        move |key, advocate| {
-            advocates
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .apply_advocate(key, advocate)
-        },
-    )
-    .await?;
+    let control = follow_stores_and_advocates(bootstrap, &shutdown).await?;
     Processor::new(bootstrap, config.processor.clone(), control)
         .run(ready, shutdown)
         .await?;
@@ -226,6 +237,29 @@ pub async fn run_sink(
     ClickHouseSink::new(bootstrap, config.clickhouse.clone())
         .run(ready, shutdown)
         .await?;
+    Ok(())
+}
+
+/// The Shopify writeback sink: tags and notes on attributed orders.
+pub async fn run_writeback(
+    config: &Config,
+    bootstrap: &str,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let ready = readiness.flag("writeback");
+    let master_key = MasterKey::load(&config.secrets.master_key_file, true)?;
+    let control = follow_stores_and_advocates(bootstrap, &shutdown).await?;
+    let admin = Arc::new(AdminClient::new(config.shopify.clone())?);
+    WritebackSink::new(
+        bootstrap,
+        config.writeback.clone(),
+        admin,
+        control,
+        master_key,
+    )
+    .run(ready, shutdown)
+    .await?;
     Ok(())
 }
 
@@ -276,7 +310,8 @@ pub fn shutdown_on_signal(token: CancellationToken) {
     });
 }
 
-/// Ingest, processor, events stage and sink in this process; the first to fail stops the others.
+/// Ingest, processor, events stage, ClickHouse sink and Shopify writeback in this process. The first to fail stops the others;
+/// each still finishes its own clean stop (final commit) before this returns.
 pub async fn run_all(
     config: &Config,
     bootstrap: &str,
@@ -284,12 +319,44 @@ pub async fn run_all(
 ) -> anyhow::Result<()> {
     let readiness = Readiness::default();
     let metrics = install_metrics()?;
-    let result = tokio::select! {
-        r = run_ingest(config, bootstrap, readiness.clone(), metrics, shutdown.clone()) => r.context("ingest"),
-        r = run_processor(config, bootstrap, readiness.clone(), shutdown.clone()) => r.context("processor"),
-        r = run_events(config, bootstrap, readiness.clone(), shutdown.clone()) => r.context("events"),
-        r = run_sink(config, bootstrap, readiness.clone(), shutdown.clone()) => r.context("sink"),
+    let stop_all_on_error = |name: &'static str, service: anyhow::Result<()>| {
+        if service.is_err() {
+            shutdown.cancel();
+        }
+        service.context(name)
     };
-    shutdown.cancel();
-    result
+    let (r, s) = (&readiness, &shutdown);
+    let (ingest, processor, events, sink, writeback) = tokio::join!(
+        async {
+            stop_all_on_error(
+                "ingest",
+                run_ingest(config, bootstrap, r.clone(), metrics, s.clone()).await,
+            )
+        },
+        async {
+            stop_all_on_error(
+                "processor",
+                run_processor(config, bootstrap, r.clone(), s.clone()).await,
+            )
+        },
+        async {
+            stop_all_on_error(
+                "events",
+                run_events(config, bootstrap, r.clone(), s.clone()).await,
+            )
+        },
+        async {
+            stop_all_on_error(
+                "sink",
+                run_sink(config, bootstrap, r.clone(), s.clone()).await,
+            )
+        },
+        async {
+            stop_all_on_error(
+                "writeback",
+                run_writeback(config, bootstrap, r.clone(), s.clone()).await,
+            )
+        },
+    );
+    ingest.and(processor).and(events).and(sink).and(writeback)
 }

@@ -20,6 +20,12 @@ pub struct Config {
     pub events: EventsSection,
     #[serde(default)]
     pub clickhouse: ClickHouseSection,
+    /// `[shopify]`: how the Admin API is reached (version, timeouts, a fake's address).
+    #[serde(default)]
+    pub shopify: tributary_shopify::AdminConfig,
+    /// `[writeback]`: tags and notes written back to Shopify.
+    #[serde(default)]
+    pub writeback: tributary_sinks::shopify::writeback::WritebackConfig,
     #[serde(default)]
     pub secrets: SecretsConfig,
     #[serde(default)]

@@ -12,6 +12,7 @@
 //! excluded_codes = ["HOLIDAY"]
 //! features = { order_attribution = true, attribution_rewards = true }
 //! reward = { name = "Referral", basis = "per_unit", points = "0.1", auto_approve = false }
+//! admin = { access_token = "shpat_...", tag_prefix = "tributary", code_pattern = "{{advocate_identifier}}-{{random_hex_4}}", discount_template_id = "gid://shopify/DiscountCodeNode/1" }
 //! ```
 //! `advocates.csv` columns: `shop_domain,id,identifier,first_name,email,status,codes`, with
 //! `status` `active` or `inactive` and `codes` separated by `;`.
@@ -23,11 +24,11 @@ use anyhow::Context;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Deserialize;
 use tributary_schemas::kafka::{now_ms, producer_config};
-use tributary_schemas::secrets::{webhook_secret_purpose, MasterKey};
+use tributary_schemas::secrets::{access_token_purpose, webhook_secret_purpose, MasterKey};
 use tributary_schemas::topics::{self, advocate_key, store_key};
 use tributary_schemas::{
-    Advocate, AdvocateStatus, AvroRecord, OperatorCommand, RewardActivity, Store, StoreFeatures,
-    StoreStatus, WebhookEnvelope,
+    Advocate, AdvocateStatus, AvroRecord, OperatorCommand, RewardActivity, Store, StoreAdmin,
+    StoreFeatures, StoreStatus, WebhookEnvelope,
 };
 
 #[derive(Debug, Clone, Deserialize)]
@@ -65,9 +66,42 @@ pub struct StoreEntry {
     /// `auto_approve`.
     #[serde(default)]
     pub reward: Option<RewardActivity>,
+    /// Admin API access, for writeback and code minting. Without it nothing is written to
+    /// Shopify, whatever the toggles say.
+    #[serde(default)]
+    pub admin: Option<AdminEntry>,
     /// Set to true to disconnect the store.
     #[serde(default)]
     pub disconnected: bool,
+}
+
+/// A store's `admin = { ... }`.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminEntry {
+    /// The Admin API access token; sealed before it leaves this process.
+    pub access_token: String,
+    /// Writeback tags are `<prefix>` and `<prefix>:advocate:<identifier>`.
+    #[serde(default = "default_tag_prefix")]
+    pub tag_prefix: String,
+    /// The pattern discount codes are minted from (see `tributary codes`).
+    #[serde(default)]
+    pub code_pattern: Option<String>,
+    /// The code discount minted codes are added to.
+    #[serde(default)]
+    pub discount_template_id: Option<String>,
+}
+
+impl std::fmt::Debug for AdminEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminEntry")
+            .field("tag_prefix", &self.tag_prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+fn default_tag_prefix() -> String {
+    "tributary".into()
 }
 
 impl StoresFile {
@@ -146,6 +180,13 @@ pub fn store_record(entry: &StoreEntry, master_key: &MasterKey) -> Store {
         excluded_codes: entry.excluded_codes.clone(),
         features: entry.features.clone(),
         reward_activity: entry.reward.clone(),
+        admin: entry.admin.as_ref().map(|admin| StoreAdmin {
+            access_token_sealed: master_key
+                .seal(&access_token_purpose(&domain), &admin.access_token),
+            tag_prefix: admin.tag_prefix.clone(),
+            code_pattern: admin.code_pattern.clone(),
+            discount_template_id: admin.discount_template_id.clone(),
+        }),
         updated_at_ms: now_ms(),
         domain,
     }
@@ -240,4 +281,33 @@ pub async fn publish_commands(
         })
         .collect();
     publish(bootstrap, topics::WEBHOOKS, &records).await
+}
+
+/// Starts a fake Shopify Admin API holding every store of `stores` that has Admin access, with
+/// its token and discount template, each with a cost bucket of `bucket_size` points restoring
+/// `restore_rate` per second (Shopify's standard plan: 1,000 and 50).
+pub async fn start_fake_shopify(
+    listen: std::net::SocketAddr,
+    stores: &StoresFile,
+    bucket_size: f64,
+    restore_rate: f64,
+) -> anyhow::Result<tributary_fakes::shopify::FakeShopify> {
+    let fake = tributary_fakes::shopify::FakeShopify::start(listen)
+        .await
+        .with_context(|| format!("serving the fake Shopify on {listen}"))?;
+    for entry in &stores.store {
+        let Some(admin) = &entry.admin else {
+            continue;
+        };
+        let domain = entry.domain.trim().to_ascii_lowercase();
+        fake.add_shop(tributary_fakes::shopify::ShopSetup {
+            bucket_size,
+            restore_rate,
+            ..tributary_fakes::shopify::ShopSetup::new(&domain, &admin.access_token)
+        });
+        if let Some(template) = &admin.discount_template_id {
+            fake.add_code_discount(&domain, template);
+        }
+    }
+    Ok(fake)
 }

@@ -28,7 +28,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run ingest, processor, events stage and ClickHouse sink in one process. Without kafka.bootstrap_servers,
+    /// Run ingest, processor, events stage, ClickHouse sink and Shopify writeback in one process. Without kafka.bootstrap_servers,
     /// starts the embedded broker in process and provisions the topics.
     Run,
     /// Run the embedded broker (librdkafka's mock cluster) alone, so separate processes can share
@@ -49,6 +49,26 @@ enum Command {
     Events,
     /// Run only the ClickHouse sink.
     Sink,
+    /// Run only the Shopify writeback sink: tags and a note on each attributed order of the
+    /// stores whose toggles ask for them.
+    Writeback,
+    /// Serve a fake Shopify Admin API (for the demo and local runs): the stores of a stores.toml
+    /// that have `admin` access, answering to their tokens, with Shopify's cost throttling. Point
+    /// `shopify.base_url` at it.
+    FakeShopify {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:18900")]
+        listen: std::net::SocketAddr,
+        /// The stores to hold.
+        #[arg(long, default_value = "deploy/demo/stores.toml")]
+        stores: PathBuf,
+        /// Cost bucket size in points (Shopify's standard plan: 1000).
+        #[arg(long, default_value_t = 1000.0)]
+        bucket: f64,
+        /// Points restored per second (standard plan: 50).
+        #[arg(long, default_value_t = 50.0)]
+        restore_rate: f64,
+    },
     /// Topic administration.
     Topics {
         #[command(subcommand)]
@@ -208,8 +228,18 @@ struct BenchArgs {
     live_rate: f64,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(run());
+    // Dropping a runtime waits without end for blocking work, and a final synchronous offset
+    // commit to a broker that has gone away may never return; a stop must still end.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(15));
+    result
+}
+
+async fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -265,6 +295,24 @@ async fn main() -> anyhow::Result<()> {
             let (readiness, bootstrap) =
                 (serve_ops(&config, shutdown.clone())?, bootstrap(&config)?);
             app::run_sink(&config, &bootstrap, readiness, shutdown).await
+        }
+        Command::Writeback => {
+            let (readiness, bootstrap) =
+                (serve_ops(&config, shutdown.clone())?, bootstrap(&config)?);
+            app::run_writeback(&config, &bootstrap, readiness, shutdown).await
+        }
+        Command::FakeShopify {
+            listen,
+            stores,
+            bucket,
+            restore_rate,
+        } => {
+            let stores = control_files::StoresFile::read(&stores)?;
+            let fake =
+                control_files::start_fake_shopify(listen, &stores, bucket, restore_rate).await?;
+            println!("fake Shopify Admin API at {}", fake.base_url());
+            shutdown.cancelled().await;
+            Ok(())
         }
         Command::Topics {
             command: TopicsCommand::Create,

@@ -1,7 +1,9 @@
 //! Crash test: the pipeline as separate processes around the standalone embedded broker. Ingest,
-//! the processor, the events stage and the sink are SIGKILLed at random moments while the stream
-//! is being sent and restarted; ClickHouse's per-advocate orders, gross, net and reward balances
-//! must still equal the generator's oracle to the cent, and every event must be emitted once. The stream has redeliveries, re-sent events, out-of-order versions, refunds
+//! the processor, the events stage, the ClickHouse sink and the Shopify writeback are SIGKILLed at
+//! random moments while the stream is being sent and restarted; ClickHouse's per-advocate orders,
+//! gross, net and reward balances must still equal the generator's oracle to the cent, every
+//! event must be emitted once, and every attributed order must carry its advocate's tags and note
+//! in the fake Shopify with no write made twice. The stream has redeliveries, re-sent events, out-of-order versions, refunds
 //! (some redelivered) and a store whose orders are held 10 minutes of event time.
 //!
 //! `TRIBUTARY_CRASH_ORDERS` (orders per store, default 600) and `TRIBUTARY_CRASH_KILLS` (default
@@ -22,6 +24,7 @@ use tributary::{generate, report};
 
 struct Services {
     env: Vec<(String, String)>,
+    writeback_log: std::path::PathBuf,
 }
 
 impl Services {
@@ -33,6 +36,20 @@ impl Services {
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
+        if subcommand == "writeback" {
+            // Its logs, at debug, are searched for the store's Admin token at the end.
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.writeback_log.as_path())
+                .expect("writeback log");
+            command
+                .env(
+                    "RUST_LOG",
+                    "warn,tributary=debug,tributary_sinks=debug,tributary_shopify=debug",
+                )
+                .stderr(log);
+        }
         for (k, v) in &self.env {
             command.env(k, v);
         }
@@ -71,8 +88,13 @@ async fn killing_ingest_processor_and_sink_at_random_keeps_totals_exact() {
     reset_database(&config).await;
     let (_broker, bootstrap) = start_broker(dir.path()).await;
     load_demo_control(&config, &bootstrap).await;
+    let shopify = start_demo_shopify().await;
     let services = Services {
+        writeback_log: dir.path().join("writeback.log"),
         env: vec![
+            ("TRIBUTARY_SHOPIFY__BASE_URL".into(), shopify.base_url()),
+            ("TRIBUTARY_SHOPIFY__TIMEOUT_MS".into(), "2000".into()),
+            ("TRIBUTARY_WRITEBACK__BATCH_MS".into(), "100".into()),
             (
                 "TRIBUTARY_KAFKA__BOOTSTRAP_SERVERS".into(),
                 bootstrap.clone(),
@@ -108,6 +130,7 @@ async fn killing_ingest_processor_and_sink_at_random_keeps_totals_exact() {
     let mut processor = services.spawn("process", &ops(free_port()));
     let mut sink = services.spawn("sink", &ops(free_port()));
     let mut events = services.spawn("events", &ops(free_port()));
+    let mut writeback = services.spawn("writeback", &ops(free_port()));
     wait_ready(&format!("http://{}/readyz", config.ingest.listen)).await;
 
     let setting = |name: &str, default: usize| {
@@ -127,9 +150,9 @@ async fn killing_ingest_processor_and_sink_at_random_keeps_totals_exact() {
     let seed = std::process::id() as u64;
     eprintln!("crash test seed {seed}");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut kills = [0; 4];
-    // Victims in shuffled rounds of four, so every service is killed about equally often.
-    let mut round = [0usize, 1, 2, 3];
+    let mut kills = [0; 5];
+    // Victims in shuffled rounds, so every service is killed about equally often.
+    let mut round = [0usize, 1, 2, 3, 4];
     for (index, chunk) in plan.chunks(planned_kills).into_iter().enumerate() {
         let url = url.clone();
         let bootstrap = bootstrap.clone();
@@ -147,7 +170,8 @@ async fn killing_ingest_processor_and_sink_at_random_keeps_totals_exact() {
             0 => (&mut ingest, "ingest", vec![]),
             1 => (&mut processor, "process", ops(free_port()).to_vec()),
             2 => (&mut events, "events", ops(free_port()).to_vec()),
-            _ => (&mut sink, "sink", ops(free_port()).to_vec()),
+            3 => (&mut sink, "sink", ops(free_port()).to_vec()),
+            _ => (&mut writeback, "writeback", ops(free_port()).to_vec()),
         };
         child.start_kill().unwrap();
         child.wait().await.unwrap();
@@ -192,10 +216,58 @@ async fn killing_ingest_processor_and_sink_at_random_keeps_totals_exact() {
         .filter(|e| e.kind == tributary_schemas::CustomerEventKind::PlacedOrder)
         .count();
     assert_eq!(placed_events, placed);
+
+    // Every attributed order of the store with Admin access carries its advocate's tags and one
+    // note block, and no write was ever made twice.
+    let attributed: Vec<(u64, String)> = ch
+        .query("SELECT order_id, advocate_identifier FROM attributions_current WHERE shop_domain = ? AND outcome = 'ATTRIBUTED'")
+        .bind(SHOP)
+        .fetch_all()
+        .await
+        .unwrap();
+    assert!(
+        attributed.len() > 100,
+        "{} attributed orders",
+        attributed.len()
+    );
+    let written = |id: u64, identifier: &str| {
+        shopify.order(SHOP, id).is_some_and(|order| {
+            let advocate_tags: Vec<&String> = order
+                .tags
+                .iter()
+                .filter(|t| t.starts_with("tributary:advocate:"))
+                .collect();
+            let note = order.note.unwrap_or_default();
+            order.tags.contains("tributary")
+                && advocate_tags == [&format!("tributary:advocate:{identifier}")]
+                && note.matches("--- tributary ---").count() == 1
+                && note.contains(&format!("({identifier})\n"))
+        })
+    };
+    let mut missing = attributed.len();
+    for _ in 0..600 {
+        missing = attributed
+            .iter()
+            .filter(|(id, who)| !written(*id, who))
+            .count();
+        if missing == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(missing, 0, "attributed orders without their writeback");
+    assert_eq!(shopify.redundant_writes(SHOP), 0, "a write was made twice");
+    let writes = shopify.writes(SHOP);
+    let log = std::fs::read_to_string(&services.writeback_log).unwrap_or_default();
+    assert!(
+        !log.contains(ADMIN_TOKEN),
+        "the Admin token is in the writeback's log"
+    );
     eprintln!(
-        "crash test: {total_kills} kills (ingest {}, processor {}, events {}, sink {}), {} deliveries, {} events, totals exact\n{table}",
-        kills[0], kills[1], kills[2], kills[3],
+        "crash test: {total_kills} kills (ingest {}, processor {}, events {}, sink {}, writeback {}), {} deliveries, {} events, totals exact; {} orders written back with {writes:?}, none twice\n{table}",
+        kills[0], kills[1], kills[2], kills[3], kills[4],
         plan.deliveries(),
-        emitted.len()
+        emitted.len(),
+        attributed.len(),
     );
 }

@@ -15,8 +15,8 @@
 use tributary_schemas::{Advocate, AttributionSource, OrderEvent, Outcome, RewardActivity, Store};
 use url::Url;
 
-use crate::control::{normalize_code, ShopAdvocates};
 use crate::exclusions::exclusion_reason;
+use tributary_schemas::control::{normalize_code, ShopAdvocates};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
@@ -153,7 +153,7 @@ fn by_share_link<'a>(order: &OrderEvent, advocates: &'a ShopAdvocates) -> Option
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::Control;
+    use tributary_schemas::control::Control;
     use tributary_schemas::{AdvocateStatus, OrderEventKind, StoreFeatures, StoreStatus};
 
     fn store() -> Store {
@@ -170,6 +170,7 @@ mod tests {
                 ..Default::default()
             },
             reward_activity: None,
+            admin: None,
             updated_at_ms: 0,
         }
     }

@@ -4,7 +4,7 @@
 //!    (or is skipped, or dead-lettered);
 //! 2. [`dedup`]: a delivery already applied, or an older version than the one held, changes nothing;
 //! 3. [`exclusions`] and [`attribution`]: the settled version is judged against the store's rules
-//!    and advocates ([`control`]);
+//!    and advocates ([`tributary_schemas::control`]);
 //! 4. [`state`]: the order's [`Attribution`](tributary_schemas::Attribution) record, which is both
 //!    the output and the changelog the processor restores from.
 //!
@@ -12,7 +12,6 @@
 
 pub mod attribution;
 pub mod changelog;
-pub mod control;
 pub mod customer_events;
 pub mod dedup;
 pub mod exclusions;

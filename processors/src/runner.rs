@@ -14,25 +14,25 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
-use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
+use rdkafka::message::BorrowedMessage;
 use rdkafka::producer::{DeliveryFuture, FutureProducer};
 use rdkafka::{Message, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tributary_schemas::kafka::{
-    consumer_config, dlq_headers, now_ms, producer_config, received_or_warn, CommitWhen,
+    consumer_config, now_ms, producer_config, received_or_warn, CommitWhen, DeadLetterRecord,
     GroupMember, TopicError,
 };
 use tributary_schemas::topics::{self, order_key};
-use tributary_schemas::{Attribution, AvroRecord, DeadLetter, OrderEvent, Store, WebhookEnvelope};
+use tributary_schemas::{Attribution, AvroRecord, OrderEvent, Store, WebhookEnvelope};
 
 use crate::attribution::{decide, manual};
 use crate::changelog::{read_changelog, unrestored};
-use crate::control::Control;
 use crate::dedup::Verdict;
 use crate::normalize::{normalize, ApprovalCommand, ManualCommand, Normalized, RefundEvent};
 use crate::output::{commit_done, send, Output};
 use crate::state::{Applied, PartitionState};
+use tributary_schemas::control::Control;
 
 /// Configuration of the processor (`[processor]` in the config file).
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -498,44 +498,12 @@ async fn checkpoint<C: ConsumerContext + 'static>(
 }
 
 fn dead_letter(message: &BorrowedMessage<'_>, stage: &str, error: &str) -> Output {
-    metrics::counter!("tributary_dead_letters_total", "stage" => stage.to_owned()).increment(1);
-    tracing::warn!(topic = message.topic(), partition = message.partition(), offset = message.offset(), stage, %error, "record dead-lettered");
-    let record = DeadLetter {
-        stage: stage.to_owned(),
-        error: error.to_owned(),
-        source_topic: message.topic().to_owned(),
-        source_partition: message.partition(),
-        source_offset: message.offset(),
-        source_key: message.key().map(<[u8]>::to_vec),
-        payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-        failed_at_ms: now_ms(),
-    };
-    let headers = OwnedHeaders::new()
-        .insert(Header {
-            key: dlq_headers::ERROR,
-            value: Some(error),
-        })
-        .insert(Header {
-            key: dlq_headers::STAGE,
-            value: Some(stage),
-        })
-        .insert(Header {
-            key: dlq_headers::SOURCE_TOPIC,
-            value: Some(message.topic()),
-        })
-        .insert(Header {
-            key: dlq_headers::SOURCE_PARTITION,
-            value: Some(&message.partition().to_string()),
-        })
-        .insert(Header {
-            key: dlq_headers::SOURCE_OFFSET,
-            value: Some(&message.offset().to_string()),
-        });
+    let letter = DeadLetterRecord::new(message, stage, error);
     Output {
         topic: topics::DEAD_LETTERS,
         partition: None,
-        key: message.key().map(<[u8]>::to_vec).unwrap_or_default(),
-        payload: record.to_avro().unwrap_or_default(),
-        headers: Some(headers),
+        key: letter.key,
+        payload: letter.payload,
+        headers: Some(letter.headers),
     }
 }

@@ -378,9 +378,32 @@ pub struct Store {
     pub features: StoreFeatures,
     /// What attributed orders earn, when `features.attribution_rewards` is on.
     pub reward_activity: Option<RewardActivity>,
+    /// Admin API access, for writeback and code minting.
+    pub admin: Option<StoreAdmin>,
     pub updated_at_ms: i64,
 }
 avro_record!(Store, "store.avsc");
+
+/// How tributary reaches a store's Admin API, and what it writes there.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreAdmin {
+    /// AES-256-GCM sealed (see [`crate::secrets`]).
+    pub access_token_sealed: String,
+    pub tag_prefix: String,
+    pub code_pattern: Option<String>,
+    pub discount_template_id: Option<String>,
+}
+
+impl std::fmt::Debug for StoreAdmin {
+    // Sealed, but a token's ciphertext has no business in a log either.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreAdmin")
+            .field("tag_prefix", &self.tag_prefix)
+            .field("code_pattern", &self.code_pattern)
+            .field("discount_template_id", &self.discount_template_id)
+            .finish_non_exhaustive()
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -556,6 +579,7 @@ mod tests {
                 order_attribution: true,
                 ..Default::default()
             },
+            admin: None,
             reward_activity: Some(RewardActivity {
                 name: "Referral".into(),
                 basis: RewardBasis::PerUnit,

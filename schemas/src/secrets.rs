@@ -139,6 +139,11 @@ pub fn webhook_secret_purpose(domain: &str) -> String {
     format!("webhook_secret:{domain}")
 }
 
+/// Purpose string binding a store's Admin API access token to its domain.
+pub fn access_token_purpose(domain: &str) -> String {
+    format!("admin_access_token:{domain}")
+}
+
 /// An opened secret. It has no `Display`, and `Debug` prints nothing of it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tributary::config::Config;
 use tributary::control_files;
 use tributary::generate::Delivery;
+use tributary_fakes::shopify::FakeShopify;
 use tributary_schemas::kafka::EmbeddedBroker;
 use tributary_schemas::secrets::MasterKey;
 
@@ -52,6 +53,8 @@ pub fn test_config(name: &str, dir: &Path) -> Config {
     config.processor.idle_tick_ms = 500;
     config.secrets.master_key_file = dir.join("master.key");
     config.kafka.partitions = 4;
+    config.shopify.timeout_ms = 2_000;
+    config.writeback.batch_ms = 50;
     config
 }
 
@@ -61,6 +64,8 @@ pub struct Pipeline {
     pub shutdown: CancellationToken,
     pub webhook_url: String,
     task: Option<tokio::task::JoinHandle<()>>,
+    /// The demo stores' Admin API, for writeback.
+    pub shopify: FakeShopify,
     pub _broker: EmbeddedBroker,
     pub _dir: tempfile::TempDir,
 }
@@ -70,6 +75,8 @@ impl Pipeline {
     pub async fn start(name: &str, adjust: impl FnOnce(&mut Config)) -> Pipeline {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut config = test_config(name, dir.path());
+        let shopify = start_demo_shopify().await;
+        config.shopify.base_url = Some(shopify.base_url());
         adjust(&mut config);
         let broker = EmbeddedBroker::start(1, config.kafka.partitions).expect("mock cluster");
         let bootstrap = broker.bootstrap_servers();
@@ -85,6 +92,7 @@ impl Pipeline {
             shutdown,
             webhook_url,
             task,
+            shopify,
             _broker: broker,
             _dir: dir,
         }
@@ -133,8 +141,24 @@ impl Pipeline {
 }
 
 impl Drop for Pipeline {
+    /// Stops the services while the broker is still up: a consumer or a final commit left
+    /// talking to a broker that is gone can block, and the test runtime waits for blocking work
+    /// without end when it is dropped.
     fn drop(&mut self) {
         self.shutdown.cancel();
+        let Some(task) = self.task.take() else {
+            return;
+        };
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(async {
+                if tokio::time::timeout(Duration::from_secs(30), task)
+                    .await
+                    .is_err()
+                {
+                    eprintln!("the pipeline did not stop within 30 s of the test's end");
+                }
+            })
+        });
     }
 }
 
@@ -150,6 +174,19 @@ fn spawn_pipeline(
         }
     })
 }
+
+/// A fake Shopify holding the demo stores that have Admin access, with a Shopify Plus sized
+/// bucket (10,000 points, 500 a second) so writeback keeps up with a generated stream.
+pub async fn start_demo_shopify() -> FakeShopify {
+    let stores = control_files::StoresFile::read(&repo_path("deploy/demo/stores.toml"))
+        .expect("demo stores");
+    control_files::start_fake_shopify(([127, 0, 0, 1], 0).into(), &stores, 10_000.0, 500.0)
+        .await
+        .expect("fake Shopify")
+}
+
+/// The demo store's Admin API token (as in `deploy/demo/stores.toml`).
+pub const ADMIN_TOKEN: &str = "shpat_demo_outdoors_token";
 
 pub async fn reset_database(config: &Config) {
     tributary::app::reset_database(config)

@@ -1,4 +1,8 @@
-//! Shopify writeback: what tributary pushes back to stores (discount codes first; notes, tags and
-//! store credit with the Admin API client).
+//! What tributary pushes back to Shopify, through the Admin API client
+//! ([`tributary_shopify`]):
+//!
+//! - [`writeback`]: attributed orders' tags and notes;
+//! - [`codes`]: advocates' discount codes.
 
 pub mod codes;
+pub mod writeback;

@@ -1,0 +1,7 @@
+//! Local stand-ins for the third-party APIs tributary calls, which these machines cannot reach.
+//! Each behaves as its public documentation says (status codes, throttling, pagination) and counts
+//! what it was asked to do, so tests can prove what happened.
+//!
+//! - [`shopify`]: the Shopify Admin GraphQL API.
+
+pub mod shopify;

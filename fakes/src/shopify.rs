@@ -1,0 +1,637 @@
+//! A fake Shopify Admin GraphQL API, faithful to what Shopify documents for the parts tributary
+//! uses:
+//!
+//! - `POST /<shop domain>/admin/api/<version>/graphql.json`, authenticated by
+//!   `X-Shopify-Access-Token` (401 otherwise; 404 for a store it does not hold). Production puts
+//!   the shop in the host name; a single local server puts it first in the path.
+//! - Root fields: `shop`, `productsCount`, `currentAppInstallation`, `webhookSubscriptions`,
+//!   `webhookSubscriptionCreate`, `order`, `tagsAdd`, `tagsRemove`, `orderUpdate`,
+//!   `codeDiscountNodeByCode`, `discountRedeemCodeBulkAdd` (at most 250 codes, asynchronous) and
+//!   `discountRedeemCodeBulkCreation` (polled). Arguments are read from the request's variables.
+//! - Costs as Shopify calculates them (mutation 10, object 1, connection 2 + nodes), charged from
+//!   a per-store leaky bucket; a request that does not fit is answered HTTP 200 with a `THROTTLED`
+//!   error, and every answer carries `extensions.cost.throttleStatus`.
+//! - Faults on demand: `THROTTLED`, 429 with `Retry-After`, 5xx, or a hang.
+//! - Every executed mutation is counted, so tests can prove nothing was applied twice.
+//!
+//! The store holds every order tributary asks about (empty note, no tags) unless a test seeded
+//! it: generated orders need no setup.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+/// What a fake store starts with.
+#[derive(Debug, Clone)]
+pub struct ShopSetup {
+    pub domain: String,
+    pub access_token: String,
+    pub scopes: Vec<String>,
+    pub product_count: u64,
+    /// The cost bucket: Shopify's standard plan is 1,000 points restoring 50 per second.
+    pub bucket_size: f64,
+    pub restore_rate: f64,
+}
+
+impl ShopSetup {
+    pub fn new(domain: &str, access_token: &str) -> Self {
+        Self {
+            domain: domain.into(),
+            access_token: access_token.into(),
+            scopes: [
+                "read_orders",
+                "write_orders",
+                "read_products",
+                "read_customers",
+                "write_discounts",
+                "read_discounts",
+                "write_store_credit_account_transactions",
+            ]
+            .map(String::from)
+            .to_vec(),
+            product_count: 42,
+            bucket_size: 1000.0,
+            restore_rate: 50.0,
+        }
+    }
+}
+
+/// A failure the fake answers the next request of a store with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// HTTP 200 with a `THROTTLED` error, as when the bucket is empty.
+    Throttled,
+    /// HTTP 429 with `Retry-After: <seconds>`.
+    TooManyRequests { retry_after_s: u32 },
+    /// HTTP 503.
+    ServerError,
+    /// No answer for this long (then a 503); nothing is applied.
+    Hang(Duration),
+}
+
+/// An order as the fake store holds it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FakeOrder {
+    pub note: Option<String>,
+    pub tags: BTreeSet<String>,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    size: f64,
+    available: f64,
+    restore_rate: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.available = (self.available + elapsed * self.restore_rate).min(self.size);
+        self.at = now;
+    }
+
+    fn status(&self) -> Value {
+        json!({
+            "maximumAvailable": self.size,
+            "currentlyAvailable": self.available.floor(),
+            "restoreRate": self.restore_rate,
+        })
+    }
+}
+
+struct BulkCreation {
+    discount_id: String,
+    /// Each code with the errors it met.
+    codes: Vec<(String, Vec<Value>)>,
+    polls: u32,
+}
+
+struct Shop {
+    setup: ShopSetup,
+    bucket: Bucket,
+    faults: VecDeque<Fault>,
+    orders: BTreeMap<u64, FakeOrder>,
+    webhooks: Vec<(String, String, String)>,
+    /// Code (uppercased, as Shopify compares them) to the discount that holds it.
+    codes: HashMap<String, String>,
+    discounts: BTreeSet<String>,
+    bulk_creations: Vec<BulkCreation>,
+    writes: BTreeMap<String, u64>,
+    /// Writes that changed nothing: tags already there, a note already as written.
+    redundant_writes: u64,
+    requests: u64,
+    throttled: u64,
+}
+
+#[derive(Default)]
+struct Stores {
+    shops: HashMap<String, Shop>,
+}
+
+/// The fake, serving on a local port until dropped.
+pub struct FakeShopify {
+    stores: Arc<Mutex<Stores>>,
+    pub address: SocketAddr,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FakeShopify {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+impl FakeShopify {
+    /// Serves on `listen` (port 0 picks a free one).
+    pub async fn start(listen: SocketAddr) -> std::io::Result<Self> {
+        let stores = Arc::new(Mutex::new(Stores::default()));
+        let app = Router::new()
+            .route("/{shop}/admin/api/{version}/graphql.json", post(graphql))
+            .with_state(stores.clone());
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        let address = listener.local_addr()?;
+        let server = tokio::spawn(async move {
+            if let Err(error) = axum::serve(listener, app).await {
+                tracing::error!(%error, "fake Shopify stopped");
+            }
+        });
+        Ok(Self {
+            stores,
+            address,
+            server,
+        })
+    }
+
+    /// The base URL to give tributary's Admin API config.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Stores> {
+        self.stores.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn add_shop(&self, setup: ShopSetup) {
+        let bucket = Bucket {
+            size: setup.bucket_size,
+            available: setup.bucket_size,
+            restore_rate: setup.restore_rate,
+            at: Instant::now(),
+        };
+        self.lock().shops.insert(
+            setup.domain.clone(),
+            Shop {
+                setup,
+                bucket,
+                faults: VecDeque::new(),
+                orders: BTreeMap::new(),
+                webhooks: Vec::new(),
+                codes: HashMap::new(),
+                discounts: BTreeSet::new(),
+                bulk_creations: Vec::new(),
+                writes: BTreeMap::new(),
+                redundant_writes: 0,
+                requests: 0,
+                throttled: 0,
+            },
+        );
+    }
+
+    fn with_shop<T>(&self, shop: &str, f: impl FnOnce(&mut Shop) -> T) -> T {
+        let mut stores = self.lock();
+        let shop = stores
+            .shops
+            .get_mut(shop)
+            .unwrap_or_else(|| panic!("the fake holds no store {shop}"));
+        f(shop)
+    }
+
+    /// Answers the store's next `times` requests with `fault`.
+    pub fn inject(&self, shop: &str, fault: Fault, times: usize) {
+        self.with_shop(shop, |s| s.faults.extend(std::iter::repeat_n(fault, times)));
+    }
+
+    pub fn set_scopes(&self, shop: &str, scopes: &[&str]) {
+        self.with_shop(shop, |s| {
+            s.setup.scopes = scopes.iter().map(|s| s.to_string()).collect()
+        });
+    }
+
+    pub fn set_access_token(&self, shop: &str, token: &str) {
+        self.with_shop(shop, |s| s.setup.access_token = token.into());
+    }
+
+    /// Empties the store's bucket, as another app's burst would.
+    pub fn drain_bucket(&self, shop: &str) {
+        self.with_shop(shop, |s| {
+            s.bucket.refill(Instant::now());
+            s.bucket.available = 0.0;
+        });
+    }
+
+    /// Seeds an order, e.g. with the merchant's own note.
+    pub fn put_order(&self, shop: &str, order_id: u64, order: FakeOrder) {
+        self.with_shop(shop, |s| s.orders.insert(order_id, order));
+    }
+
+    pub fn order(&self, shop: &str, order_id: u64) -> Option<FakeOrder> {
+        self.with_shop(shop, |s| s.orders.get(&order_id).cloned())
+    }
+
+    /// Creates a code discount (a minting template) with this id.
+    pub fn add_code_discount(&self, shop: &str, id: &str) {
+        self.with_shop(shop, |s| s.discounts.insert(id.to_owned()));
+    }
+
+    /// Puts `code` on a discount, e.g. to plant a collision.
+    pub fn take_code(&self, shop: &str, code: &str, discount_id: &str) {
+        self.with_shop(shop, |s| {
+            s.codes
+                .insert(code.to_ascii_uppercase(), discount_id.to_owned())
+        });
+    }
+
+    /// Every code the store holds, with its discount.
+    pub fn codes(&self, shop: &str) -> BTreeMap<String, String> {
+        self.with_shop(shop, |s| s.codes.clone().into_iter().collect())
+    }
+
+    pub fn webhook_topics(&self, shop: &str) -> BTreeSet<String> {
+        self.with_shop(shop, |s| s.webhooks.iter().map(|w| w.1.clone()).collect())
+    }
+
+    /// Executed mutations by root field, e.g. `tagsAdd`.
+    pub fn writes(&self, shop: &str) -> BTreeMap<String, u64> {
+        self.with_shop(shop, |s| s.writes.clone())
+    }
+
+    /// Writes that changed nothing (tags that were there, a note as it was): a writer that reads
+    /// before it writes makes none, even across crashes.
+    pub fn redundant_writes(&self, shop: &str) -> u64 {
+        self.with_shop(shop, |s| s.redundant_writes)
+    }
+
+    /// Requests received, and how many of them were answered `THROTTLED` because the bucket was
+    /// short (injected faults not counted).
+    pub fn requests(&self, shop: &str) -> (u64, u64) {
+        self.with_shop(shop, |s| (s.requests, s.throttled))
+    }
+}
+
+const INVALID_TOKEN: &str =
+    "[API] Invalid API key or access token (unrecognized login or wrong password)";
+
+async fn graphql(
+    State(stores): State<Arc<Mutex<Stores>>>,
+    Path((shop, _version)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let token = headers
+        .get("x-shopify-access-token")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let fault = {
+        let mut stores = stores.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(store) = stores.shops.get_mut(&shop) else {
+            return (StatusCode::NOT_FOUND, Json(json!({"errors": "Not Found"}))).into_response();
+        };
+        if store.setup.access_token != token {
+            return (
+                StatusCode::UNAUTHORIZED,
+                Json(json!({ "errors": INVALID_TOKEN })),
+            )
+                .into_response();
+        }
+        store.requests += 1;
+        store.faults.pop_front()
+    };
+    match fault {
+        Some(Fault::Throttled) => {
+            let stores = stores.lock().unwrap_or_else(|e| e.into_inner());
+            let status = stores.shops.get(&shop).map(|s| s.bucket.status());
+            return Json(throttled(10.0, status.unwrap_or(Value::Null))).into_response();
+        }
+        Some(Fault::TooManyRequests { retry_after_s }) => {
+            return (
+                StatusCode::TOO_MANY_REQUESTS,
+                [("Retry-After", retry_after_s.to_string())],
+                Json(json!({"errors": "Exceeded 2 calls per second for api client. Reduce request rates to resume uninterrupted service."})),
+            )
+                .into_response()
+        }
+        Some(Fault::ServerError) => {
+            return (StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable").into_response()
+        }
+        Some(Fault::Hang(duration)) => {
+            tokio::time::sleep(duration).await;
+            return (StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable").into_response();
+        }
+        None => {}
+    }
+    let Ok(Json(body)) = body else {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"errors": {"query": "Required parameter missing or invalid"}})),
+        )
+            .into_response();
+    };
+    let document = body
+        .get("query")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let variables = body.get("variables").cloned().unwrap_or(Value::Null);
+    let Some((is_mutation, fields)) = root_fields(document) else {
+        return Json(json!({"errors": [{"message": "syntax error: could not read the document"}]}))
+            .into_response();
+    };
+    let mut stores = stores.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(store) = stores.shops.get_mut(&shop) else {
+        return (StatusCode::NOT_FOUND, Json(json!({"errors": "Not Found"}))).into_response();
+    };
+    let cost: f64 = fields
+        .iter()
+        .map(|f| cost_of(f, is_mutation, &variables))
+        .sum();
+    store.bucket.refill(Instant::now());
+    if cost > store.bucket.available {
+        store.throttled += 1;
+        return Json(throttled(cost, store.bucket.status())).into_response();
+    }
+    store.bucket.available -= cost;
+    let mut data = serde_json::Map::new();
+    for field in &fields {
+        match store.execute(field, &variables) {
+            Ok(value) => {
+                if is_mutation {
+                    *store.writes.entry(field.clone()).or_default() += 1;
+                }
+                data.insert(field.clone(), value);
+            }
+            Err(message) => {
+                return Json(json!({"errors": [{"message": message}], "extensions": {"cost": cost_extension(cost, &store.bucket)}}))
+                    .into_response();
+            }
+        }
+    }
+    Json(json!({"data": data, "extensions": {"cost": cost_extension(cost, &store.bucket)}}))
+        .into_response()
+}
+
+fn throttled(cost: f64, status: Value) -> Value {
+    json!({
+        "errors": [{"message": "Throttled", "extensions": {"code": "THROTTLED", "documentation": "https://shopify.dev/api/usage/rate-limits"}}],
+        "extensions": {"cost": {"requestedQueryCost": cost, "actualQueryCost": null, "throttleStatus": status}}
+    })
+}
+
+fn cost_extension(cost: f64, bucket: &Bucket) -> Value {
+    json!({"requestedQueryCost": cost, "actualQueryCost": cost, "throttleStatus": bucket.status()})
+}
+
+/// Shopify's calculated cost of one root field.
+fn cost_of(field: &str, is_mutation: bool, variables: &Value) -> f64 {
+    if is_mutation {
+        return 10.0;
+    }
+    match field {
+        "webhookSubscriptions" => 2.0 + 100.0,
+        "discountRedeemCodeBulkCreation" => {
+            1.0 + 2.0
+                + variables
+                    .get("first")
+                    .and_then(Value::as_f64)
+                    .unwrap_or(0.0)
+        }
+        _ => 1.0,
+    }
+}
+
+/// Whether the document is a mutation, and the names of its root fields.
+fn root_fields(document: &str) -> Option<(bool, Vec<String>)> {
+    let open = document.find('{')?;
+    let is_mutation = document[..open].trim_start().starts_with("mutation");
+    let mut fields = Vec::new();
+    let (mut depth, mut parens) = (0usize, 0usize);
+    let mut word = String::new();
+    for c in document[open..].chars() {
+        match c {
+            '(' => parens += 1,
+            ')' => parens = parens.saturating_sub(1),
+            _ if parens > 0 => {}
+            '{' => depth += 1,
+            '}' => depth = depth.saturating_sub(1),
+            c if depth == 1 && (c.is_alphanumeric() || c == '_') => {
+                word.push(c);
+                continue;
+            }
+            _ => {}
+        }
+        if !word.is_empty() {
+            fields.push(std::mem::take(&mut word));
+        }
+    }
+    (!fields.is_empty()).then_some((is_mutation, fields))
+}
+
+fn order_id(variables: &Value) -> Result<u64, String> {
+    let gid = variables
+        .get("id")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    gid.strip_prefix("gid://shopify/Order/")
+        .and_then(|id| id.parse().ok())
+        .ok_or_else(|| format!("Invalid global id '{gid}'"))
+}
+
+fn string_list(variables: &Value, name: &str) -> Vec<String> {
+    variables
+        .get(name)
+        .and_then(Value::as_array)
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn user_error(field: &[&str], message: &str) -> Value {
+    json!([{"field": field, "message": message}])
+}
+
+impl Shop {
+    fn execute(&mut self, field: &str, variables: &Value) -> Result<Value, String> {
+        let text = |name: &str| {
+            variables
+                .get(name)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        Ok(match field {
+            "shop" => {
+                json!({"name": self.setup.domain.split('.').next(), "myshopifyDomain": self.setup.domain})
+            }
+            "productsCount" => json!({"count": self.setup.product_count}),
+            "currentAppInstallation" => json!({
+                "accessScopes": self.setup.scopes.iter().map(|h| json!({"handle": h})).collect::<Vec<_>>()
+            }),
+            "webhookSubscriptions" => {
+                json!({"nodes": self.webhooks.iter().map(|(id, topic, uri)| json!({"id": id, "topic": topic, "uri": uri})).collect::<Vec<_>>()})
+            }
+            "webhookSubscriptionCreate" => {
+                let (topic, uri) = (text("topic"), text("uri"));
+                if self.webhooks.iter().any(|w| w.1 == topic && w.2 == uri) {
+                    json!({"webhookSubscription": null, "userErrors": user_error(&["webhookSubscription", "callbackUrl"], "Address for this topic has already been taken")})
+                } else {
+                    let id = format!(
+                        "gid://shopify/WebhookSubscription/{}",
+                        self.webhooks.len() + 1
+                    );
+                    self.webhooks.push((id.clone(), topic.clone(), uri.clone()));
+                    json!({"webhookSubscription": {"id": id, "topic": topic, "uri": uri}, "userErrors": []})
+                }
+            }
+            "order" => {
+                let id = order_id(variables)?;
+                let order = self.orders.entry(id).or_default();
+                json!({"id": format!("gid://shopify/Order/{id}"), "note": order.note, "tags": order.tags})
+            }
+            "tagsAdd" | "tagsRemove" => {
+                let id = order_id(variables)?;
+                let order = self.orders.entry(id).or_default();
+                let mut changed = false;
+                for tag in string_list(variables, "tags") {
+                    changed |= if field == "tagsAdd" {
+                        order.tags.insert(tag.trim().to_owned())
+                    } else {
+                        order.tags.remove(tag.trim())
+                    };
+                }
+                if !changed {
+                    self.redundant_writes += 1;
+                }
+                json!({"node": {"id": format!("gid://shopify/Order/{id}")}, "userErrors": []})
+            }
+            "orderUpdate" => {
+                let id = order_id(variables)?;
+                let note = text("note");
+                if note.chars().count() > 5000 {
+                    json!({"order": null, "userErrors": user_error(&["note"], "Note is too long (maximum is 5000 characters)")})
+                } else {
+                    let order = self.orders.entry(id).or_default();
+                    if order.note.as_deref() == Some(note.as_str()) {
+                        self.redundant_writes += 1;
+                    }
+                    order.note = Some(note);
+                    json!({"order": {"id": format!("gid://shopify/Order/{id}")}, "userErrors": []})
+                }
+            }
+            "codeDiscountNodeByCode" => match self.codes.get(&text("code").to_ascii_uppercase()) {
+                Some(discount) => json!({"id": discount}),
+                None => Value::Null,
+            },
+            "discountRedeemCodeBulkAdd" => {
+                let discount_id = text("discountId");
+                let codes: Vec<String> = variables
+                    .get("codes")
+                    .and_then(Value::as_array)
+                    .map(|items| {
+                        items
+                            .iter()
+                            .filter_map(|c| c.get("code").and_then(Value::as_str))
+                            .map(str::to_owned)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if !self.discounts.contains(&discount_id) {
+                    json!({"bulkCreation": null, "userErrors": [{"field": ["discountId"], "message": "Code discount does not exist.", "code": "INVALID"}]})
+                } else if codes.is_empty() || codes.len() > 250 {
+                    json!({"bulkCreation": null, "userErrors": [{"field": ["codes"], "message": "Codes must contain between 1 and 250 codes.", "code": "TOO_MANY_ARGUMENTS"}]})
+                } else {
+                    let id = format!(
+                        "gid://shopify/DiscountRedeemCodeBulkCreation/{}",
+                        self.bulk_creations.len() + 1
+                    );
+                    self.bulk_creations.push(BulkCreation {
+                        discount_id,
+                        codes: codes.into_iter().map(|c| (c, Vec::new())).collect(),
+                        polls: 0,
+                    });
+                    json!({"bulkCreation": {"id": id}, "userErrors": []})
+                }
+            }
+            "discountRedeemCodeBulkCreation" => {
+                let id = text("id");
+                let index = id
+                    .rsplit('/')
+                    .next()
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .and_then(|n| n.checked_sub(1))
+                    .filter(|&n| n < self.bulk_creations.len());
+                let Some(index) = index else {
+                    return Ok(Value::Null);
+                };
+                let first = variables.get("first").and_then(Value::as_u64).unwrap_or(0) as usize;
+                // Asynchronous, as in Shopify: the first poll finds it still running; the codes are
+                // created when it completes.
+                let job = &mut self.bulk_creations[index];
+                job.polls += 1;
+                if job.polls == 2 {
+                    let discount_id = job.discount_id.clone();
+                    for (code, errors) in &mut job.codes {
+                        match self.codes.entry(code.to_ascii_uppercase()) {
+                            std::collections::hash_map::Entry::Occupied(_) => errors.push(json!({"field": ["code"], "message": "Code must be unique. Please try a different code.", "code": "TAKEN"})),
+                            std::collections::hash_map::Entry::Vacant(slot) => {
+                                slot.insert(discount_id.clone());
+                            }
+                        }
+                    }
+                }
+                let done = job.polls >= 2;
+                let failed = job.codes.iter().filter(|(_, e)| !e.is_empty()).count();
+                json!({
+                    "done": done,
+                    "codesCount": job.codes.len(),
+                    "importedCount": if done { job.codes.len() - failed } else { 0 },
+                    "failedCount": if done { failed } else { 0 },
+                    "codes": {"nodes": job.codes.iter().take(first).map(|(code, errors)| json!({"code": code, "errors": errors})).collect::<Vec<_>>()},
+                })
+            }
+            other => return Err(format!("Field '{other}' doesn't exist on type 'QueryRoot'")),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_fields_skip_arguments_and_nested_selections() {
+        assert_eq!(
+            root_fields("query A { shop { name } productsCount { count } currentAppInstallation { accessScopes { handle } } }"),
+            Some((false, vec!["shop".into(), "productsCount".into(), "currentAppInstallation".into()]))
+        );
+        assert_eq!(
+            root_fields(
+                "mutation B($id: ID!) { orderUpdate(input: {id: $id, note: $n}) { order { id } } }"
+            ),
+            Some((true, vec!["orderUpdate".into()]))
+        );
+        assert_eq!(root_fields("nonsense"), None);
+    }
+}

@@ -1,0 +1,595 @@
+//! Writeback: each attributed order's tags and note, written to its store through the Admin API.
+//!
+//! The offset contract: records are read from the attributions changelog in batches; every write
+//! of a batch is made (or dead-lettered) before the batch's offsets are committed. A crash
+//! therefore repeats writes, and each write is made idempotent by *reading the order first*: the
+//! sink computes the tags and note the order should have, compares them with what Shopify holds,
+//! and writes only the difference. A repeated record finds nothing missing and writes nothing;
+//! the merchant's own note and tags are never touched.
+//!
+//! Under each store's toggles (`order_tags`, `order_notes`), for a store that is active and has
+//! Admin API access:
+//! - tags `<prefix>` and `<prefix>:advocate:<identifier>` (`tagsAdd`); a moved order loses its
+//!   previous advocate's tag (`tagsRemove`);
+//! - a note block between markers with the advocate's name, the source, the code and a link,
+//!   merged into the merchant's note (`orderUpdate`).
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use futures::StreamExt;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::OwnedMessage;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use tributary_schemas::control::Control;
+use tributary_schemas::kafka::{
+    commit_offsets, consumer_config, producer_config, received_or_warn, CommitWhen,
+    DeadLetterRecord, GroupMember,
+};
+use tributary_schemas::secrets::{access_token_purpose, MasterKey};
+use tributary_schemas::{topics, Attribution, AvroRecord, Outcome, StoreStatus};
+use tributary_shopify::operations::{
+    order_gid, ORDER_NOTE_AND_TAGS, ORDER_UPDATE_NOTE, TAGS_ADD, TAGS_REMOVE,
+};
+use tributary_shopify::{AdminClient, AdminError, StoreAccess};
+
+/// `[writeback]`: the Shopify writeback sink.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WritebackConfig {
+    /// Consumer group of the writeback sink.
+    pub group_id: String,
+    /// Orders written at once; each store's cost bucket still paces them.
+    pub concurrency: usize,
+    /// Most records read before their writes are made and their offsets committed.
+    pub batch_records: usize,
+    /// Longest wait for a batch to fill.
+    pub batch_ms: u64,
+    /// The link in the order note; `{shop}` and `{identifier}` are replaced. The default is the
+    /// advocate's share link.
+    pub link_template: String,
+}
+
+impl Default for WritebackConfig {
+    fn default() -> Self {
+        Self {
+            group_id: "tributary-writeback".into(),
+            concurrency: 16,
+            batch_records: 500,
+            batch_ms: 200,
+            link_template: "https://{shop}/?ref={identifier}".into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WritebackError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+}
+
+/// The first line of tributary's block in an order note.
+pub const NOTE_START: &str = "--- tributary ---";
+/// The last line of tributary's block in an order note.
+pub const NOTE_END: &str = "--- /tributary ---";
+
+/// What an attributed order should carry in Shopify.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Wanted {
+    /// `(prefix, advocate tag)`, when tags are on.
+    pub tags: Option<(String, String)>,
+    /// The note block, when notes are on.
+    pub note_block: Option<String>,
+}
+
+/// The order as Shopify holds it.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct HeldOrder {
+    pub note: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+/// The writes that bring `held` to `wanted`; empty when it is there already.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Writes {
+    pub remove_tags: Vec<String>,
+    pub add_tags: Vec<String>,
+    pub note: Option<String>,
+}
+
+impl Writes {
+    pub fn is_empty(&self) -> bool {
+        self.remove_tags.is_empty() && self.add_tags.is_empty() && self.note.is_none()
+    }
+}
+
+/// Compares what Shopify holds with what the order should carry.
+pub fn writes_for(held: &HeldOrder, wanted: &Wanted) -> Writes {
+    let mut writes = Writes::default();
+    // Shopify compares tags without regard to case.
+    let has = |tag: &str| held.tags.iter().any(|t| t.eq_ignore_ascii_case(tag));
+    if let Some((prefix, advocate_tag)) = &wanted.tags {
+        let advocate_prefix = format!("{prefix}:advocate:").to_ascii_lowercase();
+        writes.remove_tags = held
+            .tags
+            .iter()
+            .filter(|t| t.to_ascii_lowercase().starts_with(&advocate_prefix))
+            .filter(|t| !t.eq_ignore_ascii_case(advocate_tag))
+            .cloned()
+            .collect();
+        writes.add_tags = [prefix, advocate_tag]
+            .into_iter()
+            .filter(|t| !has(t))
+            .cloned()
+            .collect();
+    }
+    if let Some(block) = &wanted.note_block {
+        let current = held.note.as_deref().unwrap_or_default();
+        let merged = merge_note(current, block);
+        if merged != current {
+            writes.note = Some(merged);
+        }
+    }
+    writes
+}
+
+/// The merchant's note with tributary's block replaced (or appended): text outside the markers is
+/// kept as it is.
+pub fn merge_note(current: &str, block: &str) -> String {
+    let theirs = match (current.find(NOTE_START), current.find(NOTE_END)) {
+        (Some(start), Some(end)) if end > start => {
+            let before = current[..start].trim_end();
+            let after = current[end + NOTE_END.len()..].trim_start();
+            match (before.is_empty(), after.is_empty()) {
+                (true, _) => after.to_owned(),
+                (false, true) => before.to_owned(),
+                (false, false) => format!("{before}\n\n{after}"),
+            }
+        }
+        _ => current.trim_end().to_owned(),
+    };
+    if theirs.is_empty() {
+        block.to_owned()
+    } else {
+        format!("{theirs}\n\n{block}")
+    }
+}
+
+/// The note block for an attributed order.
+pub fn note_block(
+    advocate_name: &str,
+    identifier: &str,
+    source: &str,
+    code: Option<&str>,
+    link: &str,
+) -> String {
+    let name = if advocate_name.is_empty() {
+        identifier.to_owned()
+    } else {
+        format!("{advocate_name} ({identifier})")
+    };
+    format!(
+        "{NOTE_START}\nAdvocate: {name}\nSource: {source}\nCode: {}\nLink: {link}\n{NOTE_END}",
+        code.unwrap_or("none")
+    )
+}
+
+/// Why an order's writeback did not happen.
+enum Failure {
+    /// Shopify kept failing (5xx, timeouts, throttling past every attempt): try the batch again.
+    Retry(String),
+    /// It never will: dead-letter the record with the reason.
+    DeadLetter(String),
+}
+
+impl From<AdminError> for Failure {
+    fn from(error: AdminError) -> Self {
+        match error {
+            AdminError::GaveUp { .. } => Failure::Retry(error.to_string()),
+            other => Failure::DeadLetter(other.to_string()),
+        }
+    }
+}
+
+/// One order's newest record in a batch, with the message to dead-letter if it fails.
+struct Pending {
+    record: Attribution,
+    message: OwnedMessage,
+}
+
+pub struct WritebackSink {
+    bootstrap_servers: String,
+    config: WritebackConfig,
+    admin: Arc<AdminClient>,
+    control: Arc<RwLock<Control>>,
+    master_key: MasterKey,
+    /// What this process last wrote (or found) per order, so a revision that changes nothing
+    /// Shopify shows (a refund, a reward) costs no read. Lost on restart, which only costs reads.
+    applied: Mutex<HashMap<(String, u64), Wanted>>,
+}
+
+impl WritebackSink {
+    pub fn new(
+        bootstrap_servers: &str,
+        config: WritebackConfig,
+        admin: Arc<AdminClient>,
+        control: Arc<RwLock<Control>>,
+        master_key: MasterKey,
+    ) -> Self {
+        Self {
+            bootstrap_servers: bootstrap_servers.to_owned(),
+            config,
+            admin,
+            control,
+            master_key,
+            applied: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub async fn run(
+        &self,
+        ready: Arc<AtomicBool>,
+        shutdown: CancellationToken,
+    ) -> Result<(), WritebackError> {
+        let consumer: Arc<StreamConsumer<GroupMember>> = Arc::new(
+            consumer_config(&self.bootstrap_servers, &self.config.group_id)
+                .create_with_context(GroupMember::new(ready))?,
+        );
+        consumer.subscribe(&[topics::ATTRIBUTIONS])?;
+        let producer: FutureProducer =
+            producer_config(&self.bootstrap_servers, Duration::from_secs(30)).create()?;
+        let mut batch: HashMap<(String, u64), Pending> = HashMap::new();
+        let mut offsets: HashMap<i32, i64> = HashMap::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(self.config.batch_ms));
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => {
+                    if !self.flush(&consumer, &producer, &mut batch, &mut offsets, &shutdown, CommitWhen::Running).await? {
+                        break;
+                    }
+                }
+                received = consumer.recv() => {
+                    let Some(message) = received_or_warn(received) else {
+                        continue;
+                    };
+                    offsets.insert(message.partition(), message.offset() + 1);
+                    match message.payload().map(Attribution::from_avro) {
+                        // Only the newest revision of an order in a batch matters.
+                        Some(Ok(record)) => {
+                            batch.insert((record.shop_domain.clone(), record.order_id), Pending { record, message: message.detach() });
+                        }
+                        Some(Err(error)) => {
+                            tracing::error!(partition = message.partition(), offset = message.offset(), %error, "attribution record skipped");
+                        }
+                        None => {}
+                    }
+                    if batch.len() >= self.config.batch_records
+                        && !self.flush(&consumer, &producer, &mut batch, &mut offsets, &shutdown, CommitWhen::Running).await?
+                    {
+                        break;
+                    }
+                }
+            }
+        }
+        self.flush(
+            &consumer,
+            &producer,
+            &mut batch,
+            &mut offsets,
+            &shutdown,
+            CommitWhen::Stopping,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Makes the batch's writes, then commits its offsets. Returns false when it stopped for
+    /// shutdown with writes still to make (their offsets stay uncommitted).
+    async fn flush(
+        &self,
+        consumer: &Arc<StreamConsumer<GroupMember>>,
+        producer: &FutureProducer,
+        batch: &mut HashMap<(String, u64), Pending>,
+        offsets: &mut HashMap<i32, i64>,
+        shutdown: &CancellationToken,
+        when: CommitWhen,
+    ) -> Result<bool, WritebackError> {
+        let mut pause = Duration::from_millis(500);
+        while !batch.is_empty() {
+            // Owned items: a stream over borrowed ones does not make a `Send` future.
+            let work: Vec<((String, u64), Attribution)> = batch
+                .iter()
+                .map(|(key, pending)| (key.clone(), pending.record.clone()))
+                .collect();
+            let writes = futures::stream::iter(work)
+                .map(|(key, record)| async move {
+                    let outcome = self.write_order(&record).await;
+                    (key, outcome)
+                })
+                .buffer_unordered(self.config.concurrency.max(1))
+                .collect::<Vec<((String, u64), Result<(), Failure>)>>();
+            // A stop abandons the batch uncommitted: every write is safe to make again.
+            let outcomes = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return Ok(false),
+                outcomes = writes => outcomes,
+            };
+            let mut retry = false;
+            for (key, outcome) in outcomes {
+                match outcome {
+                    Ok(()) => {
+                        batch.remove(&key);
+                    }
+                    Err(Failure::DeadLetter(reason)) => {
+                        if let Some(pending) = batch.remove(&key) {
+                            let letter =
+                                DeadLetterRecord::new(&pending.message, "writeback", &reason);
+                            producer
+                                .send(
+                                    FutureRecord::to(topics::DEAD_LETTERS)
+                                        .key(&letter.key)
+                                        .payload(&letter.payload)
+                                        .headers(letter.headers),
+                                    Duration::from_secs(30),
+                                )
+                                .await
+                                .map_err(|(error, _)| error)?;
+                        }
+                    }
+                    Err(Failure::Retry(reason)) => {
+                        tracing::warn!(
+                            shop = key.0,
+                            order = key.1,
+                            reason,
+                            "writeback failed; the batch is retried"
+                        );
+                        retry = true;
+                    }
+                }
+            }
+            if retry {
+                if shutdown.is_cancelled() {
+                    return Ok(false);
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(30));
+            }
+        }
+        if !offsets.is_empty() {
+            let mut list = TopicPartitionList::new();
+            for (partition, next) in offsets.drain() {
+                list.add_partition_offset(topics::ATTRIBUTIONS, partition, Offset::Offset(next))?;
+            }
+            commit_offsets(consumer, list, when).await;
+        }
+        Ok(true)
+    }
+
+    /// Brings one order in Shopify to what its record says; a no-op when it is there already.
+    async fn write_order(&self, record: &Attribution) -> Result<(), Failure> {
+        let Some((token, wanted)) = self.wanted(record)? else {
+            return Ok(());
+        };
+        let key = (record.shop_domain.clone(), record.order_id);
+        if self
+            .applied
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            == Some(&wanted)
+        {
+            return Ok(());
+        }
+        let store = StoreAccess {
+            shop_domain: &record.shop_domain,
+            access_token: token.expose(),
+        };
+        let id = order_gid(record.order_id);
+        #[derive(Deserialize)]
+        struct OrderData {
+            order: Option<HeldOrder>,
+        }
+        let held = self
+            .admin
+            .run::<OrderData>(store, &ORDER_NOTE_AND_TAGS, json!({ "id": id }))
+            .await?
+            .order
+            .ok_or_else(|| {
+                Failure::DeadLetter(format!(
+                    "{}: order {} is not in the store",
+                    record.shop_domain, record.order_id
+                ))
+            })?;
+        let writes = writes_for(&held, &wanted);
+        if !writes.remove_tags.is_empty() {
+            self.admin
+                .run::<serde_json::Value>(
+                    store,
+                    &TAGS_REMOVE,
+                    json!({"id": id, "tags": writes.remove_tags}),
+                )
+                .await?;
+        }
+        if !writes.add_tags.is_empty() {
+            self.admin
+                .run::<serde_json::Value>(
+                    store,
+                    &TAGS_ADD,
+                    json!({"id": id, "tags": writes.add_tags}),
+                )
+                .await?;
+            metrics::counter!("tributary_writeback_tags_total").increment(1);
+        }
+        if let Some(note) = &writes.note {
+            self.admin
+                .run::<serde_json::Value>(
+                    store,
+                    &ORDER_UPDATE_NOTE,
+                    json!({"id": id, "note": note}),
+                )
+                .await?;
+            metrics::counter!("tributary_writeback_notes_total").increment(1);
+        }
+        self.applied
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, wanted);
+        Ok(())
+    }
+
+    /// The store's token and what the order should carry; `None` when nothing is to be written
+    /// (not attributed, store inactive or without Admin access, toggles off).
+    fn wanted(
+        &self,
+        record: &Attribution,
+    ) -> Result<Option<(tributary_schemas::secrets::Secret, Wanted)>, Failure> {
+        if record.outcome != Outcome::Attributed {
+            return Ok(None);
+        }
+        let Some(identifier) = record.advocate_identifier.as_deref() else {
+            return Ok(None);
+        };
+        let control = self.control.read().unwrap_or_else(|e| e.into_inner());
+        let Some(store) = control
+            .store(&record.shop_domain)
+            .filter(|s| s.status == StoreStatus::Active)
+        else {
+            return Ok(None);
+        };
+        let Some(admin) = &store.admin else {
+            return Ok(None);
+        };
+        let features = &store.features;
+        if !features.order_tags && !features.order_notes {
+            return Ok(None);
+        }
+        let token = self
+            .master_key
+            .open(
+                &access_token_purpose(&store.domain),
+                &admin.access_token_sealed,
+            )
+            .map_err(|_| {
+                Failure::DeadLetter(format!(
+                    "{}: the Admin API access token could not be opened with this master key",
+                    store.domain
+                ))
+            })?;
+        let advocate_name = record
+            .advocate_id
+            .as_deref()
+            .and_then(|id| control.advocates(&record.shop_domain).by_id(id))
+            .map(|a| a.first_name.clone())
+            .unwrap_or_default();
+        let link = self
+            .config
+            .link_template
+            .replace("{shop}", &record.shop_domain)
+            .replace("{identifier}", identifier);
+        let wanted = Wanted {
+            tags: features.order_tags.then(|| {
+                let prefix = admin.tag_prefix.clone();
+                let advocate_tag = format!("{prefix}:advocate:{identifier}");
+                (prefix, advocate_tag)
+            }),
+            note_block: features.order_notes.then(|| {
+                note_block(
+                    &advocate_name,
+                    identifier,
+                    record.source.label(),
+                    record.code.as_deref(),
+                    &link,
+                )
+            }),
+        };
+        Ok(Some((token, wanted)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wanted(identifier: &str) -> Wanted {
+        Wanted {
+            tags: Some((
+                "tributary".into(),
+                format!("tributary:advocate:{identifier}"),
+            )),
+            note_block: Some(note_block(
+                "Anna",
+                identifier,
+                "Discount Code",
+                Some("ANNA10"),
+                "https://s/?ref=anna",
+            )),
+        }
+    }
+
+    #[test]
+    fn the_merchants_note_is_kept_and_the_block_is_written_once() {
+        let want = wanted("anna");
+        let held = HeldOrder {
+            note: Some("Gift wrap, please.".into()),
+            tags: vec!["VIP".into()],
+        };
+        let writes = writes_for(&held, &want);
+        let note = writes.note.clone().expect("a note to write");
+        assert!(note.starts_with("Gift wrap, please.\n\n--- tributary ---\nAdvocate: Anna (anna)\nSource: Discount Code\nCode: ANNA10"));
+        assert_eq!(
+            writes.add_tags,
+            vec!["tributary", "tributary:advocate:anna"]
+        );
+        // Once written, nothing is missing.
+        let after = HeldOrder {
+            note: Some(note.clone()),
+            tags: vec![
+                "VIP".into(),
+                "Tributary".into(),
+                "tributary:advocate:anna".into(),
+            ],
+        };
+        assert!(writes_for(&after, &want).is_empty());
+        // The merchant edits their part; the block stays once.
+        let edited = merge_note(
+            &note.replace("Gift wrap", "No gift wrap"),
+            want.note_block.as_ref().unwrap(),
+        );
+        assert_eq!(edited.matches(NOTE_START).count(), 1);
+        assert!(edited.starts_with("No gift wrap, please."));
+    }
+
+    #[test]
+    fn a_moved_order_swaps_its_advocate_tag_and_rewrites_its_block() {
+        let held = HeldOrder {
+            note: Some(merge_note("", wanted("anna").note_block.as_ref().unwrap())),
+            tags: vec!["tributary".into(), "tributary:advocate:anna".into()],
+        };
+        let mut to_ben = wanted("ben");
+        to_ben.note_block = Some(note_block(
+            "Ben",
+            "ben",
+            "Manual",
+            None,
+            "https://s/?ref=ben",
+        ));
+        let writes = writes_for(&held, &to_ben);
+        assert_eq!(writes.remove_tags, vec!["tributary:advocate:anna"]);
+        assert_eq!(writes.add_tags, vec!["tributary:advocate:ben"]);
+        let note = writes.note.unwrap();
+        assert!(
+            note.starts_with(NOTE_START)
+                && note.contains("Advocate: Ben (ben)")
+                && !note.contains("Anna")
+        );
+    }
+}
