@@ -21,6 +21,7 @@ use tributary_schemas::secrets::MasterKey;
 use tributary_schemas::{topics, Advocate, Store};
 use tributary_shopify::AdminClient;
 use tributary_sinks::clickhouse::ClickHouseSink;
+use tributary_sinks::shopify::minting;
 use tributary_sinks::shopify::writeback::WritebackSink;
 
 use crate::config::Config;
@@ -145,7 +146,7 @@ where
 }
 
 /// Stores and advocates, followed in the background; returns once both have caught up.
-async fn follow_stores_and_advocates(
+pub async fn follow_stores_and_advocates(
     bootstrap: &str,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Arc<RwLock<Control>>> {
@@ -240,7 +241,8 @@ pub async fn run_sink(
     Ok(())
 }
 
-/// The Shopify writeback sink: tags and notes on attributed orders.
+/// The Shopify writeback service: tags and notes on attributed orders, and auto-mint for the
+/// stores that turned it on.
 pub async fn run_writeback(
     config: &Config,
     bootstrap: &str,
@@ -251,16 +253,78 @@ pub async fn run_writeback(
     let master_key = MasterKey::load(&config.secrets.master_key_file, true)?;
     let control = follow_stores_and_advocates(bootstrap, &shutdown).await?;
     let admin = Arc::new(AdminClient::new(config.shopify.clone())?);
-    WritebackSink::new(
+    let auto_mint = auto_mint(
+        config,
+        bootstrap,
+        admin.clone(),
+        control.clone(),
+        master_key.clone(),
+        shutdown.clone(),
+    );
+    let sink = WritebackSink::new(
         bootstrap,
         config.writeback.clone(),
         admin,
         control,
         master_key,
-    )
-    .run(ready, shutdown)
-    .await?;
-    Ok(())
+    );
+    let (sink, auto_mint) = tokio::join!(sink.run(ready, shutdown), auto_mint);
+    sink?;
+    auto_mint
+}
+
+/// Every `auto_mint_interval_ms`, mints codes for the active advocates without one of each store
+/// with `features.auto_mint_codes`.
+async fn auto_mint(
+    config: &Config,
+    bootstrap: &str,
+    admin: Arc<AdminClient>,
+    control: Arc<RwLock<Control>>,
+    master_key: MasterKey,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let producer: FutureProducer = producer_config(bootstrap, Duration::from_secs(30)).create()?;
+    let interval = Duration::from_millis(config.writeback.auto_mint_interval_ms.max(100));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(interval) => {}
+        }
+        let shops: Vec<String> = control
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .stores()
+            .filter(|s| s.features.auto_mint_codes && s.admin.is_some())
+            .map(|s| s.domain.clone())
+            .collect();
+        for shop in shops {
+            let minting = minting::mint_missing(
+                &admin,
+                &control,
+                &master_key,
+                &producer,
+                &shop,
+                &|_| {},
+                &|_| {},
+            );
+            let result = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                result = minting => result,
+            };
+            match result {
+                Ok(summary) if summary.minted + summary.skipped.len() > 0 => {
+                    tracing::info!(
+                        shop,
+                        minted = summary.minted,
+                        skipped = summary.skipped.len(),
+                        "auto-mint"
+                    );
+                }
+                Ok(_) => {}
+                Err(error) => tracing::warn!(shop, %error, "auto-mint failed; retried next round"),
+            }
+        }
+    }
 }
 
 /// Drops the configured ClickHouse database (the demo and the bench start empty).

@@ -14,6 +14,7 @@ use tributary_schemas::secrets::MasterKey;
 use tributary_schemas::{
     topics, AvroRecord, DeadLetter, ManualAttribution, OperatorCommand, RewardApproval,
 };
+use tributary_sinks::shopify::minting;
 
 #[derive(Parser)]
 #[command(name = "tributary", version, about = "Shopify and marketplace orders in, attributed revenue out.", long_about = None)]
@@ -99,6 +100,11 @@ enum Command {
         #[arg(long, default_value = "operator")]
         by: String,
     },
+    /// Advocates' discount codes in Shopify: mint the missing ones, show coverage.
+    Codes {
+        #[command(subcommand)]
+        command: CodesCommand,
+    },
     /// Reward requests: approve them, list the pending ones.
     Rewards {
         #[command(subcommand)]
@@ -163,6 +169,25 @@ enum RewardsCommand {
     },
     /// List the reward requests waiting for approval (from ClickHouse).
     Pending {
+        /// Only this store.
+        #[arg(long)]
+        shop: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CodesCommand {
+    /// Mint a code for every active advocate of a store who has none, from the store's
+    /// `code_pattern` on its `discount_template_id`, paced under Shopify's cost limit. Safe to run
+    /// again: advocates with a code are left alone, and codes an interrupted run created are
+    /// recognised, not created twice. An advocate whose codes are all taken is skipped with an
+    /// alert on tributary.alerts.
+    Mint {
+        #[arg(long)]
+        shop: String,
+    },
+    /// Active advocates with a code and without one, per store.
+    Stats {
         /// Only this store.
         #[arg(long)]
         shop: Option<String>,
@@ -358,6 +383,7 @@ async fn run() -> anyhow::Result<()> {
             println!("queued: order {order} of {shop} to {advocate}");
             Ok(())
         }
+        Command::Codes { command } => codes(&config, command, shutdown).await,
         Command::Rewards {
             command: RewardsCommand::Approve { shop, order, by },
         } => {
@@ -522,6 +548,65 @@ fn plan(args: &GenerateArgs) -> anyhow::Result<generate::Plan> {
     let stores = control_files::StoresFile::read(&args.stores)?;
     let advocates = control_files::read_advocates(&args.advocates)?;
     generate::plan(&stores.store, &advocates, args.orders, args.seed)
+}
+
+async fn codes(
+    config: &Config,
+    command: CodesCommand,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let bootstrap = bootstrap(config)?;
+    let control = app::follow_stores_and_advocates(&bootstrap, &shutdown).await?;
+    match command {
+        CodesCommand::Stats { shop } => {
+            let control = control.read().unwrap_or_else(|p| p.into_inner());
+            let mut shops: Vec<String> = control.stores().map(|s| s.domain.clone()).collect();
+            shops.sort();
+            println!("{:<36} {:>10} {:>10}", "store", "have one", "need one");
+            for domain in shops
+                .iter()
+                .filter(|d| shop.as_ref().is_none_or(|s| s == *d))
+            {
+                let stats = minting::code_stats(&control, domain);
+                println!(
+                    "{domain:<36} {:>10} {:>10}",
+                    stats.with_code, stats.without_code
+                );
+            }
+        }
+        CodesCommand::Mint { shop } => {
+            let shop = shop.trim().to_ascii_lowercase();
+            let master_key = MasterKey::load(&config.secrets.master_key_file, false)?;
+            let admin = tributary_shopify::AdminClient::new(config.shopify.clone())?;
+            let producer: rdkafka::producer::FutureProducer =
+                tributary_schemas::kafka::producer_config(&bootstrap, Duration::from_secs(30))
+                    .create()?;
+            let bar = generate::progress_bar(0);
+            let started = std::time::Instant::now();
+            let summary = minting::mint_missing(
+                &admin,
+                &control,
+                &master_key,
+                &producer,
+                &shop,
+                &|needing| bar.set_length(needing as u64),
+                &|settled| bar.set_position(settled as u64),
+            )
+            .await?;
+            bar.finish();
+            let elapsed = started.elapsed();
+            println!(
+                "{shop}: minted {} code(s) in {elapsed:.1?} ({:.1} codes/s), skipped {}",
+                summary.minted,
+                summary.minted as f64 / elapsed.as_secs_f64().max(1e-9),
+                summary.skipped.len()
+            );
+            for (advocate, reason) in &summary.skipped {
+                println!("  skipped {advocate}: {reason}");
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn send_with_progress(

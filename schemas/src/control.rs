@@ -188,6 +188,11 @@ impl Control {
             .filter(|s| s.status != StoreStatus::Disconnected)
     }
 
+    /// Every store as last published.
+    pub fn stores(&self) -> impl Iterator<Item = &Store> {
+        self.stores.values()
+    }
+
     /// A store as last published, whatever its status.
     pub fn store(&self, domain: &str) -> Option<&Store> {
         self.stores.get(domain)

@@ -426,6 +426,36 @@ pub struct Advocate {
 }
 avro_record!(Advocate, "advocate.avsc");
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AlertKind {
+    /// An advocate got no discount code: every attempt was taken, or Shopify refused it.
+    CodeNotMinted,
+    /// The health check failed: token refused, scopes missing or webhooks not subscribed.
+    ConnectionUnhealthy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AlertStatus {
+    Open,
+    Archived,
+}
+
+/// Something a store's team admins must act on (topic `tributary.alerts`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Alert {
+    /// `<shop>/<kind>/<subject>`: one alert per problem, archived by a later record.
+    pub alert_id: String,
+    pub shop_domain: String,
+    pub kind: AlertKind,
+    pub status: AlertStatus,
+    pub message: String,
+    pub raised_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+avro_record!(Alert, "alert.avsc");
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum CustomerEventKind {
@@ -527,6 +557,15 @@ mod tests {
             body: b"{\"id\":1}\xff".to_vec(),
         });
         round_trip(sample_order_event());
+        round_trip(Alert {
+            alert_id: "a.myshopify.com/CODE_NOT_MINTED/7".into(),
+            shop_domain: "a.myshopify.com".into(),
+            kind: AlertKind::CodeNotMinted,
+            status: AlertStatus::Open,
+            message: "taken".into(),
+            raised_at_ms: 1,
+            updated_at_ms: 2,
+        });
         round_trip(Attribution {
             shop_domain: "a.myshopify.com".into(),
             order_id: u64::MAX >> 1,
@@ -579,7 +618,12 @@ mod tests {
                 order_attribution: true,
                 ..Default::default()
             },
-            admin: None,
+            admin: Some(StoreAdmin {
+                access_token_sealed: "sealed".into(),
+                tag_prefix: "tributary".into(),
+                code_pattern: Some("{{advocate_identifier}}".into()),
+                discount_template_id: None,
+            }),
             reward_activity: Some(RewardActivity {
                 name: "Referral".into(),
                 basis: RewardBasis::PerUnit,

@@ -9,6 +9,7 @@
 //! | `tributary.events` | [`CustomerEvent`](crate::CustomerEvent) | as `tributary.orders_by_customer` | delete |
 //! | `tributary.control.stores` | [`Store`](crate::Store) | `<shop>` | compact |
 //! | `tributary.control.advocates` | [`Advocate`](crate::Advocate) | `<shop>/<advocate id>` | compact |
+//! | `tributary.alerts` | [`Alert`](crate::Alert) | its `alert_id` | compact |
 //! | `tributary.dlq` | [`DeadLetter`](crate::DeadLetter) | the failed record's key | delete |
 //!
 //! Partitioning: producers hash keys with `murmur2_random` (the Java client's partitioner, so other
@@ -30,6 +31,7 @@ pub const EVENTS: &str = "tributary.events";
 pub const STORES: &str = "tributary.control.stores";
 pub const ADVOCATES: &str = "tributary.control.advocates";
 pub const DEAD_LETTERS: &str = "tributary.dlq";
+pub const ALERTS: &str = "tributary.alerts";
 
 /// librdkafka's name for the Java client's default partitioner.
 pub const PARTITIONER: &str = "murmur2_random";
@@ -48,7 +50,7 @@ pub struct TopicSpec {
     pub single_partition: bool,
 }
 
-pub const ALL: [TopicSpec; 8] = [
+pub const ALL: [TopicSpec; 9] = [
     TopicSpec {
         name: WEBHOOKS,
         cleanup: Cleanup::Delete,
@@ -88,6 +90,11 @@ pub const ALL: [TopicSpec; 8] = [
         name: DEAD_LETTERS,
         cleanup: Cleanup::Delete,
         // Few records; one partition gives operators one offset to replay from.
+        single_partition: true,
+    },
+    TopicSpec {
+        name: ALERTS,
+        cleanup: Cleanup::Compact,
         single_partition: true,
     },
 ];

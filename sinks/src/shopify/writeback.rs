@@ -54,6 +54,9 @@ pub struct WritebackConfig {
     /// The link in the order note; `{shop}` and `{identifier}` are replaced. The default is the
     /// advocate's share link.
     pub link_template: String,
+    /// How often stores with `features.auto_mint_codes` are checked for active advocates without
+    /// a code (an advocate activated since is minted one).
+    pub auto_mint_interval_ms: u64,
 }
 
 impl Default for WritebackConfig {
@@ -64,6 +67,7 @@ impl Default for WritebackConfig {
             batch_records: 500,
             batch_ms: 200,
             link_template: "https://{shop}/?ref={identifier}".into(),
+            auto_mint_interval_ms: 10_000,
         }
     }
 }
