@@ -118,7 +118,7 @@ pub async fn serve(
 }
 
 /// Follows a control topic in the background; returns once it has caught up.
-async fn follow_control<T, F>(
+pub async fn follow_control<T, F>(
     bootstrap: &str,
     topic: &'static str,
     shutdown: &CancellationToken,

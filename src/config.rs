@@ -26,6 +26,9 @@ pub struct Config {
     /// `[writeback]`: tags and notes written back to Shopify.
     #[serde(default)]
     pub writeback: tributary_sinks::shopify::writeback::WritebackConfig,
+    /// `[connections]`: the control plane (`tributary control`).
+    #[serde(default)]
+    pub connections: crate::connections::ConnectionsConfig,
     #[serde(default)]
     pub secrets: SecretsConfig,
     #[serde(default)]

@@ -186,7 +186,11 @@ pub fn store_record(entry: &StoreEntry, master_key: &MasterKey) -> Store {
             tag_prefix: admin.tag_prefix.clone(),
             code_pattern: admin.code_pattern.clone(),
             discount_template_id: admin.discount_template_id.clone(),
+            api_version: String::new(),
+            product_count: 0,
+            last_synced_at_ms: 0,
         }),
+        team_id: None,
         updated_at_ms: now_ms(),
         domain,
     }

@@ -5,6 +5,7 @@
 pub mod app;
 pub mod bench;
 pub mod config;
+pub mod connections;
 pub mod control_files;
 pub mod generate;
 pub mod replay;

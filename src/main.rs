@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tributary::app::{self, Readiness};
 use tributary::config::Config;
+use tributary::connections::{self, ControlPlane};
 use tributary::{bench, control_files, generate, replay, report};
 use tributary_schemas::kafka::{dlq_headers, provision_topics, EmbeddedBroker, ResetTo};
 use tributary_schemas::secrets::MasterKey;
@@ -75,11 +76,20 @@ enum Command {
         #[command(subcommand)]
         command: TopicsCommand,
     },
-    /// Publish stores from a TOML file to the stores control topic (secrets sealed).
+    /// Stores: load operator-managed ones from a file, or connect, inspect, toggle, check and
+    /// disconnect a team's stores (as the admin API of `tributary control` does).
     Stores {
         #[command(subcommand)]
-        command: LoadCommand,
+        command: StoresCommand,
     },
+    /// Teams of store admins.
+    Teams {
+        #[command(subcommand)]
+        command: TeamsCommand,
+    },
+    /// Serve the admin API (connections, status, toggles, disconnect, health) and run the
+    /// health check of every connected store each `connections.health_interval_s`.
+    Control,
     /// Publish advocates from a CSV file to the advocates control topic.
     Advocates {
         #[command(subcommand)]
@@ -172,6 +182,60 @@ enum RewardsCommand {
         /// Only this store.
         #[arg(long)]
         shop: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoresCommand {
+    /// Publish stores from a TOML file to the stores control topic (secrets sealed).
+    Load { file: PathBuf },
+    /// Connect a store for a team: the access token (TRIBUTARY_ACCESS_TOKEN) is verified against
+    /// the store, the webhooks are registered, and the store is saved with its app secret
+    /// (TRIBUTARY_APP_SECRET), both sealed at once. Secrets come from the environment, never the
+    /// command line. Every feature starts off.
+    Connect {
+        #[arg(long)]
+        team: String,
+        #[arg(long)]
+        domain: String,
+    },
+    /// A team's stores: connected, status, last synced, product count, API version, features.
+    Status {
+        #[arg(long)]
+        team: String,
+    },
+    /// Turn features on or off, e.g. --on order_tags,order_notes --off auto_mint_codes.
+    Features {
+        #[arg(long)]
+        team: String,
+        #[arg(long)]
+        domain: String,
+        #[arg(long, value_delimiter = ',')]
+        on: Vec<String>,
+        #[arg(long, value_delimiter = ',')]
+        off: Vec<String>,
+    },
+    /// Disconnect a store: processing stops at once and its credentials are forgotten; codes
+    /// already in Shopify stay.
+    Disconnect {
+        #[arg(long)]
+        team: String,
+        #[arg(long)]
+        domain: String,
+    },
+    /// Run the health check now: every connected store, or one.
+    Check {
+        #[arg(long)]
+        shop: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TeamsCommand {
+    /// Create a team; prints its id and API key (shown this once, kept only as a digest).
+    Create {
+        #[arg(long)]
+        name: String,
     },
 }
 
@@ -351,14 +415,19 @@ async fn run() -> anyhow::Result<()> {
             println!("created {} topic(s): {}", created.len(), created.join(", "));
             Ok(())
         }
-        Command::Stores {
-            command: LoadCommand::Load { file },
+        Command::Stores { command } => stores(&config, command, shutdown).await,
+        Command::Teams {
+            command: TeamsCommand::Create { name },
         } => {
-            let key = MasterKey::load(&config.secrets.master_key_file, true)?;
-            let n = control_files::load_stores(&bootstrap(&config)?, &file, &key).await?;
-            println!("published {n} store(s)");
+            let plane = ControlPlane::start(&config, &bootstrap(&config)?, &shutdown).await?;
+            let (team, key) = plane.create_team(&name).await?;
+            println!(
+                "team {} ({})\napi key (shown once): {key}",
+                team.team_id, team.name
+            );
             Ok(())
         }
+        Command::Control => connections::run_control(&config, &bootstrap(&config)?, shutdown).await,
         Command::Advocates {
             command: LoadCommand::Load { file },
         } => {
@@ -548,6 +617,78 @@ fn plan(args: &GenerateArgs) -> anyhow::Result<generate::Plan> {
     let stores = control_files::StoresFile::read(&args.stores)?;
     let advocates = control_files::read_advocates(&args.advocates)?;
     generate::plan(&stores.store, &advocates, args.orders, args.seed)
+}
+
+async fn stores(
+    config: &Config,
+    command: StoresCommand,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    if let StoresCommand::Load { file } = &command {
+        let key = MasterKey::load(&config.secrets.master_key_file, true)?;
+        let n = control_files::load_stores(&bootstrap(config)?, file, &key).await?;
+        println!("published {n} store(s)");
+        return Ok(());
+    }
+    let plane = ControlPlane::start(config, &bootstrap(config)?, &shutdown).await?;
+    let show = |views: &[connections::StoreView]| -> anyhow::Result<()> {
+        println!("{}", serde_json::to_string_pretty(views)?);
+        Ok(())
+    };
+    match command {
+        StoresCommand::Load { .. } => Ok(()),
+        StoresCommand::Connect { team, domain } => {
+            let secret = |name: &str| {
+                std::env::var(name).with_context(|| format!("{name} must hold the secret"))
+            };
+            let request = connections::ConnectRequest {
+                domain,
+                access_token: secret("TRIBUTARY_ACCESS_TOKEN")?,
+                app_secret: secret("TRIBUTARY_APP_SECRET")?,
+            };
+            show(&[plane.connect(&team, request).await?])
+        }
+        StoresCommand::Status { team } => show(&plane.list(&team)),
+        StoresCommand::Features {
+            team,
+            domain,
+            on,
+            off,
+        } => {
+            let mut changes = connections::StoreChanges::default();
+            for (names, value) in [(on, true), (off, false)] {
+                for name in names {
+                    let slot = match name.trim() {
+                        "auto_mint_codes" => &mut changes.auto_mint_codes,
+                        "order_attribution" => &mut changes.order_attribution,
+                        "order_notes" => &mut changes.order_notes,
+                        "order_tags" => &mut changes.order_tags,
+                        "attribution_rewards" => &mut changes.attribution_rewards,
+                        other => anyhow::bail!("no feature {other}"),
+                    };
+                    *slot = Some(value);
+                }
+            }
+            show(&[plane.change(&team, &domain, changes).await?])
+        }
+        StoresCommand::Disconnect { team, domain } => {
+            show(&[plane.disconnect(&team, &domain).await?])
+        }
+        StoresCommand::Check { shop } => {
+            let reports = match shop {
+                Some(shop) => vec![plane.check_health(&shop).await],
+                None => plane.check_all().await,
+            };
+            for report in reports {
+                match report {
+                    Ok(r) if r.healthy => println!("{}: healthy", r.domain),
+                    Ok(r) => println!("{}: locked: {}", r.domain, r.problems.join("; ")),
+                    Err(error) => println!("check failed: {error}"),
+                }
+            }
+            Ok(())
+        }
+    }
 }
 
 async fn codes(

@@ -171,6 +171,7 @@ mod tests {
             },
             reward_activity: None,
             admin: None,
+            team_id: None,
             updated_at_ms: 0,
         }
     }

@@ -380,6 +380,8 @@ pub struct Store {
     pub reward_activity: Option<RewardActivity>,
     /// Admin API access, for writeback and code minting.
     pub admin: Option<StoreAdmin>,
+    /// The team that connected the store; only its admins read or change it.
+    pub team_id: Option<String>,
     pub updated_at_ms: i64,
 }
 avro_record!(Store, "store.avsc");
@@ -392,6 +394,12 @@ pub struct StoreAdmin {
     pub tag_prefix: String,
     pub code_pattern: Option<String>,
     pub discount_template_id: Option<String>,
+    /// The Admin API version the store was last checked with.
+    pub api_version: String,
+    /// Products in the store at the last check.
+    pub product_count: i64,
+    /// When the connection was last verified (0: never).
+    pub last_synced_at_ms: i64,
 }
 
 impl std::fmt::Debug for StoreAdmin {
@@ -425,6 +433,26 @@ pub struct Advocate {
     pub updated_at_ms: i64,
 }
 avro_record!(Advocate, "advocate.avsc");
+
+/// A team of store admins (topic `tributary.control.teams`).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Team {
+    pub team_id: String,
+    pub name: String,
+    /// Hex SHA-256 of the team's API key; the key itself is shown once, at creation.
+    pub api_key_sha256: String,
+    pub created_at_ms: i64,
+}
+avro_record!(Team, "team.avsc");
+
+impl std::fmt::Debug for Team {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Team")
+            .field("team_id", &self.team_id)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -557,6 +585,12 @@ mod tests {
             body: b"{\"id\":1}\xff".to_vec(),
         });
         round_trip(sample_order_event());
+        round_trip(Team {
+            team_id: "t1".into(),
+            name: "Outdoors".into(),
+            api_key_sha256: "00".into(),
+            created_at_ms: 1,
+        });
         round_trip(Alert {
             alert_id: "a.myshopify.com/CODE_NOT_MINTED/7".into(),
             shop_domain: "a.myshopify.com".into(),
@@ -623,7 +657,11 @@ mod tests {
                 tag_prefix: "tributary".into(),
                 code_pattern: Some("{{advocate_identifier}}".into()),
                 discount_template_id: None,
+                api_version: "2025-10".into(),
+                product_count: 3,
+                last_synced_at_ms: 4,
             }),
+            team_id: Some("t1".into()),
             reward_activity: Some(RewardActivity {
                 name: "Referral".into(),
                 basis: RewardBasis::PerUnit,

@@ -9,6 +9,7 @@
 //! | `tributary.events` | [`CustomerEvent`](crate::CustomerEvent) | as `tributary.orders_by_customer` | delete |
 //! | `tributary.control.stores` | [`Store`](crate::Store) | `<shop>` | compact |
 //! | `tributary.control.advocates` | [`Advocate`](crate::Advocate) | `<shop>/<advocate id>` | compact |
+//! | `tributary.control.teams` | [`Team`](crate::Team) | its `team_id` | compact |
 //! | `tributary.alerts` | [`Alert`](crate::Alert) | its `alert_id` | compact |
 //! | `tributary.dlq` | [`DeadLetter`](crate::DeadLetter) | the failed record's key | delete |
 //!
@@ -32,6 +33,7 @@ pub const STORES: &str = "tributary.control.stores";
 pub const ADVOCATES: &str = "tributary.control.advocates";
 pub const DEAD_LETTERS: &str = "tributary.dlq";
 pub const ALERTS: &str = "tributary.alerts";
+pub const TEAMS: &str = "tributary.control.teams";
 
 /// librdkafka's name for the Java client's default partitioner.
 pub const PARTITIONER: &str = "murmur2_random";
@@ -50,7 +52,7 @@ pub struct TopicSpec {
     pub single_partition: bool,
 }
 
-pub const ALL: [TopicSpec; 9] = [
+pub const ALL: [TopicSpec; 10] = [
     TopicSpec {
         name: WEBHOOKS,
         cleanup: Cleanup::Delete,
@@ -90,6 +92,11 @@ pub const ALL: [TopicSpec; 9] = [
         name: DEAD_LETTERS,
         cleanup: Cleanup::Delete,
         // Few records; one partition gives operators one offset to replay from.
+        single_partition: true,
+    },
+    TopicSpec {
+        name: TEAMS,
+        cleanup: Cleanup::Compact,
         single_partition: true,
     },
     TopicSpec {
