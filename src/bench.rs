@@ -13,6 +13,11 @@
 //!    order's latency runs from sending its first webhook to its row being visible in ClickHouse
 //!    (polled every 10 ms).
 //!
+//! 6. **Shopify.** Against the fake Shopify, for each of three cost buckets (Shopify's standard
+//!    plan, Shopify Plus, unthrottled): the writeback service starts on the attributions and
+//!    runs for at most [`SHOPIFY_WINDOW`]; measures attributed orders tagged and noted per second.
+//!    Then 1,000 discount codes are minted; measures codes per second.
+//!
 //! Finally ClickHouse's per-advocate totals must equal the generator's for both streams, so a
 //! fast but lossy run fails instead of reporting figures.
 
@@ -68,7 +73,25 @@ impl Drain {
     }
 }
 
+/// The longest each writeback run of stage 6 lasts.
+pub const SHOPIFY_WINDOW: Duration = Duration::from_secs(15);
+
+/// Stage 6 under one cost bucket.
+#[derive(Debug)]
+pub struct ShopifyFigures {
+    pub bucket: &'static str,
+    /// Attributed orders tagged and noted, of those the store has.
+    pub orders_written: u64,
+    pub orders_attributed: u64,
+    pub writeback_elapsed: Duration,
+    /// Admin API requests the writeback made (reads and writes, retries included).
+    pub requests: u64,
+    pub codes_minted: usize,
+    pub minting_elapsed: Duration,
+}
+
 pub struct BenchReport {
+    pub shopify: Vec<ShopifyFigures>,
     pub ingest: SendReport,
     pub mean_body_bytes: usize,
     pub processor: Drain,
@@ -128,7 +151,7 @@ pub async fn run(mut config: Config, plan: BenchPlan) -> anyhow::Result<BenchRep
     };
 
     println!(
-        "stage 1/5: ingest only, {} deliveries",
+        "stage 1/6: ingest only, {} deliveries",
         plan.backlog.deliveries()
     );
     services.spawn(start(Service::Ingest));
@@ -153,7 +176,7 @@ pub async fn run(mut config: Config, plan: BenchPlan) -> anyhow::Result<BenchRep
     );
     plan.backlog.publish_commands(&bootstrap).await?;
 
-    println!("stage 2/5: processor drains the backlog");
+    println!("stage 2/6: processor drains the backlog");
     services.spawn(start(Service::Processor));
     let processor = drain(
         &bootstrap,
@@ -164,7 +187,7 @@ pub async fn run(mut config: Config, plan: BenchPlan) -> anyhow::Result<BenchRep
     )
     .await?;
 
-    println!("stage 3/5: sink drains the attributions");
+    println!("stage 3/6: sink drains the attributions");
     services.spawn(start(Service::Sink));
     let sink = drain(
         &bootstrap,
@@ -175,7 +198,7 @@ pub async fn run(mut config: Config, plan: BenchPlan) -> anyhow::Result<BenchRep
     )
     .await?;
 
-    println!("stage 4/5: events stage re-keys the attributions by customer and emits events");
+    println!("stage 4/6: events stage re-keys the attributions by customer and emits events");
     services.spawn(start(Service::Events));
     let repartitioned = drain(
         &bootstrap,
@@ -200,7 +223,7 @@ pub async fn run(mut config: Config, plan: BenchPlan) -> anyhow::Result<BenchRep
     };
 
     println!(
-        "stage 5/5: end to end, {} orders at {} orders/s",
+        "stage 5/6: end to end, {} orders at {} orders/s",
         plan.live.orders.len(),
         plan.live_orders_per_second
     );
@@ -226,6 +249,9 @@ pub async fn run(mut config: Config, plan: BenchPlan) -> anyhow::Result<BenchRep
         .collect();
     end_to_end_ms.sort_by(f64::total_cmp);
 
+    println!("stage 6/6: Shopify writeback and code minting against the fake Shopify");
+    let shopify = shopify_stage(&config, &bootstrap, &plan.stores, &client).await?;
+
     let held_order_bytes = held_order_bytes(&plan.backlog);
     let mut expected = plan.backlog.expected.clone();
     expected.add(&plan.live.expected);
@@ -236,7 +262,11 @@ pub async fn run(mut config: Config, plan: BenchPlan) -> anyhow::Result<BenchRep
         matched,
         "ClickHouse does not match the generator; figures withheld\n{totals_table}"
     );
+    // Stop every service while the broker is still up, so none is left talking to it.
+    shutdown.cancel();
+    while services.join_next().await.is_some() {}
     Ok(BenchReport {
+        shopify,
         mean_body_bytes: mean_body(&plan.backlog),
         ingest,
         processor,
@@ -248,6 +278,121 @@ pub async fn run(mut config: Config, plan: BenchPlan) -> anyhow::Result<BenchRep
         held_order_bytes,
         totals_table,
     })
+}
+
+/// Stage 6: writeback and minting under Shopify's standard bucket, Shopify Plus's, and none.
+async fn shopify_stage(
+    config: &Config,
+    bootstrap: &str,
+    stores: &[StoreEntry],
+    client: &clickhouse::Client,
+) -> anyhow::Result<Vec<ShopifyFigures>> {
+    let Some(store) = stores.iter().find(|s| s.admin.is_some()) else {
+        anyhow::bail!("no store with Admin API access to write back to");
+    };
+    let shop = store.domain.trim().to_ascii_lowercase();
+    let stores = control_files::StoresFile {
+        store: stores.to_vec(),
+    };
+    let orders_attributed: u64 = client
+        .query("SELECT count() FROM attributions_current WHERE shop_domain = ? AND outcome = 'ATTRIBUTED'")
+        .bind(&shop)
+        .fetch_one()
+        .await?;
+    let mut figures = Vec::new();
+    let buckets: [(&'static str, f64, f64); 3] = [
+        ("standard (1,000 points, 50/s)", 1_000.0, 50.0),
+        ("Plus (10,000 points, 500/s)", 10_000.0, 500.0),
+        ("unthrottled", 1e12, 1e12),
+    ];
+    for (run, (bucket, size, rate)) in buckets.into_iter().enumerate() {
+        let fake =
+            control_files::start_fake_shopify(([127, 0, 0, 1], 0).into(), &stores, size, rate)
+                .await?;
+        let mut config = config.clone();
+        config.shopify.base_url = Some(fake.base_url());
+        if rate > 1e9 {
+            // Unthrottled: lift the request ceiling too, to show the writeback's own limit.
+            config.shopify.requests_per_second = 1_000_000;
+        }
+        config.writeback.group_id = format!("tributary-bench-writeback-{run}");
+        let stop = CancellationToken::new();
+        let writeback = {
+            let (config, bootstrap, stop) = (config.clone(), bootstrap.to_owned(), stop.clone());
+            tokio::spawn(async move {
+                app::run_writeback(&config, &bootstrap, Readiness::default(), stop).await
+            })
+        };
+        let started = Instant::now();
+        let written = |fake: &tributary_fakes::shopify::FakeShopify| {
+            fake.writes(&shop).get("tagsAdd").copied().unwrap_or(0)
+        };
+        while started.elapsed() < SHOPIFY_WINDOW && written(&fake) < orders_attributed {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let writeback_elapsed = started.elapsed();
+        let orders_written = written(&fake);
+        let requests = fake.requests(&shop).0;
+        stop.cancel();
+        writeback.await??;
+
+        // Minting: 1,000 advocates without a code, on the store's template, from a full bucket
+        // (a fresh store: the writeback above emptied this one's).
+        let fake =
+            control_files::start_fake_shopify(([127, 0, 0, 1], 0).into(), &stores, size, rate)
+                .await?;
+        config.shopify.base_url = Some(fake.base_url());
+        let admin = tributary_shopify::AdminClient::new(config.shopify.clone())?;
+        let access = store
+            .admin
+            .as_ref()
+            .map(|a| a.access_token.clone())
+            .unwrap_or_default();
+        let template = store
+            .admin
+            .as_ref()
+            .and_then(|a| a.discount_template_id.clone())
+            .context("the store has no discount template")?;
+        let advocates: Vec<tributary_schemas::Advocate> = (0..1_000)
+            .map(|n| tributary_schemas::Advocate {
+                shop_domain: shop.clone(),
+                id: format!("bench-{n}"),
+                identifier: format!("bench{n}"),
+                first_name: format!("Bench {n}"),
+                email: String::new(),
+                status: tributary_schemas::AdvocateStatus::Active,
+                codes: Vec::new(),
+                updated_at_ms: 0,
+            })
+            .collect();
+        let target = tributary_sinks::shopify::codes::MintTarget {
+            store: tributary_shopify::StoreAccess {
+                shop_domain: &shop,
+                access_token: &access,
+            },
+            template_id: &template,
+            pattern: "{{advocate_identifier}}-{{random_hex_6}}",
+        };
+        let started = Instant::now();
+        let minted = tributary_sinks::shopify::codes::mint_codes(
+            &admin,
+            target,
+            advocates,
+            Default::default(),
+            &|_| {},
+        )
+        .await?;
+        figures.push(ShopifyFigures {
+            bucket,
+            orders_written,
+            orders_attributed,
+            writeback_elapsed,
+            requests,
+            codes_minted: minted.codes.len(),
+            minting_elapsed: started.elapsed(),
+        });
+    }
+    Ok(figures)
 }
 
 /// Waits until `group` has committed everything in `topic`, timing from the moment `service`
@@ -443,6 +588,21 @@ impl std::fmt::Display for BenchReport {
             "  held order: {:.0} bytes resident per order waiting out its settle delay",
             self.held_order_bytes
         )?;
+        for shopify in &self.shopify {
+            writeln!(
+                f,
+                "  shopify, {} bucket: writeback {:.1} orders/s ({} of {} attributed orders tagged and noted in {:.1?}, {} Admin API requests); minting {:.0} codes/s ({} codes in {:.2?})",
+                shopify.bucket,
+                shopify.orders_written as f64 / shopify.writeback_elapsed.as_secs_f64().max(1e-9),
+                shopify.orders_written,
+                shopify.orders_attributed,
+                shopify.writeback_elapsed,
+                shopify.requests,
+                shopify.codes_minted as f64 / shopify.minting_elapsed.as_secs_f64().max(1e-9),
+                shopify.codes_minted,
+                shopify.minting_elapsed,
+            )?;
+        }
         write!(f, "  peak RSS:   {} MiB", self.peak_rss_mib)
     }
 }

@@ -750,6 +750,45 @@ async fn codes(
     Ok(())
 }
 
+/// Waits for the writeback to tag every attributed order of the stores with Admin access, then
+/// prints a few orders as Shopify now holds them.
+async fn show_writeback(
+    client: &clickhouse::Client,
+    fake: &tributary_fakes::shopify::FakeShopify,
+    stores: &control_files::StoresFile,
+) -> anyhow::Result<()> {
+    for store in stores.store.iter().filter(|s| s.admin.is_some()) {
+        let shop = store.domain.trim().to_ascii_lowercase();
+        let attributed: Vec<u64> = client
+            .query("SELECT order_id FROM attributions_current WHERE shop_domain = ? AND outcome = 'ATTRIBUTED' ORDER BY order_id")
+            .bind(&shop)
+            .fetch_all()
+            .await?;
+        let tagged = |id: &u64| fake.order(&shop, *id).is_some_and(|o| !o.tags.is_empty());
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while attributed.iter().any(|id| !tagged(id)) && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let done = attributed.iter().filter(|id| tagged(id)).count();
+        println!(
+            "\nwriteback to {shop}: {done} of {} attributed orders tagged and noted; Admin API writes {:?}",
+            attributed.len(),
+            fake.writes(&shop)
+        );
+        for id in attributed.iter().take(3) {
+            if let Some(order) = fake.order(&shop, *id) {
+                let tags: Vec<&str> = order.tags.iter().map(String::as_str).collect();
+                println!(
+                    "\norder {id}: tags {}\n{}",
+                    tags.join(", "),
+                    order.note.unwrap_or_default()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 async fn send_with_progress(
     url: &str,
     plan: &generate::Plan,
@@ -775,6 +814,24 @@ async fn demo(
     let client = config.clickhouse.client();
     let (_embedded, bootstrap) = broker_or_embedded(&config).await?;
     let key = MasterKey::load(&config.secrets.master_key_file, true)?;
+    // Shopify cannot be reached from here: unless shopify.base_url says otherwise, writeback goes
+    // to a fake Shopify in this process, sized as a Shopify Plus store so it keeps up.
+    let stores = control_files::StoresFile::read(&args.stores)?;
+    let fake = match config.shopify.base_url {
+        Some(_) => None,
+        None => {
+            let fake = control_files::start_fake_shopify(
+                ([127, 0, 0, 1], 0).into(),
+                &stores,
+                10_000.0,
+                500.0,
+            )
+            .await?;
+            config.shopify.base_url = Some(fake.base_url());
+            println!("fake Shopify Admin API at {}", fake.base_url());
+            Some(fake)
+        }
+    };
     control_files::load_stores(&bootstrap, &args.stores, &key).await?;
     control_files::load_advocates(&bootstrap, &args.advocates).await?;
     let pipeline = {
@@ -806,6 +863,9 @@ async fn demo(
         "unattributed orders expected: {}, excluded orders expected: {}",
         plan.expected.unattributed_orders, plan.expected.excluded_orders
     );
+    if let Some(fake) = &fake {
+        show_writeback(&client, fake, &stores).await?;
+    }
     shutdown.cancel();
     let _ = pipeline.await;
     anyhow::ensure!(matched, "ClickHouse does not match the generator");

@@ -38,7 +38,8 @@ pub struct AdminConfig {
     pub timeout_ms: u64,
     /// Attempts per request before giving up, counting the first.
     pub max_attempts: u32,
-    /// Requests per second per store, whatever their cost.
+    /// Requests per second per store, whatever their cost: a ceiling against runaway loops. The
+    /// GraphQL Admin API itself limits by cost, which the client paces separately.
     pub requests_per_second: u32,
 }
 
@@ -49,7 +50,7 @@ impl Default for AdminConfig {
             base_url: None,
             timeout_ms: 10_000,
             max_attempts: 8,
-            requests_per_second: 20,
+            requests_per_second: 200,
         }
     }
 }
