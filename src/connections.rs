@@ -21,13 +21,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use rand::RngCore;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureProducer;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 use tributary_schemas::control::Control;
-use tributary_schemas::kafka::{now_ms, producer_config};
+use tributary_schemas::kafka::{now_ms, producer_config, publish_record};
 use tributary_schemas::secrets::{access_token_purpose, webhook_secret_purpose, MasterKey};
 use tributary_schemas::topics::{self, store_key};
 use tributary_schemas::{
@@ -700,17 +700,9 @@ impl ControlPlane {
         key: &str,
         record: &T,
     ) -> Result<(), ConnectionError> {
-        let payload = record
-            .to_avro()
-            .map_err(|e| ConnectionError::Kafka(e.to_string()))?;
-        self.producer
-            .send(
-                FutureRecord::to(topic).key(key).payload(&payload),
-                Duration::from_secs(10),
-            )
+        publish_record(&self.producer, topic, key, record)
             .await
-            .map_err(|(e, _)| ConnectionError::Kafka(e.to_string()))?;
-        Ok(())
+            .map_err(|e| ConnectionError::Kafka(e.to_string()))
     }
 
     pub fn health_interval(&self) -> Duration {

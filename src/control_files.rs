@@ -21,9 +21,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureProducer;
 use serde::Deserialize;
-use tributary_schemas::kafka::{now_ms, producer_config};
+use tributary_schemas::kafka::{now_ms, producer_config, publish_record};
 use tributary_schemas::secrets::{access_token_purpose, webhook_secret_purpose, MasterKey};
 use tributary_schemas::topics::{self, advocate_key, store_key};
 use tributary_schemas::{
@@ -221,14 +221,9 @@ pub async fn publish<T: AvroRecord>(
 ) -> anyhow::Result<usize> {
     let producer: FutureProducer = producer_config(bootstrap, Duration::from_secs(10)).create()?;
     for (key, record) in records {
-        let payload = record.to_avro()?;
-        producer
-            .send(
-                FutureRecord::to(topic).key(key).payload(&payload),
-                Duration::from_secs(10),
-            )
+        publish_record(&producer, topic, key, record)
             .await
-            .map_err(|(e, _)| anyhow::anyhow!("publishing to {topic}: {e}"))?;
+            .with_context(|| format!("publishing to {topic}"))?;
     }
     Ok(records.len())
 }

@@ -127,7 +127,7 @@ enum Command {
     /// Replay a topic for a consumer group from the beginning, a time or an offset (or skip to
     /// the end). Stop the group's services first; start them again and, with --follow, watch
     /// the group work through the topic. Groups: tributary-processor on shopify.webhooks,
-    /// tributary-sink-clickhouse on tributary.attributions.
+    /// tributary-sink-clickhouse, tributary-writeback on tributary.attributions.
     Replay {
         #[arg(long)]
         group: String,

@@ -121,7 +121,12 @@ pub async fn replay_dead_letters(
                 continue;
             }
         };
-        if stage.is_some_and(|stage| stage != letter.stage) {
+        // A writeback letter's source is the attributions changelog: producing an old revision
+        // there again would make it the order's newest. Such letters are redone by replaying the
+        // writeback group instead (docs/decisions.md, Writeback).
+        if stage.is_some_and(|stage| stage != letter.stage)
+            || letter.source_topic == topics::ATTRIBUTIONS
+        {
             report.skipped += 1;
             continue;
         }

@@ -301,6 +301,28 @@ pub enum TopicError {
     MissingTopic(String),
     #[error("group {0} has other members (given {1} of {2} partitions); stop its services first")]
     GroupActive(String, usize, usize),
+    #[error("encoding: {0}")]
+    Codec(#[from] crate::CodecError),
+}
+
+/// Encodes `record` and produces it under `key`, returning once the broker has it.
+pub async fn publish_record<T: crate::AvroRecord>(
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    key: &str,
+    record: &T,
+) -> Result<(), TopicError> {
+    let payload = record.to_avro()?;
+    producer
+        .send(
+            rdkafka::producer::FutureRecord::to(topic)
+                .key(key)
+                .payload(&payload),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(error, _)| error)?;
+    Ok(())
 }
 
 /// The partition ids of `topic`.

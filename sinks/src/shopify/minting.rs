@@ -9,16 +9,13 @@
 
 use std::collections::HashSet;
 use std::sync::RwLock;
-use std::time::Duration;
 
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureProducer;
 use tributary_schemas::control::Control;
-use tributary_schemas::kafka::now_ms;
+use tributary_schemas::kafka::{now_ms, publish_record};
 use tributary_schemas::secrets::{access_token_purpose, MasterKey};
 use tributary_schemas::topics::{self, advocate_key};
-use tributary_schemas::{
-    Advocate, AdvocateStatus, Alert, AlertKind, AlertStatus, AvroRecord, StoreStatus,
-};
+use tributary_schemas::{Advocate, AdvocateStatus, Alert, AlertKind, AlertStatus, StoreStatus};
 use tributary_shopify::{AdminClient, StoreAccess};
 
 use super::codes::{mint_codes, MintError, MintTarget};
@@ -36,9 +33,7 @@ pub enum MintingError {
     #[error(transparent)]
     Mint(#[from] MintError),
     #[error("publishing: {0}")]
-    Kafka(#[from] rdkafka::error::KafkaError),
-    #[error("encoding: {0}")]
-    Codec(#[from] tributary_schemas::CodecError),
+    Publish(#[from] tributary_schemas::kafka::TopicError),
 }
 
 /// A store's code coverage: active advocates with a code, and without one.
@@ -134,7 +129,7 @@ pub async fn mint_missing(
     for (mut advocate, code) in minted.codes {
         advocate.codes = vec![code];
         advocate.updated_at_ms = now;
-        publish(
+        publish_record(
             producer,
             topics::ADVOCATES,
             &advocate_key(shop, &advocate.id),
@@ -148,7 +143,7 @@ pub async fn mint_missing(
             "a code was minted",
             now,
         );
-        publish(producer, topics::ALERTS, &archived.alert_id, &archived).await?;
+        publish_record(producer, topics::ALERTS, &archived.alert_id, &archived).await?;
         summary.minted += 1;
     }
     for (advocate, reason) in minted.skipped {
@@ -160,7 +155,7 @@ pub async fn mint_missing(
             "no code minted"
         );
         let open = alert(shop, &advocate.id, AlertStatus::Open, &message, now);
-        publish(producer, topics::ALERTS, &open.alert_id, &open).await?;
+        publish_record(producer, topics::ALERTS, &open.alert_id, &open).await?;
         summary.skipped.push((advocate.identifier, message));
     }
     metrics::counter!("tributary_codes_minted_total").increment(summary.minted as u64);
@@ -177,21 +172,4 @@ fn alert(shop: &str, advocate_id: &str, status: AlertStatus, message: &str, now:
         raised_at_ms: now,
         updated_at_ms: now,
     }
-}
-
-async fn publish<T: AvroRecord>(
-    producer: &FutureProducer,
-    topic: &str,
-    key: &str,
-    record: &T,
-) -> Result<(), MintingError> {
-    let payload = record.to_avro()?;
-    producer
-        .send(
-            FutureRecord::to(topic).key(key).payload(&payload),
-            Duration::from_secs(30),
-        )
-        .await
-        .map_err(|(error, _)| error)?;
-    Ok(())
 }
