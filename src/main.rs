@@ -158,7 +158,7 @@ enum Command {
     /// the generator's.
     Demo(GenerateArgs),
     /// Measure each stage on its own (ingest webhooks/s and ack latency, processor events/s, sink
-    /// rows/s), then end-to-end latency with all running, and peak RSS. Uses an embedded broker
+    /// rows/s), then end-to-end latency with all running, Shopify writeback orders/s and codes minted/s under three cost buckets (against the fake Shopify), and peak RSS. Uses an embedded broker
     /// and the `tributary_bench` database; fails if ClickHouse does not match the generator.
     Bench(BenchArgs),
 }
