@@ -630,12 +630,14 @@ async fn stores(
         println!("published {n} store(s)");
         return Ok(());
     }
+    // Every other store command works through the control plane, as the admin API does.
     let plane = ControlPlane::start(config, &bootstrap(config)?, &shutdown).await?;
     let show = |views: &[connections::StoreView]| -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(views)?);
         Ok(())
     };
     match command {
+        // Published above, without the control plane.
         StoresCommand::Load { .. } => Ok(()),
         StoresCommand::Connect { team, domain } => {
             let secret = |name: &str| {

@@ -22,16 +22,14 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::producer::{DeliveryFuture, FutureProducer};
 use rdkafka::Message;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
-use tributary_schemas::kafka::{
-    consumer_config, producer_config, received_or_warn, CommitWhen, GroupMember,
-};
+use tributary_schemas::kafka::{producer_config, received_or_warn, subscribed_member, CommitWhen};
 use tributary_schemas::topics::{self, customer_key, order_key};
 use tributary_schemas::{
     enum_label, Attribution, AvroRecord, CustomerEvent, CustomerEventKind, Outcome,
@@ -225,11 +223,7 @@ impl EventsStage {
             Loop::Repartition => (&self.config.repartition_group_id, topics::ATTRIBUTIONS),
             Loop::Emit => (&self.config.group_id, topics::ORDERS_BY_CUSTOMER),
         };
-        let consumer: Arc<StreamConsumer<GroupMember>> = Arc::new(
-            consumer_config(&self.bootstrap_servers, group)
-                .create_with_context(GroupMember::new(ready))?,
-        );
-        consumer.subscribe(&[input])?;
+        let consumer = subscribed_member(&self.bootstrap_servers, group, input, ready)?;
         let producer: FutureProducer =
             producer_config(&self.bootstrap_servers, Duration::from_secs(30)).create()?;
         let mut states: HashMap<i32, CustomerEvents> = HashMap::new();

@@ -20,8 +20,8 @@ use rdkafka::{Message, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tributary_schemas::kafka::{
-    consumer_config, now_ms, producer_config, received_or_warn, CommitWhen, DeadLetterRecord,
-    GroupMember, TopicError,
+    now_ms, producer_config, received_or_warn, subscribed_member, CommitWhen, DeadLetterRecord,
+    TopicError,
 };
 use tributary_schemas::topics::{self, order_key};
 use tributary_schemas::{Attribution, AvroRecord, OrderEvent, Store, WebhookEnvelope};
@@ -110,11 +110,12 @@ impl Processor {
         shutdown: CancellationToken,
     ) -> Result<(), ProcessorError> {
         // Ready once the group has assigned this member its partitions (possibly none).
-        let consumer: Arc<StreamConsumer<GroupMember>> = Arc::new(
-            consumer_config(&self.bootstrap_servers, &self.config.group_id)
-                .create_with_context(GroupMember::new(ready))?,
-        );
-        consumer.subscribe(&[topics::WEBHOOKS])?;
+        let consumer = subscribed_member(
+            &self.bootstrap_servers,
+            &self.config.group_id,
+            topics::WEBHOOKS,
+            ready,
+        )?;
         let producer: FutureProducer =
             producer_config(&self.bootstrap_servers, Duration::from_secs(30)).create()?;
         let mut states: HashMap<i32, PartitionState> = HashMap::new();

@@ -120,6 +120,20 @@ impl ConsumerContext for GroupMember {
     }
 }
 
+/// A member of `group` subscribed to `topic`; `ready` turns true once the group has given it its
+/// partitions (possibly none).
+pub fn subscribed_member(
+    bootstrap_servers: &str,
+    group: &str,
+    topic: &str,
+    ready: Arc<AtomicBool>,
+) -> rdkafka::error::KafkaResult<Arc<StreamConsumer<GroupMember>>> {
+    let consumer: StreamConsumer<GroupMember> =
+        consumer_config(bootstrap_servers, group).create_with_context(GroupMember::new(ready))?;
+    consumer.subscribe(&[topic])?;
+    Ok(Arc::new(consumer))
+}
+
 /// Whether a consumer loop is running or stopping when it commits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CommitWhen {

@@ -309,19 +309,22 @@ impl AdminClient {
         })
     }
 
+    /// Runs `f` on the store's bucket mirror (Shopify's standard plan until the first answer).
+    fn with_bucket<T>(&self, shop: &str, f: impl FnOnce(&mut CostBucket, Instant) -> T) -> T {
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let bucket = buckets
+            .entry(shop.to_owned())
+            .or_insert_with(|| CostBucket::standard(now));
+        f(bucket, now)
+    }
+
     /// Waits until the store's bucket holds `cost` points, and takes them.
     async fn take_points(&self, shop: &str, cost: f64) {
         loop {
-            let wait = {
-                let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-                let now = Instant::now();
-                let bucket = buckets
-                    .entry(shop.to_owned())
-                    .or_insert_with(|| CostBucket::standard(now));
-                match bucket.reserve(cost, now) {
-                    Ok(()) => return,
-                    Err(wait) => wait,
-                }
+            let wait = match self.with_bucket(shop, |bucket, now| bucket.reserve(cost, now)) {
+                Ok(()) => return,
+                Err(wait) => wait,
             };
             metrics::counter!("tributary_shopify_throttle_waits_total").increment(1);
             tokio::time::sleep(wait).await;
@@ -388,15 +391,10 @@ impl AdminClient {
             .and_then(|c| c.requested_query_cost)
             .unwrap_or(cost);
         let wait_for_refill = match body.extensions.and_then(|e| e.cost) {
-            Some(reported) => {
-                let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-                let now = Instant::now();
-                let bucket = buckets
-                    .entry(shop.to_owned())
-                    .or_insert_with(|| CostBucket::standard(now));
+            Some(reported) => self.with_bucket(shop, |bucket, now| {
                 bucket.observe(reported.throttle_status, now);
                 bucket.wait_for(requested, now)
-            }
+            }),
             None => Duration::from_secs(1),
         };
         let throttled = body

@@ -13,12 +13,12 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::StreamConsumer;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tributary_schemas::kafka::{
-    commit_offsets, consumer_config, received_or_warn, CommitWhen, GroupMember,
+    commit_offsets, received_or_warn, subscribed_member, CommitWhen, GroupMember,
 };
 use tributary_schemas::{topics, Attribution, AvroRecord};
 
@@ -159,11 +159,12 @@ impl ClickHouseSink {
         shutdown: CancellationToken,
     ) -> Result<(), SinkError> {
         self.migrate_until_up(&shutdown).await;
-        let consumer: Arc<StreamConsumer<GroupMember>> = Arc::new(
-            consumer_config(&self.bootstrap_servers, &self.config.group_id)
-                .create_with_context(GroupMember::new(ready))?,
-        );
-        consumer.subscribe(&[topics::ATTRIBUTIONS])?;
+        let consumer = subscribed_member(
+            &self.bootstrap_servers,
+            &self.config.group_id,
+            topics::ATTRIBUTIONS,
+            ready,
+        )?;
         let client = self.config.client();
         let mut batch = Batch::default();
         let mut offsets: HashMap<i32, i64> = HashMap::new();

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use futures::StreamExt;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
@@ -29,7 +29,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tributary_schemas::control::Control;
 use tributary_schemas::kafka::{
-    commit_offsets, consumer_config, producer_config, received_or_warn, CommitWhen,
+    commit_offsets, producer_config, received_or_warn, subscribed_member, CommitWhen,
     DeadLetterRecord, GroupMember,
 };
 use tributary_schemas::secrets::{access_token_purpose, MasterKey};
@@ -242,11 +242,12 @@ impl WritebackSink {
         ready: Arc<AtomicBool>,
         shutdown: CancellationToken,
     ) -> Result<(), WritebackError> {
-        let consumer: Arc<StreamConsumer<GroupMember>> = Arc::new(
-            consumer_config(&self.bootstrap_servers, &self.config.group_id)
-                .create_with_context(GroupMember::new(ready))?,
-        );
-        consumer.subscribe(&[topics::ATTRIBUTIONS])?;
+        let consumer = subscribed_member(
+            &self.bootstrap_servers,
+            &self.config.group_id,
+            topics::ATTRIBUTIONS,
+            ready,
+        )?;
         let producer: FutureProducer =
             producer_config(&self.bootstrap_servers, Duration::from_secs(30)).create()?;
         let mut batch: HashMap<(String, u64), Pending> = HashMap::new();
@@ -380,7 +381,7 @@ impl WritebackSink {
 
     /// Brings one order in Shopify to what its record says; a no-op when it is there already.
     async fn write_order(&self, record: &Attribution) -> Result<(), Failure> {
-        let Some((token, wanted)) = self.wanted(record)? else {
+        let Some((sealed_token, wanted)) = self.wanted(record)? else {
             return Ok(());
         };
         let key = (record.shop_domain.clone(), record.order_id);
@@ -393,6 +394,16 @@ impl WritebackSink {
         {
             return Ok(());
         }
+        // Opened only for orders that need Shopify, not for every revision read.
+        let token = self
+            .master_key
+            .open(&access_token_purpose(&record.shop_domain), &sealed_token)
+            .map_err(|_| {
+                Failure::DeadLetter(format!(
+                    "{}: the Admin API access token could not be opened with this master key",
+                    record.shop_domain
+                ))
+            })?;
         let store = StoreAccess {
             shop_domain: &record.shop_domain,
             access_token: token.expose(),
@@ -450,12 +461,9 @@ impl WritebackSink {
         Ok(())
     }
 
-    /// The store's token and what the order should carry; `None` when nothing is to be written
+    /// The store's sealed token and what the order should carry; `None` when nothing is to be written
     /// (not attributed, store inactive or without Admin access, toggles off).
-    fn wanted(
-        &self,
-        record: &Attribution,
-    ) -> Result<Option<(tributary_schemas::secrets::Secret, Wanted)>, Failure> {
+    fn wanted(&self, record: &Attribution) -> Result<Option<(String, Wanted)>, Failure> {
         if record.outcome != Outcome::Attributed {
             return Ok(None);
         }
@@ -476,18 +484,7 @@ impl WritebackSink {
         if !features.order_tags && !features.order_notes {
             return Ok(None);
         }
-        let token = self
-            .master_key
-            .open(
-                &access_token_purpose(&store.domain),
-                &admin.access_token_sealed,
-            )
-            .map_err(|_| {
-                Failure::DeadLetter(format!(
-                    "{}: the Admin API access token could not be opened with this master key",
-                    store.domain
-                ))
-            })?;
+        let sealed_token = admin.access_token_sealed.clone();
         let advocate_name = record
             .advocate_id
             .as_deref()
@@ -515,7 +512,7 @@ impl WritebackSink {
                 )
             }),
         };
-        Ok(Some((token, wanted)))
+        Ok(Some((sealed_token, wanted)))
     }
 }
 
