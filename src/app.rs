@@ -22,6 +22,7 @@ use tributary_schemas::{topics, Advocate, Store};
 use tributary_shopify::AdminClient;
 use tributary_sinks::clickhouse::ClickHouseSink;
 use tributary_sinks::shopify::minting;
+use tributary_sinks::shopify::store_credit::StoreCreditStage;
 use tributary_sinks::shopify::writeback::WritebackSink;
 
 use crate::config::Config;
@@ -241,8 +242,8 @@ pub async fn run_sink(
     Ok(())
 }
 
-/// The Shopify writeback service: tags and notes on attributed orders, and auto-mint for the
-/// stores that turned it on.
+/// The Shopify writeback service: tags and notes on attributed orders, rewards as store credit,
+/// and auto-mint for the stores that turned it on.
 pub async fn run_writeback(
     config: &Config,
     bootstrap: &str,
@@ -250,6 +251,7 @@ pub async fn run_writeback(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let ready = readiness.flag("writeback");
+    let store_credit_ready = readiness.flag("store-credit");
     let master_key = MasterKey::load(&config.secrets.master_key_file, true)?;
     let control = follow_stores_and_advocates(bootstrap, &shutdown).await?;
     let admin = Arc::new(AdminClient::new(config.shopify.clone())?);
@@ -261,6 +263,13 @@ pub async fn run_writeback(
         master_key.clone(),
         shutdown.clone(),
     );
+    let store_credit = StoreCreditStage::new(
+        bootstrap,
+        config.store_credit.clone(),
+        admin.clone(),
+        control.clone(),
+        master_key.clone(),
+    );
     let sink = WritebackSink::new(
         bootstrap,
         config.writeback.clone(),
@@ -268,8 +277,13 @@ pub async fn run_writeback(
         control,
         master_key,
     );
-    let (sink, auto_mint) = tokio::join!(sink.run(ready, shutdown), auto_mint);
+    let (sink, store_credit, auto_mint) = tokio::join!(
+        sink.run(ready, shutdown.clone()),
+        store_credit.run(store_credit_ready, shutdown),
+        auto_mint
+    );
     sink?;
+    store_credit?;
     auto_mint
 }
 

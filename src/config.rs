@@ -26,6 +26,9 @@ pub struct Config {
     /// `[writeback]`: tags and notes written back to Shopify.
     #[serde(default)]
     pub writeback: tributary_sinks::shopify::writeback::WritebackConfig,
+    /// `[store_credit]`: approved rewards pushed to the advocates' Shopify store credit.
+    #[serde(default)]
+    pub store_credit: tributary_sinks::shopify::store_credit::StoreCreditConfig,
     /// `[connections]`: the control plane (`tributary control`).
     #[serde(default)]
     pub connections: crate::connections::ConnectionsConfig,

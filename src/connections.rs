@@ -83,6 +83,14 @@ pub fn needed_scopes(features: &StoreFeatures) -> Vec<&'static str> {
     if features.auto_mint_codes {
         scopes.push("write_discounts");
     }
+    if features.reward_store_credit {
+        scopes.extend([
+            "read_customers",
+            "read_store_credit_accounts",
+            "read_store_credit_account_transactions",
+            "write_store_credit_account_transactions",
+        ]);
+    }
     scopes
 }
 
@@ -151,6 +159,7 @@ pub struct StoreChanges {
     pub order_notes: Option<bool>,
     pub order_tags: Option<bool>,
     pub attribution_rewards: Option<bool>,
+    pub reward_store_credit: Option<bool>,
     pub code_pattern: Option<String>,
     pub discount_template_id: Option<String>,
 }
@@ -190,6 +199,7 @@ impl StoreView {
                 ("order_notes", features.order_notes),
                 ("order_tags", features.order_tags),
                 ("attribution_rewards", features.attribution_rewards),
+                ("reward_store_credit", features.reward_store_credit),
             ]
             .into_iter()
             .map(|(name, on)| (name.to_owned(), on))
@@ -520,6 +530,10 @@ impl ControlPlane {
             (
                 &mut features.attribution_rewards,
                 changes.attribution_rewards,
+            ),
+            (
+                &mut features.reward_store_credit,
+                changes.reward_store_credit,
             ),
         ] {
             if let Some(value) = value {

@@ -666,6 +666,7 @@ async fn stores(
                         "order_notes" => &mut changes.order_notes,
                         "order_tags" => &mut changes.order_tags,
                         "attribution_rewards" => &mut changes.attribution_rewards,
+                        "reward_store_credit" => &mut changes.reward_store_credit,
                         other => anyhow::bail!("no feature {other}"),
                     };
                     *slot = Some(value);

@@ -11,7 +11,12 @@
 //! - Costs as Shopify calculates them (mutation 10, object 1, connection 2 + nodes), charged from
 //!   a per-store leaky bucket; a request that does not fit is answered HTTP 200 with a `THROTTLED`
 //!   error, and every answer carries `extensions.cost.throttleStatus`.
-//! - Faults on demand: `THROTTLED`, 429 with `Retry-After`, 5xx, or a hang.
+//! - Customers found by email (`customerByIdentifier`) with store credit accounts (one per
+//!   currency, opened by the first credit) and their transactions, newest first;
+//!   `storeCreditAccountCredit` and `storeCreditAccountDebit` (refused below the balance), by
+//!   customer or account id. Neither is idempotent, as in Shopify.
+//! - Faults on demand: `THROTTLED`, 429 with `Retry-After`, 5xx, a hang, or a request applied
+//!   whose answer is lost (a 503 after the write).
 //! - Every executed mutation is counted, so tests can prove nothing was applied twice.
 //!
 //! The store holds every order tributary asks about (empty note, no tags) unless a test seeded
@@ -27,6 +32,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
+use rust_decimal::Decimal;
 use serde_json::{json, Value};
 
 /// What a fake store starts with.
@@ -53,6 +59,8 @@ impl ShopSetup {
                 "read_customers",
                 "write_discounts",
                 "read_discounts",
+                "read_store_credit_accounts",
+                "read_store_credit_account_transactions",
                 "write_store_credit_account_transactions",
             ]
             .map(String::from)
@@ -75,6 +83,28 @@ pub enum Fault {
     ServerError,
     /// No answer for this long (then a 503); nothing is applied.
     Hang(Duration),
+    /// The request is executed, then answered 503: the client cannot tell it was applied.
+    AppliedAnswerLost,
+    /// The request is executed, then no answer for this long (then a 503): time for the caller
+    /// to die with the outcome unknown.
+    AppliedThenHang(Duration),
+}
+
+/// A store credit account transaction: credits positive, debits negative.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FakeTransaction {
+    pub id: String,
+    pub amount: Decimal,
+    pub currency: String,
+}
+
+struct CreditAccount {
+    id: u64,
+    customer_id: u64,
+    currency: String,
+    balance: Decimal,
+    /// Oldest first.
+    transactions: Vec<FakeTransaction>,
 }
 
 /// An order as the fake store holds it.
@@ -118,13 +148,18 @@ struct BulkCreation {
 struct Shop {
     setup: ShopSetup,
     bucket: Bucket,
-    faults: VecDeque<Fault>,
+    /// Each fault with the root field it waits for (`None`: the next request).
+    faults: VecDeque<(Option<String>, Fault)>,
     orders: BTreeMap<u64, FakeOrder>,
     webhooks: Vec<(String, String, String)>,
     /// Code (uppercased, as Shopify compares them) to the discount that holds it.
     codes: HashMap<String, String>,
     discounts: BTreeSet<String>,
     bulk_creations: Vec<BulkCreation>,
+    /// Customer id by email, lowercased.
+    customers: BTreeMap<String, u64>,
+    credit_accounts: Vec<CreditAccount>,
+    transactions_made: u64,
     writes: BTreeMap<String, u64>,
     /// Writes that changed nothing: tags already there, a note already as written.
     redundant_writes: u64,
@@ -198,6 +233,9 @@ impl FakeShopify {
                 codes: HashMap::new(),
                 discounts: BTreeSet::new(),
                 bulk_creations: Vec::new(),
+                customers: BTreeMap::new(),
+                credit_accounts: Vec::new(),
+                transactions_made: 0,
                 writes: BTreeMap::new(),
                 redundant_writes: 0,
                 requests: 0,
@@ -217,7 +255,18 @@ impl FakeShopify {
 
     /// Answers the store's next `times` requests with `fault`.
     pub fn inject(&self, shop: &str, fault: Fault, times: usize) {
-        self.with_shop(shop, |s| s.faults.extend(std::iter::repeat_n(fault, times)));
+        self.with_shop(shop, |s| {
+            s.faults.extend(std::iter::repeat_n((None, fault), times))
+        });
+    }
+
+    /// Answers the store's next `times` requests for root field `field` (e.g.
+    /// `storeCreditAccountCredit`) with `fault`.
+    pub fn inject_for(&self, shop: &str, field: &str, fault: Fault, times: usize) {
+        self.with_shop(shop, |s| {
+            s.faults
+                .extend(std::iter::repeat_n((Some(field.to_owned()), fault), times))
+        });
     }
 
     pub fn set_scopes(&self, shop: &str, scopes: &[&str]) {
@@ -263,6 +312,35 @@ impl FakeShopify {
     /// Every code the store holds, with its discount.
     pub fn codes(&self, shop: &str) -> BTreeMap<String, String> {
         self.with_shop(shop, |s| s.codes.clone().into_iter().collect())
+    }
+
+    /// Adds a customer the store can find by `email`.
+    pub fn add_customer(&self, shop: &str, customer_id: u64, email: &str) {
+        self.with_shop(shop, |s| {
+            s.customers.insert(email.to_ascii_lowercase(), customer_id)
+        });
+    }
+
+    /// A customer's store credit balance by currency.
+    pub fn store_credit(&self, shop: &str, customer_id: u64) -> BTreeMap<String, Decimal> {
+        self.with_shop(shop, |s| {
+            s.credit_accounts
+                .iter()
+                .filter(|a| a.customer_id == customer_id)
+                .map(|a| (a.currency.clone(), a.balance))
+                .collect()
+        })
+    }
+
+    /// A customer's store credit transactions, oldest first.
+    pub fn store_credit_transactions(&self, shop: &str, customer_id: u64) -> Vec<FakeTransaction> {
+        self.with_shop(shop, |s| {
+            s.credit_accounts
+                .iter()
+                .filter(|a| a.customer_id == customer_id)
+                .flat_map(|a| a.transactions.clone())
+                .collect()
+        })
     }
 
     pub fn webhook_topics(&self, shop: &str) -> BTreeSet<String> {
@@ -314,7 +392,19 @@ async fn graphql(
                 .into_response();
         }
         store.requests += 1;
-        store.faults.pop_front()
+        let requested = body
+            .as_ref()
+            .ok()
+            .and_then(|Json(b)| b.get("query").and_then(Value::as_str))
+            .and_then(root_fields)
+            .map(|(_, fields)| fields)
+            .unwrap_or_default();
+        let due = store
+            .faults
+            .iter()
+            .position(|(field, _)| field.as_ref().is_none_or(|f| requested.contains(f)));
+        due.and_then(|i| store.faults.remove(i))
+            .map(|(_, fault)| fault)
     };
     match fault {
         Some(Fault::Throttled) => {
@@ -337,7 +427,7 @@ async fn graphql(
             tokio::time::sleep(duration).await;
             return (StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable").into_response();
         }
-        None => {}
+        Some(Fault::AppliedAnswerLost | Fault::AppliedThenHang(_)) | None => {}
     }
     let Ok(Json(body)) = body else {
         return (
@@ -355,13 +445,34 @@ async fn graphql(
         return Json(json!({"errors": [{"message": "syntax error: could not read the document"}]}))
             .into_response();
     };
+    let response = execute(&stores, &shop, is_mutation, &fields, &variables);
+    match fault {
+        Some(Fault::AppliedAnswerLost) => {
+            (StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable").into_response()
+        }
+        Some(Fault::AppliedThenHang(duration)) => {
+            tokio::time::sleep(duration).await;
+            (StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable").into_response()
+        }
+        _ => response,
+    }
+}
+
+/// Charges the request's cost and executes its root fields.
+fn execute(
+    stores: &Mutex<Stores>,
+    shop: &str,
+    is_mutation: bool,
+    fields: &[String],
+    variables: &Value,
+) -> Response {
     let mut stores = stores.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(store) = stores.shops.get_mut(&shop) else {
+    let Some(store) = stores.shops.get_mut(shop) else {
         return (StatusCode::NOT_FOUND, Json(json!({"errors": "Not Found"}))).into_response();
     };
     let cost: f64 = fields
         .iter()
-        .map(|f| cost_of(f, is_mutation, &variables))
+        .map(|f| cost_of(f, is_mutation, variables))
         .sum();
     store.bucket.refill(Instant::now());
     if cost > store.bucket.available {
@@ -370,8 +481,8 @@ async fn graphql(
     }
     store.bucket.available -= cost;
     let mut data = serde_json::Map::new();
-    for field in &fields {
-        match store.execute(field, &variables) {
+    for field in fields {
+        match store.execute(field, variables) {
             Ok(value) => {
                 if is_mutation {
                     *store.writes.entry(field.clone()).or_default() += 1;
@@ -406,6 +517,16 @@ fn cost_of(field: &str, is_mutation: bool, variables: &Value) -> f64 {
     }
     match field {
         "webhookSubscriptions" => 2.0 + 100.0,
+        "customerByIdentifier" => {
+            1.0 + 2.0
+                + 5.0
+                    * (1.0
+                        + 2.0
+                        + variables
+                            .get("first")
+                            .and_then(Value::as_f64)
+                            .unwrap_or(0.0))
+        }
         "discountRedeemCodeBulkCreation" => {
             1.0 + 2.0
                 + variables
@@ -611,9 +732,131 @@ impl Shop {
                     "codes": {"nodes": job.codes.iter().take(first).map(|(code, errors)| json!({"code": code, "errors": errors})).collect::<Vec<_>>()},
                 })
             }
+            "customerByIdentifier" => {
+                let email = text("email").to_ascii_lowercase();
+                match self.customers.get(&email) {
+                    None => Value::Null,
+                    Some(&customer_id) => {
+                        let first =
+                            variables.get("first").and_then(Value::as_u64).unwrap_or(0) as usize;
+                        let accounts: Vec<Value> = self
+                            .credit_accounts
+                            .iter()
+                            .filter(|a| a.customer_id == customer_id)
+                            .take(5)
+                            .map(|a| json!({
+                                "id": format!("gid://shopify/StoreCreditAccount/{}", a.id),
+                                "balance": money(a.balance, &a.currency),
+                                "transactions": {"nodes": a.transactions.iter().rev().take(first).map(|t| json!({
+                                    "__typename": if t.amount.is_sign_negative() { "StoreCreditAccountDebitTransaction" } else { "StoreCreditAccountCreditTransaction" },
+                                    "id": t.id,
+                                    "amount": money(t.amount, &t.currency),
+                                })).collect::<Vec<_>>()},
+                            }))
+                            .collect();
+                        json!({"id": format!("gid://shopify/Customer/{customer_id}"), "storeCreditAccounts": {"nodes": accounts}})
+                    }
+                }
+            }
+            "storeCreditAccountCredit" | "storeCreditAccountDebit" => {
+                self.move_store_credit(field == "storeCreditAccountCredit", variables)
+            }
             other => return Err(format!("Field '{other}' doesn't exist on type 'QueryRoot'")),
         })
     }
+
+    /// A credit or a debit, as Shopify answers it: the transaction, or user errors with codes.
+    fn move_store_credit(&mut self, credit: bool, variables: &Value) -> Value {
+        let refuse = |field: &str, code: &str, message: &str| json!({"storeCreditAccountTransaction": null, "userErrors": [{"field": [field], "message": message, "code": code}]});
+        let id = variables
+            .get("id")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let currency = variables
+            .get("currency")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let amount = variables
+            .get("amount")
+            .and_then(Value::as_str)
+            .and_then(|a| a.parse::<Decimal>().ok());
+        let Some(amount) = amount.filter(|a| *a > Decimal::ZERO) else {
+            return refuse(
+                "amount",
+                "NEGATIVE_OR_ZERO_AMOUNT",
+                "A positive amount must be used.",
+            );
+        };
+        let number = |prefix: &str| id.strip_prefix(prefix).and_then(|n| n.parse::<u64>().ok());
+        let account = if let Some(customer_id) = number("gid://shopify/Customer/") {
+            if !self.customers.values().any(|&c| c == customer_id) {
+                return refuse("id", "ACCOUNT_NOT_FOUND", "Owner does not exist.");
+            }
+            match self
+                .credit_accounts
+                .iter()
+                .position(|a| a.customer_id == customer_id && a.currency == currency)
+            {
+                Some(index) => index,
+                None if credit => {
+                    self.credit_accounts.push(CreditAccount {
+                        id: self.credit_accounts.len() as u64 + 1,
+                        customer_id,
+                        currency: currency.clone(),
+                        balance: Decimal::ZERO,
+                        transactions: Vec::new(),
+                    });
+                    self.credit_accounts.len() - 1
+                }
+                None => {
+                    return refuse(
+                        "id",
+                        "ACCOUNT_NOT_FOUND",
+                        "Store credit account does not exist.",
+                    )
+                }
+            }
+        } else if let Some(account_id) = number("gid://shopify/StoreCreditAccount/") {
+            match self.credit_accounts.iter().position(|a| a.id == account_id) {
+                Some(index) if self.credit_accounts[index].currency == currency => index,
+                Some(_) => return refuse("amount", "MISMATCHING_CURRENCY", "The currency provided does not match the currency of the store credit account."),
+                None => return refuse("id", "ACCOUNT_NOT_FOUND", "Store credit account does not exist."),
+            }
+        } else {
+            return refuse(
+                "id",
+                "ACCOUNT_NOT_FOUND",
+                "Store credit account does not exist.",
+            );
+        };
+        let account = &mut self.credit_accounts[account];
+        if !credit && account.balance < amount {
+            return refuse(
+                "amount",
+                "INSUFFICIENT_FUNDS",
+                "The store credit account does not have sufficient funds.",
+            );
+        }
+        self.transactions_made += 1;
+        let (kind, signed) = if credit {
+            ("StoreCreditAccountCreditTransaction", amount)
+        } else {
+            ("StoreCreditAccountDebitTransaction", -amount)
+        };
+        let transaction = FakeTransaction {
+            id: format!("gid://shopify/{kind}/{}", self.transactions_made),
+            amount: signed,
+            currency: currency.clone(),
+        };
+        account.balance += signed;
+        account.transactions.push(transaction.clone());
+        json!({"storeCreditAccountTransaction": {"id": transaction.id, "amount": money(signed, &currency)}, "userErrors": []})
+    }
+}
+
+fn money(amount: Decimal, currency: &str) -> Value {
+    json!({"amount": amount.to_string(), "currencyCode": currency})
 }
 
 #[cfg(test)]

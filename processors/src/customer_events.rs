@@ -8,6 +8,9 @@
 //!    `tributary.orders_by_customer`, the same record bytes keyed by customer. It keeps no state.
 //!    Its input is committed only after its outputs are acknowledged, so a crash may forward a
 //!    record twice but never loses one. Excluded orders are not purchases and are not forwarded.
+//!    The same loop forwards each record whose reward ledger moves money (an approval or a
+//!    reversal) to `tributary.rewards_by_advocate`, once per advocate in it, keyed by advocate:
+//!    the input of the store credit stage (`sinks::shopify::store_credit`).
 //! 2. **Emit** (group `tributary-events`): for each order snapshot, the events it newly implies,
 //!    each once ([`CustomerEvents::apply`]). The state records which orders were placed, which
 //!    refunds were reported and how many orders each customer has. Its output is its changelog:
@@ -30,14 +33,14 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tributary_schemas::kafka::{producer_config, received_or_warn, subscribed_member, CommitWhen};
-use tributary_schemas::topics::{self, customer_key, order_key};
+use tributary_schemas::topics::{self, advocate_key, customer_key, order_key};
 use tributary_schemas::{
-    enum_label, Attribution, AvroRecord, CustomerEvent, CustomerEventKind, Outcome,
+    enum_label, Attribution, AvroRecord, CustomerEvent, CustomerEventKind, Outcome, RewardEntryKind,
 };
 
-use crate::changelog::{read_changelog, unrestored};
 use crate::output::{commit_done, send, Output};
 use crate::runner::ProcessorError;
+use tributary_schemas::changelog::{read_changelog, unrestored};
 
 /// Configuration of the events stage (`[events]` in the config file).
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -306,21 +309,56 @@ fn repartition(message: &BorrowedMessage<'_>) -> Vec<Output> {
     let Some(payload) = message.payload() else {
         return Vec::new();
     };
+    let forward = |topic, key: String| Output {
+        topic,
+        partition: None,
+        key: key.into_bytes(),
+        payload: payload.to_vec(),
+        headers: None,
+    };
     match Attribution::from_avro(payload) {
-        Ok(order) if order.outcome == Outcome::Excluded => Vec::new(),
-        Ok(order) => vec![Output {
-            topic: topics::ORDERS_BY_CUSTOMER,
-            partition: None,
-            key: customer_key(&order.shop_domain, order.customer_id, order.order_id).into_bytes(),
-            payload: payload.to_vec(),
-            headers: None,
-        }],
+        Ok(order) => {
+            let mut outputs: Vec<Output> = advocates_paid(&order)
+                .into_iter()
+                .map(|advocate| {
+                    forward(
+                        topics::REWARDS_BY_ADVOCATE,
+                        advocate_key(&order.shop_domain, advocate),
+                    )
+                })
+                .collect();
+            if order.outcome != Outcome::Excluded {
+                outputs.push(forward(
+                    topics::ORDERS_BY_CUSTOMER,
+                    customer_key(&order.shop_domain, order.customer_id, order.order_id),
+                ));
+            }
+            outputs
+        }
         // The processor is the only writer; a record this version cannot read is reported.
         Err(error) => {
             tracing::error!(partition = message.partition(), offset = message.offset(), %error, "attribution record skipped");
             Vec::new()
         }
     }
+}
+
+/// The advocates whose wallets the order's reward ledger moves (approvals, reversals), each once.
+fn advocates_paid(order: &Attribution) -> Vec<&str> {
+    let mut advocates: Vec<&str> = order
+        .rewards
+        .iter()
+        .filter(|e| {
+            matches!(
+                e.kind,
+                RewardEntryKind::Approval | RewardEntryKind::Reversal
+            )
+        })
+        .map(|e| e.advocate_id.as_str())
+        .collect();
+    advocates.sort_unstable();
+    advocates.dedup();
+    advocates
 }
 
 fn emit(message: &BorrowedMessage<'_>, state: &mut CustomerEvents) -> Vec<Output> {

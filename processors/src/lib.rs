@@ -11,7 +11,6 @@
 //! [`runner`] is the consume-process-produce loop that drives them, with the offset contract.
 
 pub mod attribution;
-pub mod changelog;
 pub mod customer_events;
 pub mod dedup;
 pub mod exclusions;

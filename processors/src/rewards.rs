@@ -269,6 +269,7 @@ mod tests {
             basis,
             points: dec(points),
             auto_approve,
+            store_credit_per_point: Decimal::ONE,
         }
     }
 

@@ -27,11 +27,11 @@ use tributary_schemas::topics::{self, order_key};
 use tributary_schemas::{Attribution, AvroRecord, OrderEvent, Store, WebhookEnvelope};
 
 use crate::attribution::{decide, manual};
-use crate::changelog::{read_changelog, unrestored};
 use crate::dedup::Verdict;
 use crate::normalize::{normalize, ApprovalCommand, ManualCommand, Normalized, RefundEvent};
 use crate::output::{commit_done, send, Output};
 use crate::state::{Applied, PartitionState};
+use tributary_schemas::changelog::{read_changelog, unrestored};
 use tributary_schemas::control::Control;
 
 /// Configuration of the processor (`[processor]` in the config file).

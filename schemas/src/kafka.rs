@@ -317,6 +317,8 @@ pub enum TopicError {
     GroupActive(String, usize, usize),
     #[error("encoding: {0}")]
     Codec(#[from] crate::CodecError),
+    #[error("a blocking Kafka task failed: {0}")]
+    Task(String),
 }
 
 /// Encodes `record` and produces it under `key`, returning once the broker has it.

@@ -316,6 +316,14 @@ pub struct RewardActivity {
     pub points: Decimal,
     /// Credit the wallet at once; otherwise requests wait for `tributary rewards approve`.
     pub auto_approve: bool,
+    /// What one point is worth as Shopify store credit, in shop currency (with
+    /// `features.reward_store_credit`).
+    #[serde(with = "rust_decimal::serde::str", default = "one")]
+    pub store_credit_per_point: Decimal,
+}
+
+fn one() -> Decimal {
+    Decimal::ONE
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -362,6 +370,9 @@ pub struct StoreFeatures {
     /// Create reward requests for attributed orders.
     #[serde(default)]
     pub attribution_rewards: bool,
+    /// Push approved rewards to the advocate's Shopify store credit (and take reversals back).
+    #[serde(default)]
+    pub reward_store_credit: bool,
 }
 
 /// Control record for a store (topic `tributary.control.stores`).
@@ -483,6 +494,52 @@ pub struct Alert {
     pub updated_at_ms: i64,
 }
 avro_record!(Alert, "alert.avsc");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum StoreCreditDirection {
+    /// An approval: the account grows.
+    Credit,
+    /// A reversal: the account shrinks.
+    Debit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum StoreCreditState {
+    /// About to be sent: if no later record follows, Shopify may or may not have applied it.
+    Pending,
+    Applied,
+    /// Shopify refused it, or there is no customer to credit; dead-lettered with the reason.
+    Refused,
+}
+
+/// One reward entry pushed to an advocate's Shopify store credit (topic
+/// `tributary.store_credits`, keyed by `entry_id`): the store credit stage's changelog.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreCreditPush {
+    /// The reward ledger entry (an approval or a reversal).
+    pub entry_id: String,
+    pub shop_domain: String,
+    pub advocate_id: String,
+    pub order_id: u64,
+    pub direction: StoreCreditDirection,
+    pub state: StoreCreditState,
+    /// In `currency`; never negative.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub amount: Decimal,
+    pub currency: String,
+    /// The Shopify customer whose account moves.
+    pub customer_gid: Option<String>,
+    /// `Pending`: the account's newest transaction before the call (`None`: none yet).
+    pub account_cursor: Option<String>,
+    /// `Applied`: Shopify's transaction.
+    pub transaction_id: Option<String>,
+    /// `Refused`: why; otherwise empty.
+    pub reason: String,
+    pub at_ms: i64,
+}
+avro_record!(StoreCreditPush, "store_credit_push.avsc");
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -667,6 +724,7 @@ mod tests {
                 basis: RewardBasis::PerUnit,
                 points: Decimal::from_str("0.5").unwrap(),
                 auto_approve: false,
+                store_credit_per_point: Decimal::from_str("0.25").unwrap(),
             }),
             updated_at_ms: 5,
         });

@@ -7,6 +7,8 @@
 //! | `tributary.attributions` | [`Attribution`](crate::Attribution) | `<shop>/<order id>` | compact |
 //! | `tributary.orders_by_customer` | [`Attribution`](crate::Attribution), as in `tributary.attributions` | `<shop>/customer/<id>` (no customer: the order key) | delete |
 //! | `tributary.events` | [`CustomerEvent`](crate::CustomerEvent) | as `tributary.orders_by_customer` | delete |
+//! | `tributary.rewards_by_advocate` | [`Attribution`](crate::Attribution), as in `tributary.attributions` | `<shop>/<advocate id>`, once per advocate in its reward ledger | delete |
+//! | `tributary.store_credits` | [`StoreCreditPush`](crate::StoreCreditPush) | its `entry_id` | compact |
 //! | `tributary.control.stores` | [`Store`](crate::Store) | `<shop>` | compact |
 //! | `tributary.control.advocates` | [`Advocate`](crate::Advocate) | `<shop>/<advocate id>` | compact |
 //! | `tributary.control.teams` | [`Team`](crate::Team) | its `team_id` | compact |
@@ -18,7 +20,8 @@
 //! its outputs to the *same partition number* as the input record, so `shopify.webhooks`,
 //! `tributary.orders` and `tributary.attributions` must have the same partition count; `tributary
 //! topics create` provisions them so. Likewise the events stage writes `tributary.events` to the
-//! partition number of its input in `tributary.orders_by_customer`.
+//! partition number of its input in `tributary.orders_by_customer`, and the store credit stage
+//! writes `tributary.store_credits` to that of its input in `tributary.rewards_by_advocate`.
 
 use serde::Deserialize;
 
@@ -29,6 +32,10 @@ pub const ATTRIBUTIONS: &str = "tributary.attributions";
 /// partition (see `processors::customer_events`).
 pub const ORDERS_BY_CUSTOMER: &str = "tributary.orders_by_customer";
 pub const EVENTS: &str = "tributary.events";
+/// Internal: attribution records with reward entries, re-keyed by advocate, so one advocate's
+/// store credit is moved by one writer (see `sinks::shopify::store_credit`).
+pub const REWARDS_BY_ADVOCATE: &str = "tributary.rewards_by_advocate";
+pub const STORE_CREDITS: &str = "tributary.store_credits";
 pub const STORES: &str = "tributary.control.stores";
 pub const ADVOCATES: &str = "tributary.control.advocates";
 pub const DEAD_LETTERS: &str = "tributary.dlq";
@@ -52,7 +59,7 @@ pub struct TopicSpec {
     pub single_partition: bool,
 }
 
-pub const ALL: [TopicSpec; 10] = [
+pub const ALL: [TopicSpec; 12] = [
     TopicSpec {
         name: WEBHOOKS,
         cleanup: Cleanup::Delete,
@@ -76,6 +83,16 @@ pub const ALL: [TopicSpec; 10] = [
     TopicSpec {
         name: EVENTS,
         cleanup: Cleanup::Delete,
+        single_partition: false,
+    },
+    TopicSpec {
+        name: REWARDS_BY_ADVOCATE,
+        cleanup: Cleanup::Delete,
+        single_partition: false,
+    },
+    TopicSpec {
+        name: STORE_CREDITS,
+        cleanup: Cleanup::Compact,
         single_partition: false,
     },
     TopicSpec {

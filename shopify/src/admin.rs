@@ -128,6 +128,14 @@ pub enum AdminError {
         operation: &'static str,
         detail: String,
     },
+    /// The call may or may not have been applied (a 5xx, a timeout), and the operation is not
+    /// safe to repeat: the caller must find out by reading.
+    #[error("{shop}: {operation} may or may not have been applied: {detail}")]
+    InDoubt {
+        shop: String,
+        operation: &'static str,
+        detail: String,
+    },
     #[error("bad Admin API address: {0}")]
     Address(String),
 }
@@ -178,8 +186,12 @@ enum Attempt {
     Done(Value),
     /// Try again after this long; the string says why, for the log and a final error.
     RetryAfter(Duration, String),
-    /// Back off exponentially; the string says why.
-    Backoff(String),
+    /// Back off exponentially; the string says why. `maybe_applied`: the request may have been
+    /// executed (a 5xx, a timeout, a broken connection), not only refused.
+    Backoff {
+        why: String,
+        maybe_applied: bool,
+    },
 }
 
 pub struct AdminClient {
@@ -270,7 +282,7 @@ impl AdminClient {
                 .await;
             let outcome = match sent {
                 Ok(response) => self.read(shop, operation, cost, response).await?,
-                Err(error) => Attempt::Backoff(transport_error(&error)),
+                Err(error) => transport_failure(&error),
             };
             match outcome {
                 Attempt::Done(data) => return Ok(data),
@@ -286,7 +298,14 @@ impl AdminClient {
                     last = why;
                     tokio::time::sleep(wait).await;
                 }
-                Attempt::Backoff(why) => {
+                Attempt::Backoff { why, maybe_applied } => {
+                    if maybe_applied && !operation.safe_to_repeat {
+                        return Err(AdminError::InDoubt {
+                            shop: shop.into(),
+                            operation: operation.name,
+                            detail: why,
+                        });
+                    }
                     let wait = backoff(attempt);
                     tracing::warn!(
                         shop,
@@ -360,7 +379,12 @@ impl AdminClient {
                     "HTTP 429".into(),
                 ))
             }
-            s if status.is_server_error() => return Ok(Attempt::Backoff(format!("HTTP {s}"))),
+            s if status.is_server_error() => {
+                return Ok(Attempt::Backoff {
+                    why: format!("HTTP {s}"),
+                    maybe_applied: true,
+                })
+            }
             s if !status.is_success() => {
                 return Err(AdminError::Http {
                     shop: shop.into(),
@@ -373,9 +397,7 @@ impl AdminClient {
         let body: GraphqlResponse = match response.json().await {
             Ok(body) => body,
             // A body cut off mid-way is a transport failure, not an answer.
-            Err(error) if !error.is_decode() => {
-                return Ok(Attempt::Backoff(transport_error(&error)))
-            }
+            Err(error) if !error.is_decode() => return Ok(transport_failure(&error)),
             Err(error) => {
                 return Err(AdminError::Decode {
                     shop: shop.into(),
@@ -435,14 +457,19 @@ fn user_errors(data: &Value) -> Option<Vec<UserError>> {
     (!errors.is_empty()).then_some(errors)
 }
 
-/// A transport failure's kind, without the URL (which is harmless) or anything sent.
-fn transport_error(error: &reqwest::Error) -> String {
-    if error.is_timeout() {
-        "timed out".into()
+/// A transport failure, named by its kind (without the URL or anything sent). Only a failed
+/// connect is sure to have executed nothing.
+fn transport_failure(error: &reqwest::Error) -> Attempt {
+    let why = if error.is_timeout() {
+        "timed out"
     } else if error.is_connect() {
-        "could not connect".into()
+        "could not connect"
     } else {
-        "connection broken".into()
+        "connection broken"
+    };
+    Attempt::Backoff {
+        why: why.into(),
+        maybe_applied: !error.is_connect(),
     }
 }
 

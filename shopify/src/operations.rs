@@ -10,11 +10,12 @@ use serde_json::Value;
 #[derive(Debug, Clone, Copy)]
 pub enum Charge {
     Fixed(f64),
-    /// `base` plus one per element of the array variable (or per unit of the integer variable)
-    /// named `per`.
+    /// `base` plus `each` per element of the array variable (or per unit of the integer
+    /// variable) named `per`.
     PerItem {
         base: f64,
         per: &'static str,
+        each: f64,
     },
 }
 
@@ -24,19 +25,23 @@ pub struct Operation {
     pub name: &'static str,
     pub document: &'static str,
     pub charge: Charge,
+    /// Whether a call that may have been applied (a 5xx, a timeout) is sent again. Reads and
+    /// writes that set a value are; a store credit is not, since a repeat would move money twice:
+    /// its caller settles the doubt by reading the account.
+    pub safe_to_repeat: bool,
 }
 
 impl Operation {
     pub fn estimated_cost(&self, variables: &Value) -> f64 {
         match self.charge {
             Charge::Fixed(cost) => cost,
-            Charge::PerItem { base, per } => {
+            Charge::PerItem { base, per, each } => {
                 let items = match variables.get(per) {
                     Some(Value::Array(items)) => items.len() as f64,
                     Some(Value::Number(n)) => n.as_f64().unwrap_or(0.0),
                     _ => 0.0,
                 };
-                base + items
+                base + each * items
             }
         }
     }
@@ -47,18 +52,21 @@ pub const SHOP: Operation = Operation {
     name: "TributaryShop",
     document: "query TributaryShop { shop { name myshopifyDomain } productsCount { count } currentAppInstallation { accessScopes { handle } } }",
     charge: Charge::Fixed(3.0),
+    safe_to_repeat: true,
 };
 
 pub const WEBHOOK_SUBSCRIPTIONS: Operation = Operation {
     name: "TributaryWebhookSubscriptions",
     document: "query TributaryWebhookSubscriptions { webhookSubscriptions(first: 100) { nodes { id topic uri } } }",
     charge: Charge::Fixed(102.0),
+    safe_to_repeat: true,
 };
 
 pub const WEBHOOK_SUBSCRIPTION_CREATE: Operation = Operation {
     name: "TributaryWebhookSubscriptionCreate",
     document: "mutation TributaryWebhookSubscriptionCreate($topic: WebhookSubscriptionTopic!, $uri: String!) { webhookSubscriptionCreate(topic: $topic, webhookSubscription: {uri: $uri}) { webhookSubscription { id topic uri } userErrors { field message } } }",
     charge: Charge::Fixed(10.0),
+    safe_to_repeat: true,
 };
 
 /// An order's note and tags, read before a writeback so it only writes what is missing.
@@ -66,24 +74,28 @@ pub const ORDER_NOTE_AND_TAGS: Operation = Operation {
     name: "TributaryOrderNoteAndTags",
     document: "query TributaryOrderNoteAndTags($id: ID!) { order(id: $id) { id note tags } }",
     charge: Charge::Fixed(1.0),
+    safe_to_repeat: true,
 };
 
 pub const TAGS_ADD: Operation = Operation {
     name: "TributaryTagsAdd",
     document: "mutation TributaryTagsAdd($id: ID!, $tags: [String!]!) { tagsAdd(id: $id, tags: $tags) { node { id } userErrors { field message } } }",
     charge: Charge::Fixed(10.0),
+    safe_to_repeat: true,
 };
 
 pub const TAGS_REMOVE: Operation = Operation {
     name: "TributaryTagsRemove",
     document: "mutation TributaryTagsRemove($id: ID!, $tags: [String!]!) { tagsRemove(id: $id, tags: $tags) { node { id } userErrors { field message } } }",
     charge: Charge::Fixed(10.0),
+    safe_to_repeat: true,
 };
 
 pub const ORDER_UPDATE_NOTE: Operation = Operation {
     name: "TributaryOrderUpdateNote",
     document: "mutation TributaryOrderUpdateNote($id: ID!, $note: String!) { orderUpdate(input: {id: $id, note: $note}) { order { id } userErrors { field message } } }",
     charge: Charge::Fixed(10.0),
+    safe_to_repeat: true,
 };
 
 /// Which discount a code belongs to, if any: a code taken by the store's template is one an
@@ -92,6 +104,7 @@ pub const CODE_DISCOUNT_BY_CODE: Operation = Operation {
     name: "TributaryCodeDiscountByCode",
     document: "query TributaryCodeDiscountByCode($code: String!) { codeDiscountNodeByCode(code: $code) { id } }",
     charge: Charge::Fixed(1.0),
+    safe_to_repeat: true,
 };
 
 /// Adds up to 250 codes to a code discount; Shopify creates them asynchronously.
@@ -99,6 +112,7 @@ pub const REDEEM_CODE_BULK_ADD: Operation = Operation {
     name: "TributaryRedeemCodeBulkAdd",
     document: "mutation TributaryRedeemCodeBulkAdd($discountId: ID!, $codes: [DiscountRedeemCodeInput!]!) { discountRedeemCodeBulkAdd(discountId: $discountId, codes: $codes) { bulkCreation { id } userErrors { field message code } } }",
     charge: Charge::Fixed(10.0),
+    safe_to_repeat: true,
 };
 
 /// Polls a bulk creation; the codes' own errors are read once it is done.
@@ -108,7 +122,40 @@ pub const REDEEM_CODE_BULK_CREATION: Operation = Operation {
     charge: Charge::PerItem {
         base: 3.0,
         per: "first",
+        each: 1.0,
     },
+    safe_to_repeat: true,
+};
+
+/// A customer found by email, with their store credit accounts and each account's newest
+/// transactions (`$first` of them, newest first): the state a store credit push starts from and
+/// settles a doubt with. Shopify charges 1 for the customer, 2 for the accounts' connection and,
+/// for each of up to 5 accounts, 1 + 2 + `$first` for its transactions.
+pub const CUSTOMER_STORE_CREDIT: Operation = Operation {
+    name: "TributaryCustomerStoreCredit",
+    document: "query TributaryCustomerStoreCredit($email: String!, $first: Int!) { customerByIdentifier(identifier: {emailAddress: $email}) { id storeCreditAccounts(first: 5) { nodes { id balance { amount currencyCode } transactions(first: $first, reverse: true) { nodes { __typename id amount { amount currencyCode } } } } } } }",
+    charge: Charge::PerItem {
+        base: 18.0,
+        per: "first",
+        each: 5.0,
+    },
+    safe_to_repeat: true,
+};
+
+/// Credits a customer's store credit account in a currency (Shopify opens it if needed).
+pub const STORE_CREDIT_CREDIT: Operation = Operation {
+    name: "TributaryStoreCreditCredit",
+    document: "mutation TributaryStoreCreditCredit($id: ID!, $amount: Decimal!, $currency: CurrencyCode!) { storeCreditAccountCredit(id: $id, creditInput: {creditAmount: {amount: $amount, currencyCode: $currency}}) { storeCreditAccountTransaction { id amount { amount currencyCode } } userErrors { field message code } } }",
+    charge: Charge::Fixed(10.0),
+    safe_to_repeat: false,
+};
+
+/// Debits a store credit account.
+pub const STORE_CREDIT_DEBIT: Operation = Operation {
+    name: "TributaryStoreCreditDebit",
+    document: "mutation TributaryStoreCreditDebit($id: ID!, $amount: Decimal!, $currency: CurrencyCode!) { storeCreditAccountDebit(id: $id, debitInput: {debitAmount: {amount: $amount, currencyCode: $currency}}) { storeCreditAccountTransaction { id amount { amount currencyCode } } userErrors { field message code } } }",
+    charge: Charge::Fixed(10.0),
+    safe_to_repeat: false,
 };
 
 /// The global id Shopify uses for an order.

@@ -2,12 +2,10 @@
 
 use std::collections::HashMap;
 
+use crate::kafka::{read_partitions, TopicError};
+use crate::AvroRecord;
 use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::Message;
-use tributary_schemas::kafka::read_partitions;
-use tributary_schemas::AvroRecord;
-
-use crate::runner::ProcessorError;
 
 /// The partitions of `topic` assigned to `consumer` that have no state yet, with `partition`
 /// (the one a record just came from): all of them are restored in one pass.
@@ -16,7 +14,7 @@ pub fn unrestored<C: ConsumerContext, S>(
     topic: &str,
     states: &HashMap<i32, S>,
     partition: i32,
-) -> Result<Vec<i32>, ProcessorError> {
+) -> Result<Vec<i32>, TopicError> {
     let mut partitions: Vec<i32> = consumer
         .assignment()?
         .elements_for_topic(topic)
@@ -36,7 +34,7 @@ pub async fn read_changelog<T: AvroRecord + Send + 'static>(
     bootstrap_servers: &str,
     topic: &'static str,
     partitions: Vec<i32>,
-) -> Result<HashMap<i32, Vec<T>>, ProcessorError> {
+) -> Result<HashMap<i32, Vec<T>>, TopicError> {
     let bootstrap = bootstrap_servers.to_owned();
     tokio::task::spawn_blocking(move || {
         let mut records: HashMap<i32, Vec<T>> =
@@ -54,6 +52,5 @@ pub async fn read_changelog<T: AvroRecord + Send + 'static>(
         .map(|()| records)
     })
     .await
-    .map_err(|e| ProcessorError::Delivery(format!("restore task failed: {e}")))?
-    .map_err(ProcessorError::from)
+    .map_err(|e| TopicError::Task(e.to_string()))?
 }

@@ -1,0 +1,902 @@
+//! Rewards as Shopify store credit: an approved reward credits the advocate's store credit
+//! account (the Shopify customer with the advocate's email), a reversal debits it. For stores with
+//! `features.reward_store_credit`, Admin API access and status active; a point is worth the
+//! activity's `store_credit_per_point` in shop currency.
+//!
+//! Shopify offers no idempotency key for store credit, so "never twice" is built here:
+//!
+//! - **One writer per advocate.** The input is `tributary.rewards_by_advocate` (the events
+//!   stage's repartition): every record whose ledger moves an advocate's wallet, keyed by that
+//!   advocate. One partition, so one consumer, holds each advocate.
+//! - **A write-ahead changelog.** `tributary.store_credits` holds one [`StoreCreditPush`] per
+//!   reward entry, written to the input's partition number. Before a call the stage reads the
+//!   account's newest transaction and writes `PENDING` with it (and waits for the broker); after
+//!   the call it writes `APPLIED` with Shopify's transaction id, or `REFUSED` with the reason.
+//!   On assignment it restores the partition's pushes from the changelog, so an `APPLIED` or
+//!   `REFUSED` entry is never sent again, whatever is redelivered.
+//! - **Settling a doubt.** A `PENDING` entry without an outcome (the stage died mid-call), or a
+//!   call whose answer was lost (a 5xx or a timeout: the client does not repeat these for store
+//!   credit), is settled by reading the account's transactions newer than the recorded one: a
+//!   transaction of the same kind and amount that no other entry claims is this push, applied.
+//!   Otherwise it was not, and it is sent again.
+//!
+//! The one case this cannot tell apart: a merchant moving the same amount by hand on the same
+//! account in the seconds between a push and its crash. Such a push is taken as applied.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::BorrowedMessage;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use rust_decimal::prelude::*;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use tributary_schemas::changelog::{read_changelog, unrestored};
+use tributary_schemas::control::Control;
+use tributary_schemas::kafka::{
+    commit_offsets, now_ms, producer_config, received_or_warn, subscribed_member, CommitWhen,
+    DeadLetterRecord, GroupMember, TopicError,
+};
+use tributary_schemas::secrets::{access_token_purpose, MasterKey};
+use tributary_schemas::{
+    topics, Attribution, AvroRecord, RewardEntryKind, StoreCreditDirection, StoreCreditPush,
+    StoreCreditState, StoreStatus,
+};
+use tributary_shopify::operations::{
+    CUSTOMER_STORE_CREDIT, STORE_CREDIT_CREDIT, STORE_CREDIT_DEBIT,
+};
+use tributary_shopify::{AdminClient, AdminError, StoreAccess};
+
+/// `[store_credit]`: the stage that pushes rewards to Shopify store credit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreCreditConfig {
+    /// Consumer group of the store credit stage.
+    pub group_id: String,
+    /// How often the offsets of handled records are committed.
+    pub commit_interval_ms: u64,
+    /// How many of an account's newest transactions are read to settle a push in doubt.
+    pub doubt_window: u32,
+}
+
+impl Default for StoreCreditConfig {
+    fn default() -> Self {
+        Self {
+            group_id: "tributary-store-credit".into(),
+            commit_interval_ms: 200,
+            doubt_window: 25,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreCreditError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("changelog: {0}")]
+    Changelog(#[from] TopicError),
+    #[error("encoding: {0}")]
+    Codec(#[from] tributary_schemas::CodecError),
+}
+
+/// What a reward entry moves on the advocate's store credit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Movement {
+    pub entry_id: String,
+    pub direction: StoreCreditDirection,
+    pub amount: Decimal,
+}
+
+/// The store credit `advocate_id`'s entries in the order's ledger move, at `per_point`. A
+/// reversal moves the difference of the money values of the request's cumulative reversals, so
+/// rounding never drifts and debits never total more than the credit.
+pub fn movements(order: &Attribution, advocate_id: &str, per_point: Decimal) -> Vec<Movement> {
+    let money = |points: Decimal| {
+        (points * per_point).round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero)
+    };
+    let mut reversed: HashMap<&str, Decimal> = HashMap::new();
+    let mut moves = Vec::new();
+    for entry in order
+        .rewards
+        .iter()
+        .filter(|e| e.advocate_id == advocate_id)
+    {
+        let (direction, amount) = match entry.kind {
+            RewardEntryKind::Approval => (StoreCreditDirection::Credit, money(entry.points)),
+            RewardEntryKind::Reversal => {
+                let before = reversed.entry(&entry.request_id).or_default();
+                let after = *before + entry.points;
+                let amount = money(after) - money(*before);
+                *before = after;
+                (StoreCreditDirection::Debit, amount)
+            }
+            RewardEntryKind::Request | RewardEntryKind::Void => continue,
+        };
+        if amount > Decimal::ZERO {
+            moves.push(Movement {
+                entry_id: entry.entry_id.clone(),
+                direction,
+                amount,
+            });
+        }
+    }
+    moves
+}
+
+/// The pushes of one partition, by reward entry id: its restored changelog.
+type Pushes = HashMap<String, StoreCreditPush>;
+
+/// The customer as Shopify answers [`CUSTOMER_STORE_CREDIT`].
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CustomerData {
+    customer_by_identifier: Option<Customer>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Customer {
+    id: String,
+    store_credit_accounts: Nodes<Account>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Nodes<T> {
+    nodes: Vec<T>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Account {
+    balance: Money,
+    transactions: Nodes<Transaction>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Transaction {
+    #[serde(rename = "__typename")]
+    typename: String,
+    id: String,
+    amount: Money,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Money {
+    amount: Decimal,
+    currency_code: String,
+}
+
+impl Customer {
+    /// The account's transactions in `currency`, newest first.
+    fn transactions(&self, currency: &str) -> &[Transaction] {
+        self.store_credit_accounts
+            .nodes
+            .iter()
+            .find(|a| a.balance.currency_code == currency)
+            .map(|a| a.transactions.nodes.as_slice())
+            .unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MoveData {
+    #[serde(alias = "storeCreditAccountDebit")]
+    store_credit_account_credit: MovePayload,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MovePayload {
+    store_credit_account_transaction: Option<TransactionId>,
+}
+
+#[derive(Debug, Deserialize)]
+struct TransactionId {
+    id: String,
+}
+
+/// Why a push did not reach an outcome now.
+enum Interrupted {
+    /// The stage is stopping; the record stays uncommitted.
+    Stopping,
+    Failed(StoreCreditError),
+}
+
+impl<E: Into<StoreCreditError>> From<E> for Interrupted {
+    fn from(error: E) -> Self {
+        Interrupted::Failed(error.into())
+    }
+}
+
+/// A push's next state.
+enum Outcome {
+    Pending {
+        account_cursor: Option<String>,
+        customer_gid: String,
+    },
+    Applied {
+        transaction_id: String,
+        customer_gid: String,
+    },
+    Refused(String),
+}
+
+fn refused(reason: String) -> Outcome {
+    Outcome::Refused(reason)
+}
+
+/// What the account says of a push left `PENDING`.
+#[derive(Debug, PartialEq, Eq)]
+enum Settled {
+    /// This transaction is the push.
+    Applied(String),
+    NotApplied,
+    /// The window did not reach back to the recorded transaction and holds no match.
+    Unknown,
+}
+
+/// Looks for the pending push among the account's transactions newer than its cursor (newest
+/// first, at most `window` read): one of its kind and amount that no other entry claims.
+fn settle(
+    pending: &StoreCreditPush,
+    newest_first: &[Transaction],
+    pushes: &Pushes,
+    window: usize,
+) -> Settled {
+    let claimed = |id: &str| {
+        pushes
+            .values()
+            .any(|p| p.transaction_id.as_deref() == Some(id))
+    };
+    let kind = match pending.direction {
+        StoreCreditDirection::Credit => "StoreCreditAccountCreditTransaction",
+        StoreCreditDirection::Debit => "StoreCreditAccountDebitTransaction",
+    };
+    let newer: Vec<&Transaction> = newest_first
+        .iter()
+        .take_while(|t| Some(&t.id) != pending.account_cursor.as_ref())
+        .collect();
+    if let Some(found) = newer
+        .iter()
+        .find(|t| t.typename == kind && t.amount.amount.abs() == pending.amount && !claimed(&t.id))
+    {
+        return Settled::Applied(found.id.clone());
+    }
+    let reached_cursor = newer.len() < newest_first.len() || newest_first.len() < window;
+    if reached_cursor {
+        Settled::NotApplied
+    } else {
+        Settled::Unknown
+    }
+}
+
+/// Dead-letters the input record with the reason.
+async fn dead_letter(
+    producer: &FutureProducer,
+    message: &BorrowedMessage<'_>,
+    reason: &str,
+) -> Result<(), Interrupted> {
+    let letter = DeadLetterRecord::new(message, "store-credit", reason);
+    producer
+        .send(
+            FutureRecord::to(topics::DEAD_LETTERS)
+                .key(&letter.key)
+                .payload(&letter.payload)
+                .headers(letter.headers),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(error, _)| error)?;
+    Ok(())
+}
+
+async fn commit(
+    consumer: &Arc<StreamConsumer<GroupMember>>,
+    done: &mut HashMap<i32, i64>,
+    when: CommitWhen,
+) -> Result<(), StoreCreditError> {
+    if done.is_empty() {
+        return Ok(());
+    }
+    let mut offsets = TopicPartitionList::new();
+    for (partition, next) in done.drain() {
+        offsets.add_partition_offset(
+            topics::REWARDS_BY_ADVOCATE,
+            partition,
+            Offset::Offset(next),
+        )?;
+    }
+    commit_offsets(consumer, offsets, when).await;
+    Ok(())
+}
+
+/// One push's context: the store, the advocate's customer email and the entry.
+struct Push<'a> {
+    /// The input's partition, which the changelog record goes to.
+    partition: i32,
+    shop: &'a str,
+    token: &'a str,
+    email: &'a str,
+    order: &'a Attribution,
+    advocate_id: &'a str,
+    movement: Movement,
+}
+
+pub struct StoreCreditStage {
+    bootstrap_servers: String,
+    config: StoreCreditConfig,
+    admin: Arc<AdminClient>,
+    control: Arc<RwLock<Control>>,
+    master_key: MasterKey,
+}
+
+impl StoreCreditStage {
+    pub fn new(
+        bootstrap_servers: &str,
+        config: StoreCreditConfig,
+        admin: Arc<AdminClient>,
+        control: Arc<RwLock<Control>>,
+        master_key: MasterKey,
+    ) -> Self {
+        Self {
+            bootstrap_servers: bootstrap_servers.to_owned(),
+            config,
+            admin,
+            control,
+            master_key,
+        }
+    }
+
+    /// Consume, push, produce the outcome, commit: an input offset is committed only after every
+    /// push its record implies has an outcome in the changelog.
+    pub async fn run(
+        &self,
+        ready: Arc<AtomicBool>,
+        shutdown: CancellationToken,
+    ) -> Result<(), StoreCreditError> {
+        let input = topics::REWARDS_BY_ADVOCATE;
+        let consumer =
+            subscribed_member(&self.bootstrap_servers, &self.config.group_id, input, ready)?;
+        let producer: FutureProducer =
+            producer_config(&self.bootstrap_servers, Duration::from_secs(30)).create()?;
+        let mut states: HashMap<i32, Pushes> = HashMap::new();
+        let mut done: HashMap<i32, i64> = HashMap::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(self.config.commit_interval_ms));
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => commit(&consumer, &mut done, CommitWhen::Running).await?,
+                received = consumer.recv() => {
+                    let Some(message) = received_or_warn(received) else {
+                        continue;
+                    };
+                    for partition in consumer.context().take_revoked() {
+                        states.remove(&partition);
+                        done.remove(&partition);
+                    }
+                    let partition = message.partition();
+                    if !states.contains_key(&partition) {
+                        let missing = unrestored(&consumer, input, &states, partition)?;
+                        states.extend(self.restore(missing).await?);
+                    }
+                    let pushes = states.entry(partition).or_default();
+                    match self.handle(&message, pushes, &producer, &shutdown).await {
+                        Ok(()) => {
+                            done.insert(partition, message.offset() + 1);
+                        }
+                        Err(Interrupted::Stopping) => break,
+                        Err(Interrupted::Failed(error)) => return Err(error),
+                    }
+                }
+            }
+        }
+        commit(&consumer, &mut done, CommitWhen::Stopping).await
+    }
+
+    async fn restore(&self, partitions: Vec<i32>) -> Result<HashMap<i32, Pushes>, TopicError> {
+        let records: HashMap<i32, Vec<StoreCreditPush>> =
+            read_changelog(&self.bootstrap_servers, topics::STORE_CREDITS, partitions).await?;
+        let states: HashMap<i32, Pushes> = records
+            .into_iter()
+            .map(|(partition, records)| {
+                let pushes = records
+                    .into_iter()
+                    .map(|p| (p.entry_id.clone(), p))
+                    .collect();
+                (partition, pushes)
+            })
+            .collect();
+        tracing::info!(
+            partitions = ?states.keys().collect::<Vec<_>>(),
+            pushes = states.values().map(HashMap::len).sum::<usize>(),
+            "store credit state restored"
+        );
+        Ok(states)
+    }
+
+    /// Every push the record implies for its advocate, in ledger order, each to an outcome.
+    async fn handle(
+        &self,
+        message: &BorrowedMessage<'_>,
+        pushes: &mut Pushes,
+        producer: &FutureProducer,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Interrupted> {
+        let order = match message.payload().map(Attribution::from_avro) {
+            Some(Ok(order)) => order,
+            Some(Err(error)) => {
+                tracing::error!(partition = message.partition(), offset = message.offset(), %error, "reward record skipped");
+                return Ok(());
+            }
+            None => return Ok(()),
+        };
+        let key = message
+            .key()
+            .map(String::from_utf8_lossy)
+            .unwrap_or_default();
+        let Some(advocate_id) = key.strip_prefix(&format!("{}/", order.shop_domain)) else {
+            return Ok(());
+        };
+        let Some((sealed_token, email, per_point)) = self.enabled(&order.shop_domain, advocate_id)
+        else {
+            return Ok(());
+        };
+        let todo: Vec<Movement> = movements(&order, advocate_id, per_point)
+            .into_iter()
+            .filter(|m| {
+                !pushes
+                    .get(&m.entry_id)
+                    .is_some_and(|p| p.state != StoreCreditState::Pending)
+            })
+            .collect();
+        if todo.is_empty() {
+            return Ok(());
+        }
+        let token = match self
+            .master_key
+            .open(&access_token_purpose(&order.shop_domain), &sealed_token)
+        {
+            Ok(token) => token,
+            Err(_) => {
+                let reason = format!(
+                    "{}: the Admin API access token could not be opened with this master key",
+                    order.shop_domain
+                );
+                return dead_letter(producer, message, &reason).await;
+            }
+        };
+        for movement in todo {
+            let push = Push {
+                partition: message.partition(),
+                shop: &order.shop_domain,
+                token: token.expose(),
+                email: &email,
+                order: &order,
+                advocate_id,
+                movement,
+            };
+            let outcome = self.push(&push, pushes, producer, shutdown).await?;
+            if outcome.state == StoreCreditState::Refused {
+                dead_letter(producer, message, &outcome.reason).await?;
+            }
+            metrics::counter!("tributary_store_credit_pushes_total", "state" => format!("{:?}", outcome.state)).increment(1);
+        }
+        Ok(())
+    }
+
+    /// The store's sealed token, the advocate's email and the value of a point, when the store
+    /// pushes rewards as store credit.
+    fn enabled(&self, shop: &str, advocate_id: &str) -> Option<(String, String, Decimal)> {
+        let control = self.control.read().unwrap_or_else(|e| e.into_inner());
+        let store = control
+            .store(shop)
+            .filter(|s| s.status == StoreStatus::Active && s.features.reward_store_credit)?;
+        let admin = store.admin.as_ref()?;
+        let per_point = store
+            .reward_activity
+            .as_ref()
+            .map_or(Decimal::ONE, |a| a.store_credit_per_point);
+        let email = control.advocates(shop).by_id(advocate_id)?.email.clone();
+        Some((admin.access_token_sealed.clone(), email, per_point))
+    }
+
+    /// Brings one movement to an outcome (`APPLIED` or `REFUSED`), recorded in the changelog.
+    async fn push(
+        &self,
+        push: &Push<'_>,
+        pushes: &mut Pushes,
+        producer: &FutureProducer,
+        shutdown: &CancellationToken,
+    ) -> Result<StoreCreditPush, Interrupted> {
+        let mut pause = Duration::from_millis(500);
+        loop {
+            if shutdown.is_cancelled() {
+                return Err(Interrupted::Stopping);
+            }
+            let attempt = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return Err(Interrupted::Stopping),
+                attempt = self.attempt(push, pushes, producer) => attempt?,
+            };
+            match attempt {
+                Ok(outcome) => return Ok(outcome),
+                Err(why) => {
+                    tracing::warn!(
+                        shop = push.shop,
+                        entry = push.movement.entry_id,
+                        why,
+                        "store credit push failed; retrying"
+                    );
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
+    /// One try: settle an earlier doubt, else write `PENDING`, call, write the outcome. `Err`
+    /// inside: Shopify failed in a way worth retrying (nothing recorded as done).
+    async fn attempt(
+        &self,
+        push: &Push<'_>,
+        pushes: &mut Pushes,
+        producer: &FutureProducer,
+    ) -> Result<Result<StoreCreditPush, String>, Interrupted> {
+        let movement = &push.movement;
+        let store = StoreAccess {
+            shop_domain: push.shop,
+            access_token: push.token,
+        };
+        let pending = pushes
+            .get(&movement.entry_id)
+            .filter(|p| p.state == StoreCreditState::Pending)
+            .cloned();
+        let window = if pending.is_some() {
+            self.config.doubt_window
+        } else {
+            1
+        };
+        let customer = match self
+            .admin
+            .run::<CustomerData>(
+                store,
+                &CUSTOMER_STORE_CREDIT,
+                json!({"email": push.email, "first": window}),
+            )
+            .await
+        {
+            Ok(data) => data.customer_by_identifier,
+            Err(error) => return self.failed(push, pushes, producer, error).await,
+        };
+        let Some(customer) = customer else {
+            let reason = format!(
+                "{}: no customer with advocate {}'s email",
+                push.shop, push.advocate_id
+            );
+            return self
+                .record(push, pushes, producer, refused(reason))
+                .await
+                .map(Ok);
+        };
+        let transactions = customer.transactions(&push.order.currency);
+        if let Some(pending) = &pending {
+            match settle(
+                pending,
+                transactions,
+                pushes,
+                self.config.doubt_window as usize,
+            ) {
+                Settled::Applied(id) => {
+                    let applied = Outcome::Applied {
+                        transaction_id: id,
+                        customer_gid: customer.id,
+                    };
+                    return self.record(push, pushes, producer, applied).await.map(Ok);
+                }
+                Settled::NotApplied => {}
+                Settled::Unknown => {
+                    let reason = format!(
+                        "{}: {} may have been applied: more than {} transactions on the account since; check it by hand",
+                        push.shop, movement.entry_id, self.config.doubt_window
+                    );
+                    return self
+                        .record(push, pushes, producer, refused(reason))
+                        .await
+                        .map(Ok);
+                }
+            }
+        }
+        let cursor = transactions.first().map(|t| t.id.clone());
+        let write_ahead = Outcome::Pending {
+            account_cursor: cursor,
+            customer_gid: customer.id.clone(),
+        };
+        self.record(push, pushes, producer, write_ahead).await?;
+        let operation = match movement.direction {
+            StoreCreditDirection::Credit => &STORE_CREDIT_CREDIT,
+            StoreCreditDirection::Debit => &STORE_CREDIT_DEBIT,
+        };
+        let variables = json!({
+            "id": customer.id,
+            "amount": movement.amount.to_string(),
+            "currency": push.order.currency,
+        });
+        match self
+            .admin
+            .run::<MoveData>(store, operation, variables)
+            .await
+        {
+            Ok(data) => match data
+                .store_credit_account_credit
+                .store_credit_account_transaction
+            {
+                Some(transaction) => {
+                    let applied = Outcome::Applied {
+                        transaction_id: transaction.id,
+                        customer_gid: customer.id,
+                    };
+                    self.record(push, pushes, producer, applied).await.map(Ok)
+                }
+                None => Ok(Err(format!(
+                    "{}: {} answered no transaction",
+                    push.shop, operation.name
+                ))),
+            },
+            Err(error) => self.failed(push, pushes, producer, error).await,
+        }
+    }
+
+    /// A failed call: refused for good (user errors, a refused token), or worth retrying (the
+    /// doubt, if any, is settled by the retry's read).
+    async fn failed(
+        &self,
+        push: &Push<'_>,
+        pushes: &mut Pushes,
+        producer: &FutureProducer,
+        error: AdminError,
+    ) -> Result<Result<StoreCreditPush, String>, Interrupted> {
+        match error {
+            AdminError::GaveUp { .. } | AdminError::InDoubt { .. } => Ok(Err(error.to_string())),
+            permanent => {
+                let reason = permanent.to_string();
+                self.record(push, pushes, producer, refused(reason))
+                    .await
+                    .map(Ok)
+            }
+        }
+    }
+
+    /// Writes the push's new state to the changelog and waits for the broker, then keeps it.
+    async fn record(
+        &self,
+        push: &Push<'_>,
+        pushes: &mut Pushes,
+        producer: &FutureProducer,
+        outcome: Outcome,
+    ) -> Result<StoreCreditPush, Interrupted> {
+        let previous = pushes.get(&push.movement.entry_id);
+        let mut record = StoreCreditPush {
+            entry_id: push.movement.entry_id.clone(),
+            shop_domain: push.shop.to_owned(),
+            advocate_id: push.advocate_id.to_owned(),
+            order_id: push.order.order_id,
+            direction: push.movement.direction,
+            state: StoreCreditState::Pending,
+            amount: push.movement.amount,
+            currency: push.order.currency.clone(),
+            customer_gid: previous.and_then(|p| p.customer_gid.clone()),
+            account_cursor: previous.and_then(|p| p.account_cursor.clone()),
+            transaction_id: None,
+            reason: String::new(),
+            at_ms: now_ms(),
+        };
+        match outcome {
+            Outcome::Pending {
+                account_cursor,
+                customer_gid,
+            } => {
+                record.account_cursor = account_cursor;
+                record.customer_gid = Some(customer_gid);
+            }
+            Outcome::Applied {
+                transaction_id,
+                customer_gid,
+            } => {
+                record.state = StoreCreditState::Applied;
+                record.transaction_id = Some(transaction_id);
+                record.customer_gid = Some(customer_gid);
+            }
+            Outcome::Refused(reason) => {
+                record.state = StoreCreditState::Refused;
+                record.reason = reason;
+            }
+        }
+        let payload = record.to_avro()?;
+        producer
+            .send(
+                FutureRecord::to(topics::STORE_CREDITS)
+                    .partition(push.partition)
+                    .key(&record.entry_id)
+                    .payload(&payload),
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|(error, _)| error)?;
+        pushes.insert(record.entry_id.clone(), record.clone());
+        Ok(record)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tributary_schemas::{AttributionSource, Outcome, RefundStatus, RewardEntry};
+
+    fn dec(s: &str) -> Decimal {
+        s.parse().unwrap()
+    }
+
+    fn entry(id: &str, kind: RewardEntryKind, advocate: &str, points: &str) -> RewardEntry {
+        RewardEntry {
+            entry_id: id.into(),
+            request_id: id
+                .split("/approval")
+                .next()
+                .unwrap()
+                .split("/reversal")
+                .next()
+                .unwrap()
+                .into(),
+            kind,
+            advocate_id: advocate.into(),
+            advocate_identifier: advocate.into(),
+            points: dec(points),
+            reason: String::new(),
+            at_ms: 0,
+        }
+    }
+
+    fn order(rewards: Vec<RewardEntry>) -> Attribution {
+        Attribution {
+            shop_domain: "s".into(),
+            order_id: 1,
+            revision: 1,
+            order_name: "#1".into(),
+            created_at_ms: 0,
+            latest_updated_at_ms: 0,
+            latest_triggered_at_ms: 0,
+            settled_updated_at_ms: 0,
+            financial_status: None,
+            cancelled: false,
+            outcome: Outcome::Attributed,
+            source: AttributionSource::DiscountCode,
+            reason: String::new(),
+            advocate_id: Some("a".into()),
+            advocate_identifier: Some("a".into()),
+            code: None,
+            customer_email: None,
+            customer_id: None,
+            currency: "USD".into(),
+            gross: dec("10"),
+            presentment_currency: "USD".into(),
+            presentment_gross: dec("10"),
+            refunded: Decimal::ZERO,
+            net: dec("10"),
+            refund_status: RefundStatus::None,
+            refund_ids: Vec::new(),
+            recent_delivery_ids: Vec::new(),
+            input_offset: 0,
+            rewards,
+        }
+    }
+
+    #[test]
+    fn reversals_move_the_rounded_difference_so_debits_never_pass_the_credit() {
+        use RewardEntryKind::*;
+        // 1.01 points at 0.5 is 0.505, credited as 0.51; two reversals of half each must take
+        // back 0.51 in total, not 0.25 + 0.25 or 0.26 + 0.26.
+        let o = order(vec![
+            entry("r/1", Request, "a", "1.01"),
+            entry("r/1/approval", Approval, "a", "1.01"),
+            entry("r/1/reversal/1", Reversal, "a", "0.50"),
+            entry("r/1/reversal/2", Reversal, "a", "0.51"),
+            entry("r/1/void", Void, "a", "0"),
+            entry("r/2", Request, "b", "1.01"),
+            entry("r/2/approval", Approval, "b", "1.01"),
+        ]);
+        let moves = movements(&o, "a", dec("0.5"));
+        let amounts: Vec<(StoreCreditDirection, String)> = moves
+            .iter()
+            .map(|m| (m.direction, m.amount.to_string()))
+            .collect();
+        assert_eq!(
+            amounts,
+            [
+                (StoreCreditDirection::Credit, "0.51".to_string()),
+                (StoreCreditDirection::Debit, "0.25".to_string()),
+                (StoreCreditDirection::Debit, "0.26".to_string()),
+            ]
+        );
+        // Another advocate's entries in the same ledger are theirs to move.
+        assert_eq!(movements(&o, "b", dec("0.5")).len(), 1);
+    }
+
+    fn transaction(id: &str, typename: &str, amount: &str) -> Transaction {
+        Transaction {
+            typename: typename.into(),
+            id: id.into(),
+            amount: Money {
+                amount: dec(amount),
+                currency_code: "USD".into(),
+            },
+        }
+    }
+
+    fn pending(cursor: Option<&str>) -> StoreCreditPush {
+        StoreCreditPush {
+            entry_id: "e".into(),
+            shop_domain: "s".into(),
+            advocate_id: "a".into(),
+            order_id: 1,
+            direction: StoreCreditDirection::Credit,
+            state: StoreCreditState::Pending,
+            amount: dec("5.00"),
+            currency: "USD".into(),
+            customer_gid: None,
+            account_cursor: cursor.map(str::to_owned),
+            transaction_id: None,
+            reason: String::new(),
+            at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn a_push_in_doubt_is_found_only_among_newer_unclaimed_transactions() {
+        const CREDIT: &str = "StoreCreditAccountCreditTransaction";
+        let newest_first = [
+            transaction("t4", CREDIT, "5.00"),
+            transaction("t3", CREDIT, "5.00"),
+            transaction("t2", CREDIT, "5.00"),
+        ];
+        let mut pushes = Pushes::new();
+        // t4 is another entry's; t3 is this one's; t2 is older than the cursor.
+        let mut other = pending(None);
+        other.entry_id = "other".into();
+        other.transaction_id = Some("t4".into());
+        pushes.insert("other".into(), other);
+        assert_eq!(
+            settle(&pending(Some("t2")), &newest_first, &pushes, 25),
+            Settled::Applied("t3".into())
+        );
+        // Nothing newer than the cursor but the claimed one: not applied.
+        assert_eq!(
+            settle(&pending(Some("t3")), &newest_first, &pushes, 25),
+            Settled::NotApplied
+        );
+        // A different amount is not this push.
+        let mut debit_sized = pending(Some("t2"));
+        debit_sized.amount = dec("4.00");
+        assert_eq!(
+            settle(&debit_sized, &newest_first, &pushes, 25),
+            Settled::NotApplied
+        );
+        // A full window that never reaches the cursor cannot tell.
+        let mut older_cursor = pending(Some("t1"));
+        older_cursor.amount = dec("4.00");
+        assert_eq!(
+            settle(&older_cursor, &newest_first, &pushes, 3),
+            Settled::Unknown
+        );
+        assert_eq!(
+            settle(&older_cursor, &newest_first, &pushes, 25),
+            Settled::NotApplied
+        );
+    }
+}
