@@ -307,7 +307,7 @@ async fn shopify_stage(
     ];
     for (run, (bucket, size, rate)) in buckets.into_iter().enumerate() {
         let fake =
-            control_files::start_fake_shopify(([127, 0, 0, 1], 0).into(), &stores, size, rate)
+            control_files::start_fake_shopify(([127, 0, 0, 1], 0).into(), &stores, &[], size, rate)
                 .await?;
         let mut config = config.clone();
         config.shopify.base_url = Some(fake.base_url());
@@ -339,7 +339,7 @@ async fn shopify_stage(
         // Minting: 1,000 advocates without a code, on the store's template, from a full bucket
         // (a fresh store: the writeback above emptied this one's).
         let fake =
-            control_files::start_fake_shopify(([127, 0, 0, 1], 0).into(), &stores, size, rate)
+            control_files::start_fake_shopify(([127, 0, 0, 1], 0).into(), &stores, &[], size, rate)
                 .await?;
         config.shopify.base_url = Some(fake.base_url());
         let admin = tributary_shopify::AdminClient::new(config.shopify.clone())?;

@@ -64,6 +64,9 @@ enum Command {
         /// The stores to hold.
         #[arg(long, default_value = "deploy/demo/stores.toml")]
         stores: PathBuf,
+        /// Advocates, each held as a customer of their store (for store credit).
+        #[arg(long, default_value = "deploy/demo/advocates.csv")]
+        advocates: PathBuf,
         /// Cost bucket size in points (Shopify's standard plan: 1000).
         #[arg(long, default_value_t = 1000.0)]
         bucket: f64,
@@ -393,12 +396,20 @@ async fn run() -> anyhow::Result<()> {
         Command::FakeShopify {
             listen,
             stores,
+            advocates,
             bucket,
             restore_rate,
         } => {
             let stores = control_files::StoresFile::read(&stores)?;
-            let fake =
-                control_files::start_fake_shopify(listen, &stores, bucket, restore_rate).await?;
+            let advocates = control_files::read_advocates(&advocates)?;
+            let fake = control_files::start_fake_shopify(
+                listen,
+                &stores,
+                &advocates,
+                bucket,
+                restore_rate,
+            )
+            .await?;
             println!("fake Shopify Admin API at {}", fake.base_url());
             shutdown.cancelled().await;
             Ok(())
@@ -826,6 +837,7 @@ async fn demo(
             let fake = control_files::start_fake_shopify(
                 ([127, 0, 0, 1], 0).into(),
                 &stores,
+                &control_files::read_advocates(&args.advocates)?,
                 10_000.0,
                 500.0,
             )

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
+use rust_decimal::Decimal;
 use support::*;
 use tokio::process::{Child, Command};
 use tributary::{generate, report};
@@ -257,6 +258,54 @@ async fn killing_ingest_processor_and_sink_at_random_keeps_totals_exact() {
     }
     assert_eq!(missing, 0, "attributed orders without their writeback");
     assert_eq!(shopify.redundant_writes(SHOP), 0, "a write was made twice");
+
+    // Approved rewards became store credit (a point is worth 1): every advocate's account holds
+    // their wallet balance to the cent, with one transaction per approval and reversal.
+    let wallets: Vec<(String, String, u64)> = ch
+        .query("SELECT advocate_id, toString(sumIf(points, kind = 'APPROVAL') - sumIf(points, kind = 'REVERSAL')), countIf(kind IN ('APPROVAL', 'REVERSAL') AND points > 0) FROM reward_ledger FINAL WHERE shop_domain = ? GROUP BY advocate_id ORDER BY advocate_id")
+        .bind(SHOP)
+        .fetch_all()
+        .await
+        .unwrap();
+    let advocates =
+        tributary::control_files::read_advocates(&repo_path("deploy/demo/advocates.csv")).unwrap();
+    let store_credit = || -> Vec<(String, String, u64)> {
+        wallets
+            .iter()
+            .map(|(advocate_id, _, _)| {
+                let email = &advocates
+                    .iter()
+                    .find(|a| &a.id == advocate_id)
+                    .unwrap()
+                    .email;
+                let customer = shopify.customer_id(SHOP, email).unwrap();
+                let transactions = shopify.store_credit_transactions(SHOP, customer);
+                let balance: Decimal = transactions.iter().map(|t| t.amount).sum();
+                (
+                    advocate_id.clone(),
+                    balance.normalize().to_string(),
+                    transactions.len() as u64,
+                )
+            })
+            .collect()
+    };
+    let expected: Vec<(String, String, u64)> = wallets
+        .iter()
+        .map(|(id, balance, n)| (id.clone(), dec(balance).normalize().to_string(), *n))
+        .collect();
+    let mut pushed = store_credit();
+    for _ in 0..600 {
+        if pushed == expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        pushed = store_credit();
+    }
+    assert_eq!(
+        pushed, expected,
+        "store credit differs from the reward ledger"
+    );
+    let credit_transactions: u64 = expected.iter().map(|w| w.2).sum();
     let writes = shopify.writes(SHOP);
     let log = std::fs::read_to_string(&services.writeback_log).unwrap_or_default();
     assert!(
@@ -264,10 +313,11 @@ async fn killing_ingest_processor_and_sink_at_random_keeps_totals_exact() {
         "the Admin token is in the writeback's log"
     );
     eprintln!(
-        "crash test: {total_kills} kills (ingest {}, processor {}, events {}, sink {}, writeback {}), {} deliveries, {} events, totals exact; {} orders written back with {writes:?}, none twice\n{table}",
+        "crash test: {total_kills} kills (ingest {}, processor {}, events {}, sink {}, writeback {}), {} deliveries, {} events, totals exact; {} orders written back and {credit_transactions} store credit transactions for {} advocates with {writes:?}, none twice\n{table}",
         kills[0], kills[1], kills[2], kills[3], kills[4],
         plan.deliveries(),
         emitted.len(),
         attributed.len(),
+        expected.len(),
     );
 }

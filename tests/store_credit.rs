@@ -19,8 +19,6 @@ use tributary_schemas::secrets::MasterKey;
 use tributary_schemas::{topics, AvroRecord, StoreCreditPush, StoreCreditState};
 
 const GROUP: &str = "tributary-store-credit";
-const ANNA: u64 = 7_000_000_101;
-const BJORN: u64 = 7_000_000_102;
 
 /// The demo store with store credit on: auto-approved rewards of 0.1 point per unit of gross,
 /// a point worth 0.50 of store credit. Tags and notes stay off so the only Admin API writes are
@@ -29,11 +27,11 @@ async fn turn_on_store_credit(p: &Pipeline) {
     let demo = std::fs::read_to_string(repo_path("deploy/demo/stores.toml")).unwrap();
     let edited = demo
         .replace(
-            "features = { order_attribution = true, attribution_rewards = true, order_tags = true, order_notes = true }",
+            "features = { order_attribution = true, attribution_rewards = true, order_tags = true, order_notes = true, reward_store_credit = true }",
             "features = { order_attribution = true, attribution_rewards = true, reward_store_credit = true }",
         )
         .replace(
-            r#"points = "0.1", auto_approve = false }"#,
+            r#"points = "0.1", auto_approve = false, store_credit_per_point = "1" }"#,
             r#"points = "0.1", auto_approve = true, store_credit_per_point = "0.5" }"#,
         );
     assert_ne!(edited, demo, "the demo stores file changed shape");
@@ -43,9 +41,23 @@ async fn turn_on_store_credit(p: &Pipeline) {
     control_files::load_stores(&p.bootstrap, &path, &key)
         .await
         .unwrap();
-    // Anna and Bjorn shop there too; Chidi does not.
-    p.shopify.add_customer(SHOP, ANNA, "Anna@example.org");
-    p.shopify.add_customer(SHOP, BJORN, "bjorn@example.org");
+    // Zed advocates for the store but has never shopped there.
+    let zed = p._dir.path().join("advocates.csv");
+    std::fs::write(
+        &zed,
+        format!("shop_domain,id,identifier,first_name,email,status,codes\n{SHOP},199,zed,Zed,zed@example.org,active,ZED5\n"),
+    )
+    .unwrap();
+    control_files::load_advocates(&p.bootstrap, &zed)
+        .await
+        .unwrap();
+}
+
+/// The demo advocate's customer id in the fake store.
+fn customer(p: &Pipeline, email: &str) -> u64 {
+    p.shopify
+        .customer_id(SHOP, email)
+        .unwrap_or_else(|| panic!("{email} is a customer of the demo store"))
 }
 
 fn amounts(transactions: &[FakeTransaction]) -> Vec<String> {
@@ -75,6 +87,10 @@ fn writes(p: &Pipeline) -> [u64; 2] {
 async fn approved_rewards_become_store_credit_once_through_lost_answers_stops_and_replays() {
     let mut p = Pipeline::start("store_credit", |_| {}).await;
     turn_on_store_credit(&p).await;
+    let (anna, bjorn) = (
+        customer(&p, "anna@example.org"),
+        customer(&p, "bjorn@example.org"),
+    );
     // Give the services a moment to see the new store settings.
     tokio::time::sleep(Duration::from_millis(500)).await;
 
@@ -90,26 +106,26 @@ async fn approved_rewards_become_store_credit_once_through_lost_answers_stops_an
     by_anna.codes = vec!["ANNA10"];
     let mut by_bjorn = Order::new(9_300_000_000_002, "60.00");
     by_bjorn.landing_site = "/?ref=bjorn";
-    let mut by_chidi = Order::new(9_300_000_000_003, "40.00");
-    by_chidi.codes = vec!["CHIDI-TRAIL"];
-    for (order, id) in [(&by_anna, "a"), (&by_bjorn, "b"), (&by_chidi, "c")] {
+    let mut by_zed = Order::new(9_300_000_000_003, "40.00");
+    by_zed.codes = vec!["ZED5"];
+    for (order, id) in [(&by_anna, "a"), (&by_bjorn, "b"), (&by_zed, "c")] {
         accepted(&p.webhook_url, &order.delivery("orders/create", id, id)).await;
     }
     // 12 points, 6 points: at 0.50 a point.
-    transactions_become(&p, ANNA, &["6.00"]).await;
-    transactions_become(&p, BJORN, &["3.00"]).await;
-    // Chidi is not a customer of the store: the push is refused with the reason.
+    transactions_become(&p, anna, &["6.00"]).await;
+    transactions_become(&p, bjorn, &["3.00"]).await;
+    // Zed is not a customer of the store: the push is refused with the reason.
     let reasons = dead_letter_reasons(&p.bootstrap, 1).await;
     assert_eq!(
         reasons,
         vec![format!(
-            "store-credit: {SHOP}: no customer with advocate 103's email"
+            "store-credit: {SHOP}: no customer with advocate 199's email"
         )]
     );
 
     // Half of Anna's order is refunded: half of her reward goes back.
     accepted(&p.webhook_url, &by_anna.refund(1, "60.00")).await;
-    transactions_become(&p, ANNA, &["6.00", "-3.00"]).await;
+    transactions_become(&p, anna, &["6.00", "-3.00"]).await;
 
     // The next credit is applied, then Shopify hangs and the service stops before it hears
     // back: the push is left pending, and settled from the account after the restart.
@@ -126,7 +142,7 @@ async fn approved_rewards_become_store_credit_once_through_lost_answers_stops_an
         &again_anna.delivery("orders/create", "d", "d"),
     )
     .await;
-    transactions_become(&p, ANNA, &["6.00", "-3.00", "4.00"]).await;
+    transactions_become(&p, anna, &["6.00", "-3.00", "4.00"]).await;
     p.stop().await;
     p.start_again(|_| {}).await;
     p.drained(GROUP, topics::REWARDS_BY_ADVOCATE).await;
@@ -147,15 +163,15 @@ async fn approved_rewards_become_store_credit_once_through_lost_answers_stops_an
 
     assert_eq!(writes(&p), [3, 1], "credits and debits made, each once");
     assert_eq!(
-        amounts(&p.shopify.store_credit_transactions(SHOP, ANNA)),
+        amounts(&p.shopify.store_credit_transactions(SHOP, anna)),
         ["6.00", "-3.00", "4.00"]
     );
     assert_eq!(
-        p.shopify.store_credit(SHOP, ANNA).get("USD"),
+        p.shopify.store_credit(SHOP, anna).get("USD"),
         Some(&Decimal::new(700, 2))
     );
     assert_eq!(
-        amounts(&p.shopify.store_credit_transactions(SHOP, BJORN)),
+        amounts(&p.shopify.store_credit_transactions(SHOP, bjorn)),
         ["3.00"]
     );
 
@@ -191,7 +207,7 @@ async fn approved_rewards_become_store_credit_once_through_lost_answers_stops_an
     );
     let anna_ids: Vec<String> = p
         .shopify
-        .store_credit_transactions(SHOP, ANNA)
+        .store_credit_transactions(SHOP, anna)
         .into_iter()
         .map(|t| t.id)
         .collect();

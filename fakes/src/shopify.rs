@@ -321,6 +321,13 @@ impl FakeShopify {
         });
     }
 
+    /// The customer the store finds by `email`.
+    pub fn customer_id(&self, shop: &str, email: &str) -> Option<u64> {
+        self.with_shop(shop, |s| {
+            s.customers.get(&email.to_ascii_lowercase()).copied()
+        })
+    }
+
     /// A customer's store credit balance by currency.
     pub fn store_credit(&self, shop: &str, customer_id: u64) -> BTreeMap<String, Decimal> {
         self.with_shop(shop, |s| {

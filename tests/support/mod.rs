@@ -175,14 +175,22 @@ fn spawn_pipeline(
     })
 }
 
-/// A fake Shopify holding the demo stores that have Admin access, with a Shopify Plus sized
-/// bucket (10,000 points, 500 a second) so writeback keeps up with a generated stream.
+/// A fake Shopify holding the demo stores that have Admin access, their advocates as customers,
+/// with a Shopify Plus sized bucket (10,000 points, 500 a second) so writeback keeps up with a generated stream.
 pub async fn start_demo_shopify() -> FakeShopify {
     let stores = control_files::StoresFile::read(&repo_path("deploy/demo/stores.toml"))
         .expect("demo stores");
-    control_files::start_fake_shopify(([127, 0, 0, 1], 0).into(), &stores, 10_000.0, 500.0)
-        .await
-        .expect("fake Shopify")
+    let advocates = control_files::read_advocates(&repo_path("deploy/demo/advocates.csv"))
+        .expect("demo advocates");
+    control_files::start_fake_shopify(
+        ([127, 0, 0, 1], 0).into(),
+        &stores,
+        &advocates,
+        10_000.0,
+        500.0,
+    )
+    .await
+    .expect("fake Shopify")
 }
 
 /// The demo store's Admin API token (as in `deploy/demo/stores.toml`).
