@@ -765,11 +765,12 @@ async fn codes(
 }
 
 /// Waits for the writeback to tag every attributed order of the stores with Admin access, then
-/// prints a few orders as Shopify now holds them.
+/// prints a few orders as Shopify now holds them, and the advocates' store credit.
 async fn show_writeback(
     client: &clickhouse::Client,
     fake: &tributary_fakes::shopify::FakeShopify,
     stores: &control_files::StoresFile,
+    advocates: &[control_files::AdvocateLine],
 ) -> anyhow::Result<()> {
     for store in stores.store.iter().filter(|s| s.admin.is_some()) {
         let shop = store.domain.trim().to_ascii_lowercase();
@@ -799,6 +800,46 @@ async fn show_writeback(
                 );
             }
         }
+        if !store.features.reward_store_credit {
+            continue;
+        }
+        // One Shopify transaction per approval and reversal, once the stage has caught up.
+        let moves: u64 = client
+            .query("SELECT countIf(kind IN ('APPROVAL', 'REVERSAL') AND points > 0) FROM reward_ledger FINAL WHERE shop_domain = ?")
+            .bind(&shop)
+            .fetch_one()
+            .await?;
+        let customers: Vec<(&control_files::AdvocateLine, u64)> = advocates
+            .iter()
+            .filter(|a| a.shop_domain.trim().eq_ignore_ascii_case(&shop))
+            .filter_map(|a| Some((a, fake.customer_id(&shop, a.email.trim())?)))
+            .collect();
+        let pushed = || -> u64 {
+            customers
+                .iter()
+                .map(|(_, id)| fake.store_credit_transactions(&shop, *id).len() as u64)
+                .sum()
+        };
+        while pushed() < moves && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let credit: Vec<String> = customers
+            .iter()
+            .filter_map(|&(a, customer)| {
+                let transactions = fake.store_credit_transactions(&shop, customer).len();
+                let balances = fake.store_credit(&shop, customer);
+                let (currency, balance) = balances.iter().next()?;
+                Some(format!(
+                    "{} {balance} {currency} ({transactions} transactions)",
+                    a.identifier
+                ))
+            })
+            .collect();
+        println!(
+            "\nstore credit in {shop} from approved rewards ({} of {moves} approvals and reversals pushed): {}",
+            pushed(),
+            credit.join(", ")
+        );
     }
     Ok(())
 }
@@ -879,7 +920,8 @@ async fn demo(
         plan.expected.unattributed_orders, plan.expected.excluded_orders
     );
     if let Some(fake) = &fake {
-        show_writeback(&client, fake, &stores).await?;
+        let advocates = control_files::read_advocates(&args.advocates)?;
+        show_writeback(&client, fake, &stores, &advocates).await?;
     }
     shutdown.cancel();
     let _ = pipeline.await;

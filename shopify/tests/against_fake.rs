@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tributary_fakes::shopify::{FakeShopify, Fault, ShopSetup};
-use tributary_shopify::operations::{order_gid, ORDER_UPDATE_NOTE, SHOP, TAGS_ADD};
+use tributary_shopify::operations::{
+    order_gid, ORDER_UPDATE_NOTE, SHOP, STORE_CREDIT_CREDIT, STORE_CREDIT_DEBIT, TAGS_ADD,
+};
 use tributary_shopify::{AdminClient, AdminConfig, AdminError, StoreAccess};
 
 const SHOP_DOMAIN: &str = "fake-store.myshopify.com";
@@ -150,4 +152,52 @@ async fn user_errors_a_refused_token_and_a_store_that_stays_down_are_clear_error
         "{error}"
     );
     assert_eq!(fake.writes(SHOP_DOMAIN).get("tagsAdd"), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_credit_that_may_have_landed_is_never_sent_again() {
+    let fake = fake(1000.0, 50.0).await;
+    fake.add_customer(SHOP_DOMAIN, 42, "ada@example.org");
+    let client = client(&fake, 500);
+    let credit = |amount: &str| json!({"id": "gid://shopify/Customer/42", "amount": amount, "currency": "EUR"});
+    // THROTTLED and 429 were refused before anything ran: repeated, and the credit lands once.
+    fake.inject(SHOP_DOMAIN, Fault::Throttled, 1);
+    fake.inject(SHOP_DOMAIN, Fault::TooManyRequests { retry_after_s: 0 }, 1);
+    client
+        .run::<Value>(STORE, &STORE_CREDIT_CREDIT, credit("5.00"))
+        .await
+        .expect("credited");
+    // A 503 after the credit ran, and a hang past the timeout: the client reports the doubt
+    // and sends nothing more.
+    for fault in [
+        Fault::AppliedAnswerLost,
+        Fault::AppliedThenHang(Duration::from_secs(2)),
+    ] {
+        fake.inject(SHOP_DOMAIN, fault, 1);
+        let error = client
+            .run::<Value>(STORE, &STORE_CREDIT_CREDIT, credit("1.50"))
+            .await
+            .unwrap_err();
+        assert!(matches!(error, AdminError::InDoubt { .. }), "{error}");
+    }
+    assert_eq!(
+        fake.store_credit(SHOP_DOMAIN, 42)
+            .get("EUR")
+            .map(ToString::to_string),
+        Some("8.00".to_string()),
+        "each credit applied exactly once"
+    );
+    assert_eq!(
+        fake.writes(SHOP_DOMAIN).get("storeCreditAccountCredit"),
+        Some(&3)
+    );
+    // A debit past the balance is Shopify's user error, surfaced with its message.
+    let error = client
+        .run::<Value>(STORE, &STORE_CREDIT_DEBIT, credit("9.00"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, AdminError::UserErrors { errors, .. } if errors[0].message.contains("sufficient funds")),
+        "{error}"
+    );
 }
