@@ -90,8 +90,20 @@ pub struct ShopifyFigures {
     pub minting_elapsed: Duration,
 }
 
+/// Stage 6's store credit run: approved rewards and reversals pushed from a backlog.
+#[derive(Debug)]
+pub struct StoreCreditFigures {
+    /// Credits and debits made, of the approvals and reversals the store's ledger holds.
+    pub pushed: u64,
+    pub to_push: u64,
+    pub elapsed: Duration,
+    /// Admin API requests made (account reads and mutations).
+    pub requests: u64,
+}
+
 pub struct BenchReport {
     pub shopify: Vec<ShopifyFigures>,
+    pub store_credit: StoreCreditFigures,
     pub ingest: SendReport,
     pub mean_body_bytes: usize,
     pub processor: Drain,
@@ -250,7 +262,8 @@ pub async fn run(mut config: Config, plan: BenchPlan) -> anyhow::Result<BenchRep
     end_to_end_ms.sort_by(f64::total_cmp);
 
     println!("stage 6/6: Shopify writeback and code minting against the fake Shopify");
-    let shopify = shopify_stage(&config, &bootstrap, &plan.stores, &client).await?;
+    let shopify = shopify_stage(&config, &bootstrap, &plan.stores, &client, &key).await?;
+    let store_credit = store_credit_stage(&config, &bootstrap, &plan, &client, &key).await?;
 
     let held_order_bytes = held_order_bytes(&plan.backlog);
     let mut expected = plan.backlog.expected.clone();
@@ -267,6 +280,7 @@ pub async fn run(mut config: Config, plan: BenchPlan) -> anyhow::Result<BenchRep
     while services.join_next().await.is_some() {}
     Ok(BenchReport {
         shopify,
+        store_credit,
         mean_body_bytes: mean_body(&plan.backlog),
         ingest,
         processor,
@@ -286,11 +300,13 @@ async fn shopify_stage(
     bootstrap: &str,
     stores: &[StoreEntry],
     client: &clickhouse::Client,
+    key: &MasterKey,
 ) -> anyhow::Result<Vec<ShopifyFigures>> {
     let Some(store) = stores.iter().find(|s| s.admin.is_some()) else {
         anyhow::bail!("no store with Admin API access to write back to");
     };
     let shop = store.domain.trim().to_ascii_lowercase();
+    publish_for(bootstrap, stores, Measured::TagsAndNotes, key).await?;
     let stores = control_files::StoresFile {
         store: stores.to_vec(),
     };
@@ -392,6 +408,98 @@ async fn shopify_stage(
             minting_elapsed: started.elapsed(),
         });
     }
+    Ok(figures)
+}
+
+/// What a stage 6 run measures: tags and notes, or store credit (one at a time, so that each
+/// figure is its own).
+#[derive(Clone, Copy, PartialEq)]
+enum Measured {
+    TagsAndNotes,
+    StoreCredit,
+}
+
+/// Republishes `stores` with only the writeback features of `measured` on.
+async fn publish_for(
+    bootstrap: &str,
+    stores: &[StoreEntry],
+    measured: Measured,
+    key: &MasterKey,
+) -> anyhow::Result<()> {
+    let mut stores = stores.to_vec();
+    for store in &mut stores {
+        let features = &mut store.features;
+        features.order_tags = measured == Measured::TagsAndNotes;
+        features.order_notes = measured == Measured::TagsAndNotes;
+        features.reward_store_credit = measured == Measured::StoreCredit;
+    }
+    control_files::publish_stores(bootstrap, &stores, key).await?;
+    Ok(())
+}
+
+/// Stage 6, store credit: the writeback service pushes the backlog's approved rewards and
+/// reversals to an unthrottled fake (the stage's own pace: one push at a time per consumer, each
+/// an account read and a mutation around two changelog writes). Under a bucket the pace is the
+/// bucket's: a push costs 33 points.
+async fn store_credit_stage(
+    config: &Config,
+    bootstrap: &str,
+    plan: &BenchPlan,
+    client: &clickhouse::Client,
+    key: &MasterKey,
+) -> anyhow::Result<StoreCreditFigures> {
+    let Some(store) = plan.stores.iter().find(|s| s.admin.is_some()) else {
+        anyhow::bail!("no store with Admin API access to push store credit to");
+    };
+    let shop = store.domain.trim().to_ascii_lowercase();
+    publish_for(bootstrap, &plan.stores, Measured::StoreCredit, key).await?;
+    let to_push: u64 = client
+        .query("SELECT countIf(kind IN ('APPROVAL', 'REVERSAL') AND points > 0) FROM reward_ledger FINAL WHERE shop_domain = ?")
+        .bind(&shop)
+        .fetch_one()
+        .await?;
+    let stores = control_files::StoresFile {
+        store: plan.stores.clone(),
+    };
+    let advocates = control_files::read_advocates(&plan.advocates)?;
+    let fake = control_files::start_fake_shopify(
+        ([127, 0, 0, 1], 0).into(),
+        &stores,
+        &advocates,
+        1e12,
+        1e12,
+    )
+    .await?;
+    let mut config = config.clone();
+    config.shopify.base_url = Some(fake.base_url());
+    config.shopify.requests_per_second = 1_000_000;
+    config.store_credit.group_id = "tributary-bench-store-credit".into();
+    let stop = CancellationToken::new();
+    let service = {
+        let (config, bootstrap, stop) = (config.clone(), bootstrap.to_owned(), stop.clone());
+        tokio::spawn(async move {
+            app::run_writeback(&config, &bootstrap, Readiness::default(), stop).await
+        })
+    };
+    let started = Instant::now();
+    let pushed = || {
+        let writes = fake.writes(&shop);
+        ["storeCreditAccountCredit", "storeCreditAccountDebit"]
+            .iter()
+            .filter_map(|field| writes.get(*field))
+            .sum::<u64>()
+    };
+    while started.elapsed() < SHOPIFY_WINDOW && pushed() < to_push {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let figures = StoreCreditFigures {
+        pushed: pushed(),
+        to_push,
+        elapsed: started.elapsed(),
+        requests: fake.requests(&shop).0,
+    };
+    stop.cancel();
+    service.await??;
     Ok(figures)
 }
 
@@ -603,6 +711,16 @@ impl std::fmt::Display for BenchReport {
                 shopify.minting_elapsed,
             )?;
         }
+        let credit = &self.store_credit;
+        writeln!(
+            f,
+            "  shopify, unthrottled: store credit {:.1} pushes/s ({} of {} approvals and reversals in {:.1?}, {} Admin API requests)",
+            credit.pushed as f64 / credit.elapsed.as_secs_f64().max(1e-9),
+            credit.pushed,
+            credit.to_push,
+            credit.elapsed,
+            credit.requests,
+        )?;
         write!(f, "  peak RSS:   {} MiB", self.peak_rss_mib)
     }
 }

@@ -114,7 +114,8 @@ async fn approved_rewards_become_store_credit_once_through_lost_answers_stops_an
     // 12 points, 6 points: at 0.50 a point.
     transactions_become(&p, anna, &["6.00"]).await;
     transactions_become(&p, bjorn, &["3.00"]).await;
-    // Zed is not a customer of the store: the push is refused with the reason.
+    // Zed is not a customer of the store: the push is dead-lettered with the reason (a replay
+    // pushes it once Zed is one).
     let reasons = dead_letter_reasons(&p.bootstrap, 1).await;
     assert_eq!(
         reasons,
@@ -126,6 +127,20 @@ async fn approved_rewards_become_store_credit_once_through_lost_answers_stops_an
     // Half of Anna's order is refunded: half of her reward goes back.
     accepted(&p.webhook_url, &by_anna.refund(1, "60.00")).await;
     transactions_become(&p, anna, &["6.00", "-3.00"]).await;
+
+    // Bjorn spends most of his credit at checkout, then his order is refunded in full: Shopify
+    // refuses a debit past the balance, and that answer is final (recorded, dead-lettered).
+    p.shopify
+        .spend_store_credit(SHOP, bjorn, "USD", Decimal::new(250, 2));
+    accepted(&p.webhook_url, &by_bjorn.refund(2, "60.00")).await;
+    let reasons = dead_letter_reasons(&p.bootstrap, 2).await;
+    assert_eq!(
+        reasons,
+        [
+            format!("store-credit: {SHOP}: TributaryStoreCreditDebit refused: amount: The store credit account does not have sufficient funds."),
+            format!("store-credit: {SHOP}: no customer with advocate 199's email"),
+        ]
+    );
 
     // The next credit is applied, then Shopify hangs and the service stops before it hears
     // back: the push is left pending, and settled from the account after the restart.
@@ -172,11 +187,11 @@ async fn approved_rewards_become_store_credit_once_through_lost_answers_stops_an
     );
     assert_eq!(
         amounts(&p.shopify.store_credit_transactions(SHOP, bjorn)),
-        ["3.00"]
+        ["3.00", "-2.50"]
     );
 
     // The changelog ends every push with its outcome: the stopped one too, with the
-    // transaction found on the account.
+    // transaction found on the account; Zed's has none, it was never sent.
     let mut last: BTreeMap<String, StoreCreditPush> = BTreeMap::new();
     read_topic(&p.bootstrap, topics::STORE_CREDITS, |m| {
         let push = StoreCreditPush::from_avro(m.payload().unwrap()).unwrap();
@@ -201,7 +216,7 @@ async fn approved_rewards_become_store_credit_once_through_lost_answers_stops_an
             (9_300_000_000_001, Applied, "6.00".into(), true),
             (9_300_000_000_001, Applied, "3.00".into(), true),
             (9_300_000_000_002, Applied, "3.00".into(), true),
-            (9_300_000_000_003, Refused, "2.00".into(), false),
+            (9_300_000_000_002, Refused, "3.00".into(), false),
             (9_300_000_000_004, Applied, "4.00".into(), true),
         ]
     );

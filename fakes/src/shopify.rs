@@ -17,7 +17,8 @@
 //!   customer or account id. Neither is idempotent, as in Shopify.
 //! - Faults on demand: `THROTTLED`, 429 with `Retry-After`, 5xx, a hang, or a request applied
 //!   whose answer is lost (a 503 after the write).
-//! - Every executed mutation is counted, so tests can prove nothing was applied twice.
+//! - Every mutation it accepts (no user errors) is counted, so tests can prove nothing was
+//!   applied twice.
 //!
 //! The store holds every order tributary asks about (empty note, no tags) unless a test seeded
 //! it: generated orders need no setup.
@@ -339,6 +340,34 @@ impl FakeShopify {
         })
     }
 
+    /// The customer pays `amount` of an order with store credit, as at checkout.
+    pub fn spend_store_credit(
+        &self,
+        shop: &str,
+        customer_id: u64,
+        currency: &str,
+        amount: Decimal,
+    ) {
+        self.with_shop(shop, |s| {
+            s.transactions_made += 1;
+            let id = format!(
+                "gid://shopify/StoreCreditAccountDebitTransaction/{}",
+                s.transactions_made
+            );
+            let account = s
+                .credit_accounts
+                .iter_mut()
+                .find(|a| a.customer_id == customer_id && a.currency == currency)
+                .unwrap_or_else(|| panic!("customer {customer_id} has no {currency} account"));
+            account.balance -= amount;
+            account.transactions.push(FakeTransaction {
+                id,
+                amount: -amount,
+                currency: currency.into(),
+            });
+        });
+    }
+
     /// A customer's store credit transactions, oldest first.
     pub fn store_credit_transactions(&self, shop: &str, customer_id: u64) -> Vec<FakeTransaction> {
         self.with_shop(shop, |s| {
@@ -354,7 +383,7 @@ impl FakeShopify {
         self.with_shop(shop, |s| s.webhooks.iter().map(|w| w.1.clone()).collect())
     }
 
-    /// Executed mutations by root field, e.g. `tagsAdd`.
+    /// Accepted mutations (executed without user errors) by root field, e.g. `tagsAdd`.
     pub fn writes(&self, shop: &str) -> BTreeMap<String, u64> {
         self.with_shop(shop, |s| s.writes.clone())
     }
@@ -491,7 +520,11 @@ fn execute(
     for field in fields {
         match store.execute(field, variables) {
             Ok(value) => {
-                if is_mutation {
+                let refused = value
+                    .get("userErrors")
+                    .and_then(Value::as_array)
+                    .is_some_and(|errors| !errors.is_empty());
+                if is_mutation && !refused {
                     *store.writes.entry(field.clone()).or_default() += 1;
                 }
                 data.insert(field.clone(), value);

@@ -300,6 +300,27 @@ impl DeadLetterRecord {
     }
 }
 
+/// Dead-letters `message` for `stage` with the reason, and waits for the broker to have it.
+pub async fn send_dead_letter(
+    producer: &rdkafka::producer::FutureProducer,
+    message: &impl Message,
+    stage: &str,
+    reason: &str,
+) -> Result<(), rdkafka::error::KafkaError> {
+    let letter = DeadLetterRecord::new(message, stage, reason);
+    producer
+        .send(
+            rdkafka::producer::FutureRecord::to(crate::topics::DEAD_LETTERS)
+                .key(&letter.key)
+                .payload(&letter.payload)
+                .headers(letter.headers),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(error, _)| error)?;
+    Ok(())
+}
+
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -39,8 +39,8 @@ use tokio_util::sync::CancellationToken;
 use tributary_schemas::changelog::{read_changelog, unrestored};
 use tributary_schemas::control::Control;
 use tributary_schemas::kafka::{
-    commit_offsets, now_ms, producer_config, received_or_warn, subscribed_member, CommitWhen,
-    DeadLetterRecord, GroupMember, TopicError,
+    commit_offsets, now_ms, producer_config, received_or_warn, send_dead_letter, subscribed_member,
+    CommitWhen, GroupMember, TopicError,
 };
 use tributary_schemas::secrets::{access_token_purpose, MasterKey};
 use tributary_schemas::{
@@ -51,6 +51,9 @@ use tributary_shopify::operations::{
     CUSTOMER_STORE_CREDIT, STORE_CREDIT_CREDIT, STORE_CREDIT_DEBIT,
 };
 use tributary_shopify::{AdminClient, AdminError, StoreAccess};
+
+/// The stage named in its dead letters.
+const STAGE: &str = "store-credit";
 
 /// `[store_credit]`: the stage that pushes rewards to Shopify store credit.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -231,6 +234,18 @@ fn refused(reason: String) -> Outcome {
     Outcome::Refused(reason)
 }
 
+/// What one try at a push came to.
+enum Attempt {
+    /// An outcome, recorded in the changelog (`APPLIED`, or `REFUSED` for good).
+    Recorded(StoreCreditPush),
+    /// Nothing was applied and nothing is recorded: dead-letter the record with the reason. A
+    /// replay of the group after the cause is fixed (a customer created, a token restored)
+    /// pushes it.
+    NotNow(String),
+    /// Shopify failed in a way worth retrying now.
+    Retry(String),
+}
+
 /// What the account says of a push left `PENDING`.
 #[derive(Debug, PartialEq, Eq)]
 enum Settled {
@@ -274,26 +289,6 @@ fn settle(
     } else {
         Settled::Unknown
     }
-}
-
-/// Dead-letters the input record with the reason.
-async fn dead_letter(
-    producer: &FutureProducer,
-    message: &BorrowedMessage<'_>,
-    reason: &str,
-) -> Result<(), Interrupted> {
-    let letter = DeadLetterRecord::new(message, "store-credit", reason);
-    producer
-        .send(
-            FutureRecord::to(topics::DEAD_LETTERS)
-                .key(&letter.key)
-                .payload(&letter.payload)
-                .headers(letter.headers),
-            Duration::from_secs(30),
-        )
-        .await
-        .map_err(|(error, _)| error)?;
-    Ok(())
 }
 
 async fn commit(
@@ -469,7 +464,8 @@ impl StoreCreditStage {
                     "{}: the Admin API access token could not be opened with this master key",
                     order.shop_domain
                 );
-                return dead_letter(producer, message, &reason).await;
+                send_dead_letter(producer, message, STAGE, &reason).await?;
+                return Ok(());
             }
         };
         for movement in todo {
@@ -482,11 +478,16 @@ impl StoreCreditStage {
                 advocate_id,
                 movement,
             };
-            let outcome = self.push(&push, pushes, producer, shutdown).await?;
-            if outcome.state == StoreCreditState::Refused {
-                dead_letter(producer, message, &outcome.reason).await?;
+            let reason = match self.push(&push, pushes, producer, shutdown).await? {
+                Attempt::Recorded(outcome) => {
+                    metrics::counter!("tributary_store_credit_pushes_total", "state" => format!("{:?}", outcome.state)).increment(1);
+                    (outcome.state == StoreCreditState::Refused).then_some(outcome.reason)
+                }
+                Attempt::NotNow(reason) | Attempt::Retry(reason) => Some(reason),
+            };
+            if let Some(reason) = reason {
+                send_dead_letter(producer, message, STAGE, &reason).await?;
             }
-            metrics::counter!("tributary_store_credit_pushes_total", "state" => format!("{:?}", outcome.state)).increment(1);
         }
         Ok(())
     }
@@ -507,14 +508,15 @@ impl StoreCreditStage {
         Some((admin.access_token_sealed.clone(), email, per_point))
     }
 
-    /// Brings one movement to an outcome (`APPLIED` or `REFUSED`), recorded in the changelog.
+    /// Brings one movement to an outcome recorded in the changelog, or to a reason it cannot be
+    /// pushed now; retries what is worth retrying until then.
     async fn push(
         &self,
         push: &Push<'_>,
         pushes: &mut Pushes,
         producer: &FutureProducer,
         shutdown: &CancellationToken,
-    ) -> Result<StoreCreditPush, Interrupted> {
+    ) -> Result<Attempt, Interrupted> {
         let mut pause = Duration::from_millis(500);
         loop {
             if shutdown.is_cancelled() {
@@ -526,8 +528,7 @@ impl StoreCreditStage {
                 attempt = self.attempt(push, pushes, producer) => attempt?,
             };
             match attempt {
-                Ok(outcome) => return Ok(outcome),
-                Err(why) => {
+                Attempt::Retry(why) => {
                     tracing::warn!(
                         shop = push.shop,
                         entry = push.movement.entry_id,
@@ -537,18 +538,18 @@ impl StoreCreditStage {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_secs(30));
                 }
+                done => return Ok(done),
             }
         }
     }
 
-    /// One try: settle an earlier doubt, else write `PENDING`, call, write the outcome. `Err`
-    /// inside: Shopify failed in a way worth retrying (nothing recorded as done).
+    /// One try: settle an earlier doubt, else write `PENDING`, call, write the outcome.
     async fn attempt(
         &self,
         push: &Push<'_>,
         pushes: &mut Pushes,
         producer: &FutureProducer,
-    ) -> Result<Result<StoreCreditPush, String>, Interrupted> {
+    ) -> Result<Attempt, Interrupted> {
         let movement = &push.movement;
         let store = StoreAccess {
             shop_domain: push.shop,
@@ -576,14 +577,10 @@ impl StoreCreditStage {
             Err(error) => return self.failed(push, pushes, producer, error).await,
         };
         let Some(customer) = customer else {
-            let reason = format!(
+            return Ok(Attempt::NotNow(format!(
                 "{}: no customer with advocate {}'s email",
                 push.shop, push.advocate_id
-            );
-            return self
-                .record(push, pushes, producer, refused(reason))
-                .await
-                .map(Ok);
+            )));
         };
         let transactions = customer.transactions(&push.order.currency);
         if let Some(pending) = &pending {
@@ -598,7 +595,10 @@ impl StoreCreditStage {
                         transaction_id: id,
                         customer_gid: customer.id,
                     };
-                    return self.record(push, pushes, producer, applied).await.map(Ok);
+                    return self
+                        .record(push, pushes, producer, applied)
+                        .await
+                        .map(Attempt::Recorded);
                 }
                 Settled::NotApplied => {}
                 Settled::Unknown => {
@@ -609,7 +609,7 @@ impl StoreCreditStage {
                     return self
                         .record(push, pushes, producer, refused(reason))
                         .await
-                        .map(Ok);
+                        .map(Attempt::Recorded);
                 }
             }
         }
@@ -642,9 +642,12 @@ impl StoreCreditStage {
                         transaction_id: transaction.id,
                         customer_gid: customer.id,
                     };
-                    self.record(push, pushes, producer, applied).await.map(Ok)
+                    self.record(push, pushes, producer, applied)
+                        .await
+                        .map(Attempt::Recorded)
                 }
-                None => Ok(Err(format!(
+                // Unexpected; the write-ahead record lets the retry find out whether it landed.
+                None => Ok(Attempt::Retry(format!(
                     "{}: {} answered no transaction",
                     push.shop, operation.name
                 ))),
@@ -653,23 +656,25 @@ impl StoreCreditStage {
         }
     }
 
-    /// A failed call: refused for good (user errors, a refused token), or worth retrying (the
-    /// doubt, if any, is settled by the retry's read).
+    /// A failed call. Shopify's user errors (an insufficient balance, say) answer this push for
+    /// good; a refused token, an unknown store or an odd answer say nothing about it and leave it
+    /// to a replay; a doubt or a give-up is retried (the retry's read settles the doubt).
     async fn failed(
         &self,
         push: &Push<'_>,
         pushes: &mut Pushes,
         producer: &FutureProducer,
         error: AdminError,
-    ) -> Result<Result<StoreCreditPush, String>, Interrupted> {
+    ) -> Result<Attempt, Interrupted> {
         match error {
-            AdminError::GaveUp { .. } | AdminError::InDoubt { .. } => Ok(Err(error.to_string())),
-            permanent => {
-                let reason = permanent.to_string();
-                self.record(push, pushes, producer, refused(reason))
-                    .await
-                    .map(Ok)
+            AdminError::GaveUp { .. } | AdminError::InDoubt { .. } => {
+                Ok(Attempt::Retry(error.to_string()))
             }
+            AdminError::UserErrors { .. } => self
+                .record(push, pushes, producer, refused(error.to_string()))
+                .await
+                .map(Attempt::Recorded),
+            other => Ok(Attempt::NotNow(other.to_string())),
         }
     }
 

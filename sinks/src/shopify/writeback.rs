@@ -22,15 +22,15 @@ use std::time::Duration;
 use futures::StreamExt;
 use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::OwnedMessage;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureProducer;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tributary_schemas::control::Control;
 use tributary_schemas::kafka::{
-    commit_offsets, producer_config, received_or_warn, subscribed_member, CommitWhen,
-    DeadLetterRecord, GroupMember,
+    commit_offsets, producer_config, received_or_warn, send_dead_letter, subscribed_member,
+    CommitWhen, GroupMember,
 };
 use tributary_schemas::secrets::{access_token_purpose, MasterKey};
 use tributary_schemas::{topics, Attribution, AvroRecord, Outcome, StoreStatus};
@@ -336,18 +336,8 @@ impl WritebackSink {
                     }
                     Err(Failure::DeadLetter(reason)) => {
                         if let Some(pending) = batch.remove(&key) {
-                            let letter =
-                                DeadLetterRecord::new(&pending.message, "writeback", &reason);
-                            producer
-                                .send(
-                                    FutureRecord::to(topics::DEAD_LETTERS)
-                                        .key(&letter.key)
-                                        .payload(&letter.payload)
-                                        .headers(letter.headers),
-                                    Duration::from_secs(30),
-                                )
-                                .await
-                                .map_err(|(error, _)| error)?;
+                            send_dead_letter(producer, &pending.message, "writeback", &reason)
+                                .await?;
                         }
                     }
                     Err(Failure::Retry(reason)) => {
