@@ -32,6 +32,7 @@ use rdkafka::Message;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
+use tributary_schemas::changelog::{read_changelog, unrestored};
 use tributary_schemas::kafka::{producer_config, received_or_warn, subscribed_member, CommitWhen};
 use tributary_schemas::topics::{self, advocate_key, customer_key, order_key};
 use tributary_schemas::{
@@ -40,7 +41,6 @@ use tributary_schemas::{
 
 use crate::output::{commit_done, send, Output};
 use crate::runner::ProcessorError;
-use tributary_schemas::changelog::{read_changelog, unrestored};
 
 /// Configuration of the events stage (`[events]` in the config file).
 #[derive(Debug, Clone, Deserialize, Serialize)]

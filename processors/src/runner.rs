@@ -19,6 +19,7 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer};
 use rdkafka::{Message, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
+use tributary_schemas::changelog::{read_changelog, unrestored};
 use tributary_schemas::kafka::{
     now_ms, producer_config, received_or_warn, subscribed_member, CommitWhen, DeadLetterRecord,
     TopicError,
@@ -31,7 +32,6 @@ use crate::dedup::Verdict;
 use crate::normalize::{normalize, ApprovalCommand, ManualCommand, Normalized, RefundEvent};
 use crate::output::{commit_done, send, Output};
 use crate::state::{Applied, PartitionState};
-use tributary_schemas::changelog::{read_changelog, unrestored};
 use tributary_schemas::control::Control;
 
 /// Configuration of the processor (`[processor]` in the config file).
