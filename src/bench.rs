@@ -440,7 +440,7 @@ async fn publish_for(
 /// Stage 6, store credit: the writeback service pushes the backlog's approved rewards and
 /// reversals to an unthrottled fake (the stage's own pace: one push at a time per consumer, each
 /// an account read and a mutation around two changelog writes). Under a bucket the pace is the
-/// bucket's: a push costs 33 points.
+/// bucket's: a push costs 17 points.
 async fn store_credit_stage(
     config: &Config,
     bootstrap: &str,

@@ -82,6 +82,25 @@ async fn start_broker(dir: &Path) -> (Child, String) {
     panic!("broker did not start");
 }
 
+/// Polls `observe` until `done`, for as long as what it sees keeps changing: writeback and store
+/// credit share the store's cost bucket, so a long run takes a while, but a stall of 15 s fails.
+async fn while_progressing<T: PartialEq>(
+    mut observe: impl FnMut() -> T,
+    done: impl Fn(&T) -> bool,
+) -> T {
+    let mut seen = observe();
+    let mut last_change = std::time::Instant::now();
+    while !done(&seen) && last_change.elapsed() < Duration::from_secs(15) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = observe();
+        if now != seen {
+            last_change = std::time::Instant::now();
+        }
+        seen = now;
+    }
+    seen
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killing_ingest_processor_and_sink_at_random_keeps_totals_exact() {
     let dir = tempfile::tempdir().unwrap();
@@ -245,17 +264,16 @@ async fn killing_ingest_processor_and_sink_at_random_keeps_totals_exact() {
                 && note.contains(&format!("({identifier})\n"))
         })
     };
-    let mut missing = attributed.len();
-    for _ in 0..600 {
-        missing = attributed
-            .iter()
-            .filter(|(id, who)| !written(*id, who))
-            .count();
-        if missing == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let missing = while_progressing(
+        || {
+            attributed
+                .iter()
+                .filter(|(id, who)| !written(*id, who))
+                .count()
+        },
+        |missing| *missing == 0,
+    )
+    .await;
     assert_eq!(missing, 0, "attributed orders without their writeback");
     assert_eq!(shopify.redundant_writes(SHOP), 0, "a write was made twice");
 
@@ -293,14 +311,7 @@ async fn killing_ingest_processor_and_sink_at_random_keeps_totals_exact() {
         .iter()
         .map(|(id, balance, n)| (id.clone(), dec(balance).normalize().to_string(), *n))
         .collect();
-    let mut pushed = store_credit();
-    for _ in 0..600 {
-        if pushed == expected {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        pushed = store_credit();
-    }
+    let pushed = while_progressing(store_credit, |pushed| pushed == &expected).await;
     assert_eq!(
         pushed, expected,
         "store credit differs from the reward ledger"

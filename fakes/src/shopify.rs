@@ -557,15 +557,15 @@ fn cost_of(field: &str, is_mutation: bool, variables: &Value) -> f64 {
     }
     match field {
         "webhookSubscriptions" => 2.0 + 100.0,
+        // The customer, the accounts' connection, one account and its transactions.
         "customerByIdentifier" => {
             1.0 + 2.0
-                + 5.0
-                    * (1.0
-                        + 2.0
-                        + variables
-                            .get("first")
-                            .and_then(Value::as_f64)
-                            .unwrap_or(0.0))
+                + 1.0
+                + 2.0
+                + variables
+                    .get("first")
+                    .and_then(Value::as_f64)
+                    .unwrap_or(0.0)
         }
         "discountRedeemCodeBulkCreation" => {
             1.0 + 2.0
@@ -779,11 +779,15 @@ impl Shop {
                     Some(&customer_id) => {
                         let first =
                             variables.get("first").and_then(Value::as_u64).unwrap_or(0) as usize;
+                        // The search syntax tributary uses: `currency_code:<code>`, or nothing.
+                        let accounts_query = text("accounts");
+                        let currency = accounts_query.strip_prefix("currency_code:");
                         let accounts: Vec<Value> = self
                             .credit_accounts
                             .iter()
                             .filter(|a| a.customer_id == customer_id)
-                            .take(5)
+                            .filter(|a| currency.is_none_or(|c| a.currency.eq_ignore_ascii_case(c)))
+                            .take(1)
                             .map(|a| json!({
                                 "id": format!("gid://shopify/StoreCreditAccount/{}", a.id),
                                 "balance": money(a.balance, &a.currency),

@@ -127,17 +127,17 @@ pub const REDEEM_CODE_BULK_CREATION: Operation = Operation {
     safe_to_repeat: true,
 };
 
-/// A customer found by email, with their store credit accounts and each account's newest
-/// transactions (`$first` of them, newest first): the state a store credit push starts from and
-/// settles a doubt with. Shopify charges 1 for the customer, 2 for the accounts' connection and,
-/// for each of up to 5 accounts, 1 + 2 + `$first` for its transactions.
+/// A customer found by email, with their store credit account in one currency (`$accounts` is
+/// `currency_code:<code>`) and its newest transactions (`$first` of them, newest first): the state a
+/// store credit push starts from and settles a doubt with. Shopify charges 1 for the customer, 2
+/// for the accounts' connection, 1 for the account and 2 + `$first` for its transactions.
 pub const CUSTOMER_STORE_CREDIT: Operation = Operation {
     name: "TributaryCustomerStoreCredit",
-    document: "query TributaryCustomerStoreCredit($email: String!, $first: Int!) { customerByIdentifier(identifier: {emailAddress: $email}) { id storeCreditAccounts(first: 5) { nodes { id balance { amount currencyCode } transactions(first: $first, reverse: true) { nodes { __typename id amount { amount currencyCode } } } } } } }",
+    document: "query TributaryCustomerStoreCredit($email: String!, $accounts: String!, $first: Int!) { customerByIdentifier(identifier: {emailAddress: $email}) { id storeCreditAccounts(first: 1, query: $accounts) { nodes { id balance { amount currencyCode } transactions(first: $first, reverse: true) { nodes { __typename id amount { amount currencyCode } } } } } } }",
     charge: Charge::PerItem {
-        base: 18.0,
+        base: 6.0,
         per: "first",
-        each: 5.0,
+        each: 1.0,
     },
     safe_to_repeat: true,
 };

@@ -569,7 +569,11 @@ impl StoreCreditStage {
             .run::<CustomerData>(
                 store,
                 &CUSTOMER_STORE_CREDIT,
-                json!({"email": push.email, "first": window}),
+                json!({
+                    "email": push.email,
+                    "accounts": format!("currency_code:{}", push.order.currency),
+                    "first": window,
+                }),
             )
             .await
         {
