@@ -27,9 +27,12 @@ use tributary_sinks::shopify::writeback::WritebackSink;
 
 use crate::config::Config;
 
+/// Each service's name and whether it is ready.
+type ReadyFlags = Vec<(&'static str, Arc<AtomicBool>)>;
+
 /// Readiness of the services in this process; `/readyz` is 200 once all are ready.
 #[derive(Clone, Default)]
-pub struct Readiness(Arc<RwLock<Vec<(&'static str, Arc<AtomicBool>)>>>);
+pub struct Readiness(Arc<RwLock<ReadyFlags>>);
 
 impl Readiness {
     pub fn flag(&self, service: &'static str) -> Arc<AtomicBool> {

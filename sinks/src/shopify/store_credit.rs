@@ -234,10 +234,20 @@ fn refused(reason: String) -> Outcome {
     Outcome::Refused(reason)
 }
 
+fn recorded(push: StoreCreditPush) -> Attempt {
+    Attempt::Recorded {
+        state: push.state,
+        reason: push.reason,
+    }
+}
+
 /// What one try at a push came to.
 enum Attempt {
-    /// An outcome, recorded in the changelog (`APPLIED`, or `REFUSED` for good).
-    Recorded(StoreCreditPush),
+    /// An outcome, recorded in the changelog (`APPLIED`, or `REFUSED` for good with the reason).
+    Recorded {
+        state: StoreCreditState,
+        reason: String,
+    },
     /// Nothing was applied and nothing is recorded: dead-letter the record with the reason. A
     /// replay of the group after the cause is fixed (a customer created, a token restored)
     /// pushes it.
@@ -479,9 +489,9 @@ impl StoreCreditStage {
                 movement,
             };
             let reason = match self.push(&push, pushes, producer, shutdown).await? {
-                Attempt::Recorded(outcome) => {
-                    metrics::counter!("tributary_store_credit_pushes_total", "state" => format!("{:?}", outcome.state)).increment(1);
-                    (outcome.state == StoreCreditState::Refused).then_some(outcome.reason)
+                Attempt::Recorded { state, reason } => {
+                    metrics::counter!("tributary_store_credit_pushes_total", "state" => format!("{state:?}")).increment(1);
+                    (state == StoreCreditState::Refused).then_some(reason)
                 }
                 Attempt::NotNow(reason) | Attempt::Retry(reason) => Some(reason),
             };
@@ -602,7 +612,7 @@ impl StoreCreditStage {
                     return self
                         .record(push, pushes, producer, applied)
                         .await
-                        .map(Attempt::Recorded);
+                        .map(recorded);
                 }
                 Settled::NotApplied => {}
                 Settled::Unknown => {
@@ -613,7 +623,7 @@ impl StoreCreditStage {
                     return self
                         .record(push, pushes, producer, refused(reason))
                         .await
-                        .map(Attempt::Recorded);
+                        .map(recorded);
                 }
             }
         }
@@ -648,7 +658,7 @@ impl StoreCreditStage {
                     };
                     self.record(push, pushes, producer, applied)
                         .await
-                        .map(Attempt::Recorded)
+                        .map(recorded)
                 }
                 // Unexpected; the write-ahead record lets the retry find out whether it landed.
                 None => Ok(Attempt::Retry(format!(
@@ -677,7 +687,7 @@ impl StoreCreditStage {
             AdminError::UserErrors { .. } => self
                 .record(push, pushes, producer, refused(error.to_string()))
                 .await
-                .map(Attempt::Recorded),
+                .map(recorded),
             other => Ok(Attempt::NotNow(other.to_string())),
         }
     }
