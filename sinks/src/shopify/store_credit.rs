@@ -230,10 +230,6 @@ enum Outcome {
     Refused(String),
 }
 
-fn refused(reason: String) -> Outcome {
-    Outcome::Refused(reason)
-}
-
 fn recorded(push: StoreCreditPush) -> Attempt {
     Attempt::Recorded {
         state: push.state,
@@ -621,7 +617,7 @@ impl StoreCreditStage {
                         push.shop, movement.entry_id, self.config.doubt_window
                     );
                     return self
-                        .record(push, pushes, producer, refused(reason))
+                        .record(push, pushes, producer, Outcome::Refused(reason))
                         .await
                         .map(recorded);
                 }
@@ -685,7 +681,7 @@ impl StoreCreditStage {
                 Ok(Attempt::Retry(error.to_string()))
             }
             AdminError::UserErrors { .. } => self
-                .record(push, pushes, producer, refused(error.to_string()))
+                .record(push, pushes, producer, Outcome::Refused(error.to_string()))
                 .await
                 .map(recorded),
             other => Ok(Attempt::NotNow(other.to_string())),
