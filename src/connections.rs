@@ -583,7 +583,7 @@ impl ControlPlane {
             .ok_or(ConnectionError::NotFound)?;
         let mut problems = Vec::new();
         let sealed = store.admin.as_ref().map(|a| a.access_token_sealed.clone());
-        match sealed.map(|s| self.master_key.open(&access_token_purpose(&domain), &s)) {
+        match sealed.map(|s| self.master_key.open_access_token(&domain, &s)) {
             Some(Ok(token)) => {
                 let access = StoreAccess {
                     shop_domain: &domain,

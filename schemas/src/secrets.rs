@@ -144,6 +144,23 @@ pub fn access_token_purpose(domain: &str) -> String {
     format!("admin_access_token:{domain}")
 }
 
+/// A store's sealed Admin API access token did not open (another master key, or tampered).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}: the Admin API access token could not be opened with this master key")]
+pub struct UnopenedAccessToken(pub String);
+
+impl MasterKey {
+    /// Opens the store's sealed Admin API access token.
+    pub fn open_access_token(
+        &self,
+        shop: &str,
+        sealed: &str,
+    ) -> Result<Secret, UnopenedAccessToken> {
+        self.open(&access_token_purpose(shop), sealed)
+            .map_err(|_| UnopenedAccessToken(shop.to_owned()))
+    }
+}
+
 /// An opened secret. It has no `Display`, and `Debug` prints nothing of it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);

@@ -13,7 +13,7 @@ use std::sync::RwLock;
 use rdkafka::producer::FutureProducer;
 use tributary_schemas::control::Control;
 use tributary_schemas::kafka::{now_ms, publish_record};
-use tributary_schemas::secrets::{access_token_purpose, MasterKey};
+use tributary_schemas::secrets::{MasterKey, UnopenedAccessToken};
 use tributary_schemas::topics::{self, advocate_key};
 use tributary_schemas::{Advocate, AdvocateStatus, Alert, AlertKind, AlertStatus, StoreStatus};
 use tributary_shopify::{AdminClient, StoreAccess};
@@ -28,8 +28,8 @@ pub enum MintingError {
     Inactive(String),
     #[error("{0}: the store has no Admin API access, code pattern or discount template")]
     NotConfigured(String),
-    #[error("{0}: the Admin API access token could not be opened with this master key")]
-    Token(String),
+    #[error(transparent)]
+    Token(#[from] UnopenedAccessToken),
     #[error(transparent)]
     Mint(#[from] MintError),
     #[error("publishing: {0}")]
@@ -94,9 +94,7 @@ pub async fn mint_missing(
         ) else {
             return Err(MintingError::NotConfigured(shop.into()));
         };
-        let token = master_key
-            .open(&access_token_purpose(shop), &access.access_token_sealed)
-            .map_err(|_| MintingError::Token(shop.into()))?;
+        let token = master_key.open_access_token(shop, &access.access_token_sealed)?;
         let advocates = control.advocates(shop);
         let held: HashSet<String> = advocates
             .all()

@@ -42,7 +42,7 @@ use tributary_schemas::kafka::{
     commit_offsets, now_ms, producer_config, received_or_warn, send_dead_letter, subscribed_member,
     CommitWhen, GroupMember, TopicError,
 };
-use tributary_schemas::secrets::{access_token_purpose, MasterKey};
+use tributary_schemas::secrets::MasterKey;
 use tributary_schemas::{
     topics, Attribution, AvroRecord, RewardEntryKind, StoreCreditDirection, StoreCreditPush,
     StoreCreditState, StoreStatus,
@@ -462,15 +462,11 @@ impl StoreCreditStage {
         }
         let token = match self
             .master_key
-            .open(&access_token_purpose(&order.shop_domain), &sealed_token)
+            .open_access_token(&order.shop_domain, &sealed_token)
         {
             Ok(token) => token,
-            Err(_) => {
-                let reason = format!(
-                    "{}: the Admin API access token could not be opened with this master key",
-                    order.shop_domain
-                );
-                send_dead_letter(producer, message, STAGE, &reason).await?;
+            Err(error) => {
+                send_dead_letter(producer, message, STAGE, &error.to_string()).await?;
                 return Ok(());
             }
         };

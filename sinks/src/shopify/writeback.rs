@@ -32,7 +32,7 @@ use tributary_schemas::kafka::{
     commit_offsets, producer_config, received_or_warn, send_dead_letter, subscribed_member,
     CommitWhen, GroupMember,
 };
-use tributary_schemas::secrets::{access_token_purpose, MasterKey};
+use tributary_schemas::secrets::MasterKey;
 use tributary_schemas::{topics, Attribution, AvroRecord, Outcome, StoreStatus};
 use tributary_shopify::operations::{
     order_gid, ORDER_NOTE_AND_TAGS, ORDER_UPDATE_NOTE, TAGS_ADD, TAGS_REMOVE,
@@ -387,13 +387,8 @@ impl WritebackSink {
         // Opened only for orders that need Shopify, not for every revision read.
         let token = self
             .master_key
-            .open(&access_token_purpose(&record.shop_domain), &sealed_token)
-            .map_err(|_| {
-                Failure::DeadLetter(format!(
-                    "{}: the Admin API access token could not be opened with this master key",
-                    record.shop_domain
-                ))
-            })?;
+            .open_access_token(&record.shop_domain, &sealed_token)
+            .map_err(|e| Failure::DeadLetter(e.to_string()))?;
         let store = StoreAccess {
             shop_domain: &record.shop_domain,
             access_token: token.expose(),
