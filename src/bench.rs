@@ -333,12 +333,7 @@ async fn shopify_stage(
         }
         config.writeback.group_id = format!("tributary-bench-writeback-{run}");
         let stop = CancellationToken::new();
-        let writeback = {
-            let (config, bootstrap, stop) = (config.clone(), bootstrap.to_owned(), stop.clone());
-            tokio::spawn(async move {
-                app::run_writeback(&config, &bootstrap, Readiness::default(), stop).await
-            })
-        };
+        let writeback = spawn_writeback(&config, bootstrap, &stop);
         let started = Instant::now();
         let written = |fake: &tributary_fakes::shopify::FakeShopify| {
             fake.writes(&shop).get("tagsAdd").copied().unwrap_or(0)
@@ -411,6 +406,18 @@ async fn shopify_stage(
     Ok(figures)
 }
 
+/// Runs the writeback service (tags and notes, store credit) until `stop`.
+fn spawn_writeback(
+    config: &Config,
+    bootstrap: &str,
+    stop: &CancellationToken,
+) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+    let (config, bootstrap, stop) = (config.clone(), bootstrap.to_owned(), stop.clone());
+    tokio::spawn(async move {
+        app::run_writeback(&config, &bootstrap, Readiness::default(), stop).await
+    })
+}
+
 /// What a stage 6 run measures: tags and notes, or store credit (one at a time, so that each
 /// figure is its own).
 #[derive(Clone, Copy, PartialEq)]
@@ -475,12 +482,7 @@ async fn store_credit_stage(
     config.shopify.requests_per_second = 1_000_000;
     config.store_credit.group_id = "tributary-bench-store-credit".into();
     let stop = CancellationToken::new();
-    let service = {
-        let (config, bootstrap, stop) = (config.clone(), bootstrap.to_owned(), stop.clone());
-        tokio::spawn(async move {
-            app::run_writeback(&config, &bootstrap, Readiness::default(), stop).await
-        })
-    };
+    let service = spawn_writeback(&config, bootstrap, &stop);
     let started = Instant::now();
     let pushed = || {
         let writes = fake.writes(&shop);

@@ -872,13 +872,14 @@ async fn demo(
     // Shopify cannot be reached from here: unless shopify.base_url says otherwise, writeback goes
     // to a fake Shopify in this process, sized as a Shopify Plus store so it keeps up.
     let stores = control_files::StoresFile::read(&args.stores)?;
+    let advocates = control_files::read_advocates(&args.advocates)?;
     let fake = match config.shopify.base_url {
         Some(_) => None,
         None => {
             let fake = control_files::start_fake_shopify(
                 ([127, 0, 0, 1], 0).into(),
                 &stores,
-                &control_files::read_advocates(&args.advocates)?,
+                &advocates,
                 10_000.0,
                 500.0,
             )
@@ -920,7 +921,6 @@ async fn demo(
         plan.expected.unattributed_orders, plan.expected.excluded_orders
     );
     if let Some(fake) = &fake {
-        let advocates = control_files::read_advocates(&args.advocates)?;
         show_writeback(&client, fake, &stores, &advocates).await?;
     }
     shutdown.cancel();

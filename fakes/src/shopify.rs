@@ -481,7 +481,7 @@ async fn graphql(
         return Json(json!({"errors": [{"message": "syntax error: could not read the document"}]}))
             .into_response();
     };
-    let response = execute(&stores, &shop, is_mutation, &fields, &variables);
+    let response = charge_and_execute(&stores, &shop, is_mutation, &fields, &variables);
     match fault {
         Some(Fault::AppliedAnswerLost) => {
             (StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable").into_response()
@@ -495,7 +495,7 @@ async fn graphql(
 }
 
 /// Charges the request's cost and executes its root fields.
-fn execute(
+fn charge_and_execute(
     stores: &Mutex<Stores>,
     shop: &str,
     is_mutation: bool,

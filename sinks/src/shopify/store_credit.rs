@@ -44,8 +44,8 @@ use tributary_schemas::kafka::{
 };
 use tributary_schemas::secrets::MasterKey;
 use tributary_schemas::{
-    topics, Attribution, AvroRecord, RewardEntryKind, StoreCreditDirection, StoreCreditPush,
-    StoreCreditState, StoreStatus,
+    topics, Attribution, AvroRecord, RewardEntry, RewardEntryKind, StoreCreditDirection,
+    StoreCreditPush, StoreCreditState, StoreStatus,
 };
 use tributary_shopify::operations::{
     CUSTOMER_STORE_CREDIT, STORE_CREDIT_CREDIT, STORE_CREDIT_DEBIT,
@@ -95,20 +95,16 @@ pub struct Movement {
     pub amount: Decimal,
 }
 
-/// The store credit `advocate_id`'s entries in the order's ledger move, at `per_point`. A
+/// The store credit `advocate_id`'s entries in an order's reward ledger move, at `per_point`. A
 /// reversal moves the difference of the money values of the request's cumulative reversals, so
 /// rounding never drifts and debits never total more than the credit.
-pub fn movements(order: &Attribution, advocate_id: &str, per_point: Decimal) -> Vec<Movement> {
+pub fn movements(ledger: &[RewardEntry], advocate_id: &str, per_point: Decimal) -> Vec<Movement> {
     let money = |points: Decimal| {
         (points * per_point).round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero)
     };
     let mut reversed: HashMap<&str, Decimal> = HashMap::new();
     let mut moves = Vec::new();
-    for entry in order
-        .rewards
-        .iter()
-        .filter(|e| e.advocate_id == advocate_id)
-    {
+    for entry in ledger.iter().filter(|e| e.advocate_id == advocate_id) {
         let (direction, amount) = match entry.kind {
             RewardEntryKind::Approval => (StoreCreditDirection::Credit, money(entry.points)),
             RewardEntryKind::Reversal => {
@@ -449,7 +445,7 @@ impl StoreCreditStage {
         else {
             return Ok(());
         };
-        let todo: Vec<Movement> = movements(&order, advocate_id, per_point)
+        let todo: Vec<Movement> = movements(&order.rewards, advocate_id, per_point)
             .into_iter()
             .filter(|m| {
                 !pushes
@@ -748,7 +744,6 @@ impl StoreCreditStage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tributary_schemas::{AttributionSource, Outcome, RefundStatus, RewardEntry};
 
     fn dec(s: &str) -> Decimal {
         s.parse().unwrap()
@@ -774,46 +769,12 @@ mod tests {
         }
     }
 
-    fn order(rewards: Vec<RewardEntry>) -> Attribution {
-        Attribution {
-            shop_domain: "s".into(),
-            order_id: 1,
-            revision: 1,
-            order_name: "#1".into(),
-            created_at_ms: 0,
-            latest_updated_at_ms: 0,
-            latest_triggered_at_ms: 0,
-            settled_updated_at_ms: 0,
-            financial_status: None,
-            cancelled: false,
-            outcome: Outcome::Attributed,
-            source: AttributionSource::DiscountCode,
-            reason: String::new(),
-            advocate_id: Some("a".into()),
-            advocate_identifier: Some("a".into()),
-            code: None,
-            customer_email: None,
-            customer_id: None,
-            currency: "USD".into(),
-            gross: dec("10"),
-            presentment_currency: "USD".into(),
-            presentment_gross: dec("10"),
-            refunded: Decimal::ZERO,
-            net: dec("10"),
-            refund_status: RefundStatus::None,
-            refund_ids: Vec::new(),
-            recent_delivery_ids: Vec::new(),
-            input_offset: 0,
-            rewards,
-        }
-    }
-
     #[test]
     fn reversals_move_the_rounded_difference_so_debits_never_pass_the_credit() {
         use RewardEntryKind::*;
         // 1.01 points at 0.5 is 0.505, credited as 0.51; two reversals of half each must take
         // back 0.51 in total, not 0.25 + 0.25 or 0.26 + 0.26.
-        let o = order(vec![
+        let ledger = [
             entry("r/1", Request, "a", "1.01"),
             entry("r/1/approval", Approval, "a", "1.01"),
             entry("r/1/reversal/1", Reversal, "a", "0.50"),
@@ -821,8 +782,8 @@ mod tests {
             entry("r/1/void", Void, "a", "0"),
             entry("r/2", Request, "b", "1.01"),
             entry("r/2/approval", Approval, "b", "1.01"),
-        ]);
-        let moves = movements(&o, "a", dec("0.5"));
+        ];
+        let moves = movements(&ledger, "a", dec("0.5"));
         let amounts: Vec<(StoreCreditDirection, String)> = moves
             .iter()
             .map(|m| (m.direction, m.amount.to_string()))
@@ -836,7 +797,7 @@ mod tests {
             ]
         );
         // Another advocate's entries in the same ledger are theirs to move.
-        assert_eq!(movements(&o, "b", dec("0.5")).len(), 1);
+        assert_eq!(movements(&ledger, "b", dec("0.5")).len(), 1);
     }
 
     fn transaction(id: &str, typename: &str, amount: &str) -> Transaction {
