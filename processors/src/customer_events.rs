@@ -33,10 +33,13 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tributary_schemas::changelog::{read_changelog, unrestored};
-use tributary_schemas::kafka::{producer_config, received_or_warn, subscribed_member, CommitWhen};
+use tributary_schemas::kafka::{
+    producer_config, received_or_warn, subscribed_member, CommitWhen, TopicError,
+};
 use tributary_schemas::topics::{self, advocate_key, customer_key, order_key};
 use tributary_schemas::{
-    enum_label, Attribution, AvroRecord, CustomerEvent, CustomerEventKind, Outcome, RewardEntryKind,
+    enum_label, Attribution, AvroRecord, CodecError, CustomerEvent, CustomerEventKind, Outcome,
+    RewardEntryKind,
 };
 
 use crate::output::{commit_done, send, Output};
@@ -259,6 +262,16 @@ impl EventsStage {
                             emit(&message, state)
                         }
                     };
+                    // A record this release cannot read is never skipped: what came before it is
+                    // committed, then the stage stops before it.
+                    let outputs = match outputs {
+                        Ok(outputs) => outputs,
+                        Err(error) => {
+                            let error = TopicError::unreadable(input, &message, error);
+                            commit_done(&consumer, input, &mut in_flight, &mut done, plain, CommitWhen::Stopping).await?;
+                            return Err(error.into());
+                        }
+                    };
                     for output in outputs {
                         let delivery = send(&producer, output, &mut in_flight).await?;
                         in_flight.push(delivery);
@@ -305,9 +318,9 @@ enum Loop {
 }
 
 /// The attribution record, unchanged, keyed by its customer (nothing for excluded orders).
-fn repartition(message: &BorrowedMessage<'_>) -> Vec<Output> {
+fn repartition(message: &BorrowedMessage<'_>) -> Result<Vec<Output>, CodecError> {
     let Some(payload) = message.payload() else {
-        return Vec::new();
+        return Ok(Vec::new());
     };
     let forward = |topic, key: String| Output {
         topic,
@@ -316,31 +329,23 @@ fn repartition(message: &BorrowedMessage<'_>) -> Vec<Output> {
         payload: payload.to_vec(),
         headers: None,
     };
-    match Attribution::from_avro(payload) {
-        Ok(order) => {
-            let mut outputs: Vec<Output> = advocates_paid(&order)
-                .into_iter()
-                .map(|advocate| {
-                    forward(
-                        topics::REWARDS_BY_ADVOCATE,
-                        advocate_key(&order.shop_domain, advocate),
-                    )
-                })
-                .collect();
-            if order.outcome != Outcome::Excluded {
-                outputs.push(forward(
-                    topics::ORDERS_BY_CUSTOMER,
-                    customer_key(&order.shop_domain, order.customer_id, order.order_id),
-                ));
-            }
-            outputs
-        }
-        // The processor is the only writer; a record this version cannot read is reported.
-        Err(error) => {
-            tracing::error!(partition = message.partition(), offset = message.offset(), %error, "attribution record skipped");
-            Vec::new()
-        }
+    let order = Attribution::from_avro(payload)?;
+    let mut outputs: Vec<Output> = advocates_paid(&order)
+        .into_iter()
+        .map(|advocate| {
+            forward(
+                topics::REWARDS_BY_ADVOCATE,
+                advocate_key(&order.shop_domain, advocate),
+            )
+        })
+        .collect();
+    if order.outcome != Outcome::Excluded {
+        outputs.push(forward(
+            topics::ORDERS_BY_CUSTOMER,
+            customer_key(&order.shop_domain, order.customer_id, order.order_id),
+        ));
     }
+    Ok(outputs)
 }
 
 /// The advocates whose wallets the order's reward ledger moves (approvals, reversals), each once.
@@ -361,16 +366,14 @@ fn advocates_paid(order: &Attribution) -> Vec<&str> {
     advocates
 }
 
-fn emit(message: &BorrowedMessage<'_>, state: &mut CustomerEvents) -> Vec<Output> {
-    let order = match message.payload().map(Attribution::from_avro) {
-        Some(Ok(order)) => order,
-        Some(Err(error)) => {
-            tracing::error!(partition = message.partition(), offset = message.offset(), %error, "order record skipped");
-            return Vec::new();
-        }
-        None => return Vec::new(),
+fn emit(
+    message: &BorrowedMessage<'_>,
+    state: &mut CustomerEvents,
+) -> Result<Vec<Output>, CodecError> {
+    let Some(order) = message.payload().map(Attribution::from_avro).transpose()? else {
+        return Ok(Vec::new());
     };
-    state
+    Ok(state
         .apply(&order)
         .into_iter()
         .filter_map(|event| {
@@ -390,7 +393,7 @@ fn emit(message: &BorrowedMessage<'_>, state: &mut CustomerEvents) -> Vec<Output
                 }
             }
         })
-        .collect()
+        .collect())
 }
 
 #[cfg(test)]

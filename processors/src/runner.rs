@@ -82,8 +82,9 @@ impl Default for Config {
 pub enum ProcessorError {
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
-    #[error("restoring state: {0}")]
-    Restore(#[from] TopicError),
+    /// A topic could not be read: a restore failed, or a record this release cannot read.
+    #[error(transparent)]
+    Topic(#[from] TopicError),
     #[error("a produced record was not acknowledged: {0}")]
     Delivery(String),
 }

@@ -29,7 +29,11 @@ pub fn unrestored<C: ConsumerContext, S>(
 }
 
 /// Every record of `partitions` of `topic`, read to the end, by partition (every requested
-/// partition has an entry). A record that does not decode is logged and skipped.
+/// partition has an entry).
+///
+/// Errors: [`TopicError::Unreadable`] for a record that does not decode. A restore never skips
+/// one, since state restored without it would be silently wrong: the stage stops and says which
+/// record (typically written by a newer release; run that release).
 pub async fn read_changelog<T: AvroRecord + Send + 'static>(
     bootstrap_servers: &str,
     topic: &'static str,
@@ -39,17 +43,21 @@ pub async fn read_changelog<T: AvroRecord + Send + 'static>(
     tokio::task::spawn_blocking(move || {
         let mut records: HashMap<i32, Vec<T>> =
             partitions.iter().map(|&p| (p, Vec::new())).collect();
+        let mut unreadable = None;
         read_partitions(&bootstrap, topic, &partitions, |message| {
             let partition = message.partition();
             match message.payload().map(T::from_avro) {
                 Some(Ok(record)) => records.entry(partition).or_default().push(record),
                 Some(Err(error)) => {
-                    tracing::warn!(topic, partition, offset = message.offset(), %error, "changelog record skipped")
+                    unreadable.get_or_insert_with(|| TopicError::unreadable(topic, message, error));
                 }
                 None => {}
             }
-        })
-        .map(|()| records)
+        })?;
+        match unreadable {
+            Some(error) => Err(error),
+            None => Ok(records),
+        }
     })
     .await
     .map_err(|e| TopicError::Task(e.to_string()))?

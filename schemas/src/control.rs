@@ -17,8 +17,10 @@ use crate::kafka::{client_config, partitions_of, TopicError};
 use crate::{Advocate, AdvocateStatus, Store, StoreStatus};
 
 /// Reads `topic` from the beginning and calls `apply(key, record)` for each record (`None` for a
-/// tombstone or a record that does not decode, which is logged). `caught_up` fires once every
-/// partition has been read up to its high watermark at start. Runs until the task is dropped.
+/// tombstone). A record that does not decode is never taken for a deletion: the table keeps the
+/// last value it could read for that key, and the record is logged and counted
+/// (`tributary_control_unreadable_total`). `caught_up` fires once every partition has been read up
+/// to its high watermark at start. Runs until the task is dropped.
 pub async fn follow<T, F>(
     bootstrap_servers: &str,
     topic: &str,
@@ -45,16 +47,16 @@ where
         }
         let message = consumer.recv().await?;
         let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
-        let record = message
-            .payload()
-            .and_then(|bytes| match T::from_avro(bytes) {
-                Ok(record) => Some(record),
-                Err(error) => {
-                    tracing::warn!(topic, %key, %error, "control record does not decode; ignored");
-                    None
-                }
-            });
-        apply(&key, record);
+        match message.payload().map(T::from_avro) {
+            None => apply(&key, None),
+            Some(Ok(record)) => apply(&key, Some(record)),
+            Some(Err(error)) => {
+                metrics::counter!("tributary_control_unreadable_total", "topic" => topic.to_owned())
+                    .increment(1);
+                tracing::error!(topic, %key, partition = message.partition(), offset = message.offset(), %error,
+                    "control record does not decode; the last readable value for its key is kept");
+            }
+        }
         if let Some(high) = remaining.get(&message.partition()) {
             if message.offset() + 1 >= *high {
                 remaining.remove(&message.partition());

@@ -340,6 +340,32 @@ pub enum TopicError {
     Codec(#[from] crate::CodecError),
     #[error("a blocking Kafka task failed: {0}")]
     Task(String),
+    /// A record this binary cannot decode, where skipping it would lose data: the stage stops
+    /// before it, and nothing at or after it is committed.
+    #[error("{topic} [{partition}] offset {offset} cannot be read by this release: {error}")]
+    Unreadable {
+        topic: String,
+        partition: i32,
+        offset: i64,
+        error: crate::CodecError,
+    },
+}
+
+impl TopicError {
+    /// The error for `message`, which did not decode; counted in
+    /// `tributary_unreadable_records_total{topic}`.
+    pub fn unreadable(topic: &str, message: &impl Message, error: crate::CodecError) -> Self {
+        metrics::counter!("tributary_unreadable_records_total", "topic" => topic.to_owned())
+            .increment(1);
+        tracing::error!(topic, partition = message.partition(), offset = message.offset(), %error,
+            "record cannot be read by this release; stopping before it");
+        Self::Unreadable {
+            topic: topic.to_owned(),
+            partition: message.partition(),
+            offset: message.offset(),
+            error,
+        }
+    }
 }
 
 /// Encodes `record` and produces it under `key`, returning once the broker has it.

@@ -27,7 +27,7 @@ pub struct WebhookEnvelope {
     #[serde(with = "apache_avro::serde_avro_bytes")]
     pub body: Vec<u8>,
 }
-avro_record!(WebhookEnvelope, "webhook_envelope.avsc");
+avro_record!(WebhookEnvelope, "webhook_envelope");
 
 impl WebhookEnvelope {
     pub const SOURCE_WEBHOOK: &'static str = "shopify_webhook";
@@ -175,7 +175,7 @@ pub struct OrderEvent {
     pub fulfillment_status: Option<String>,
     pub cancelled_at_ms: Option<i64>,
 }
-avro_record!(OrderEvent, "order_event.avsc");
+avro_record!(OrderEvent, "order_event");
 
 impl OrderEvent {
     /// The contract's version order: payload `updated_at`, then `X-Shopify-Triggered-At`.
@@ -271,7 +271,7 @@ pub struct Attribution {
     /// The order's reward ledger: every request, approval, reversal and void, in order.
     pub rewards: Vec<RewardEntry>,
 }
-avro_record!(Attribution, "attribution.avsc");
+avro_record!(Attribution, "attribution");
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -395,7 +395,7 @@ pub struct Store {
     pub team_id: Option<String>,
     pub updated_at_ms: i64,
 }
-avro_record!(Store, "store.avsc");
+avro_record!(Store, "store");
 
 /// How tributary reaches a store's Admin API, and what it writes there.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -443,7 +443,7 @@ pub struct Advocate {
     pub codes: Vec<String>,
     pub updated_at_ms: i64,
 }
-avro_record!(Advocate, "advocate.avsc");
+avro_record!(Advocate, "advocate");
 
 /// A team of store admins (topic `tributary.control.teams`).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -454,7 +454,7 @@ pub struct Team {
     pub api_key_sha256: String,
     pub created_at_ms: i64,
 }
-avro_record!(Team, "team.avsc");
+avro_record!(Team, "team");
 
 impl std::fmt::Debug for Team {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -493,7 +493,7 @@ pub struct Alert {
     pub raised_at_ms: i64,
     pub updated_at_ms: i64,
 }
-avro_record!(Alert, "alert.avsc");
+avro_record!(Alert, "alert");
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -539,7 +539,7 @@ pub struct StoreCreditPush {
     pub reason: String,
     pub at_ms: i64,
 }
-avro_record!(StoreCreditPush, "store_credit_push.avsc");
+avro_record!(StoreCreditPush, "store_credit_push");
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -570,7 +570,7 @@ pub struct CustomerEvent {
     pub customer_order_number: u64,
     pub occurred_at_ms: i64,
 }
-avro_record!(CustomerEvent, "customer_event.avsc");
+avro_record!(CustomerEvent, "customer_event");
 
 /// A record a stage could not process (topic `tributary.dlq`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -586,7 +586,7 @@ pub struct DeadLetter {
     pub payload: Vec<u8>,
     pub failed_at_ms: i64,
 }
-avro_record!(DeadLetter, "dead_letter.avsc");
+avro_record!(DeadLetter, "dead_letter");
 
 #[cfg(test)]
 mod tests {
@@ -594,10 +594,59 @@ mod tests {
     use crate::codec::{AvroRecord, CodecError};
     use std::str::FromStr;
 
+    /// Round-trips `record`, then reads the golden bytes of every shipped version of its schema
+    /// (`avro/golden/<stem>/v<N>.bin`): each decodes with nothing it held lost (written back with
+    /// its own schema, the same bytes).
+    /// `TRIBUTARY_BLESS_GOLDEN=1` writes the golden file of a new version; existing ones are never
+    /// rewritten, since they stand for what a shipped release wrote.
     fn round_trip<T: AvroRecord + PartialEq + std::fmt::Debug>(record: T) {
         let bytes = record.to_avro().expect("encodes");
         assert_eq!(&bytes[..2], &[0xC3, 0x01]);
         assert_eq!(T::from_avro(&bytes).expect("decodes"), record);
+
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("avro/golden")
+            .join(T::SCHEMA_FILE);
+        let history = crate::codec::HISTORY
+            .iter()
+            .filter(|(stem, _, _)| *stem == T::SCHEMA_FILE);
+        for (_, version, text) in history {
+            let writer = apache_avro::Schema::parse_str(text).unwrap();
+            let write = |value: apache_avro::types::Value| {
+                let mut out = vec![0xC3, 0x01];
+                out.extend(crate::codec::fingerprint(&writer));
+                out.extend(apache_avro::to_avro_datum(&writer, value).unwrap());
+                out
+            };
+            let path = dir.join(format!("v{version}.bin"));
+            if !path.exists() && std::env::var_os("TRIBUTARY_BLESS_GOLDEN").is_some() {
+                let value = apache_avro::to_value(&record)
+                    .unwrap()
+                    .resolve(&writer)
+                    .unwrap();
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::write(&path, write(value)).unwrap();
+            }
+            let golden = std::fs::read(&path).unwrap_or_else(|e| {
+                panic!(
+                    "{}: {e} (run the tests once with TRIBUTARY_BLESS_GOLDEN=1)",
+                    path.display()
+                )
+            });
+            let decoded = T::from_avro(&golden)
+                .unwrap_or_else(|e| panic!("{} no longer decodes: {e}", path.display()));
+            let back = apache_avro::to_value(&decoded)
+                .unwrap()
+                .resolve(&writer)
+                .unwrap();
+            assert_eq!(
+                write(back),
+                golden,
+                "{} lost data on the way to {}",
+                path.display(),
+                T::NAME
+            );
+        }
     }
 
     pub fn sample_order_event() -> OrderEvent {
@@ -737,6 +786,37 @@ mod tests {
             status: AdvocateStatus::Active,
             codes: vec!["ANNA10".into()],
             updated_at_ms: 1,
+        });
+        round_trip(StoreCreditPush {
+            entry_id: "a.myshopify.com/1/reward/1/approval".into(),
+            shop_domain: "a.myshopify.com".into(),
+            advocate_id: "7".into(),
+            order_id: u64::MAX >> 1,
+            direction: StoreCreditDirection::Debit,
+            state: StoreCreditState::Applied,
+            amount: Decimal::from_str("0.26").unwrap(),
+            currency: "USD".into(),
+            customer_gid: Some("gid://shopify/Customer/1".into()),
+            account_cursor: None,
+            transaction_id: Some("gid://shopify/StoreCreditAccountDebitTransaction/9".into()),
+            reason: String::new(),
+            at_ms: 5,
+        });
+        round_trip(CustomerEvent {
+            event_id: "a.myshopify.com/1/refund/509562969".into(),
+            kind: CustomerEventKind::ReceivedRefund,
+            shop_domain: "a.myshopify.com".into(),
+            customer_id: Some(u64::MAX >> 2),
+            order_id: u64::MAX >> 1,
+            order_name: "#1".into(),
+            outcome: "ATTRIBUTED".into(),
+            advocate_identifier: Some("anna".into()),
+            currency: "USD".into(),
+            amount: Decimal::from_str("4.00").unwrap(),
+            order_refunded: Decimal::from_str("4.00").unwrap(),
+            refund_ids: vec!["509562969".into()],
+            customer_order_number: 2,
+            occurred_at_ms: 6,
         });
         round_trip(DeadLetter {
             stage: "normalize".into(),

@@ -4,8 +4,9 @@
 //! committed only after ClickHouse accepted the insert. While ClickHouse is down the sink retries
 //! the same batch with backoff and commits nothing, so nothing is lost. A redelivered or replayed
 //! row is harmless: the table keeps the highest revision of each order, and the ledger one row per
-//! entry id (see `schema.sql`).
+//! entry id (see `migrations/`).
 
+pub mod migrations;
 mod row;
 
 use std::collections::HashMap;
@@ -18,13 +19,11 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tributary_schemas::kafka::{
-    commit_offsets, received_or_warn, subscribed_member, CommitWhen, GroupMember,
+    commit_offsets, received_or_warn, subscribed_member, CommitWhen, GroupMember, TopicError,
 };
 use tributary_schemas::{topics, Attribution, AvroRecord};
 
 pub use row::{AttributionRow, RewardRow};
-
-const SCHEMA: &str = include_str!("schema.sql");
 
 /// Configuration of the ClickHouse sink (`[clickhouse]` in the config file).
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -87,6 +86,8 @@ pub enum SinkError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("clickhouse: {0}")]
     ClickHouse(#[from] ::clickhouse::error::Error),
+    #[error(transparent)]
+    Topic(#[from] TopicError),
 }
 
 impl Config {
@@ -119,8 +120,9 @@ impl Config {
         Ok(())
     }
 
-    /// Creates the database, tables and views that are missing.
-    pub async fn migrate(&self) -> Result<(), SinkError> {
+    /// Creates the database if it is missing and applies the migrations it has not recorded (see
+    /// [`migrations`]); returns the versions applied now.
+    pub async fn migrate(&self) -> Result<Vec<u32>, SinkError> {
         self.server_client()
             .query(&format!(
                 "CREATE DATABASE IF NOT EXISTS `{}`",
@@ -129,14 +131,39 @@ impl Config {
             .execute()
             .await?;
         let client = self.client();
-        for statement in SCHEMA
-            .split("\n;\n")
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
+        client.query(migrations::LEDGER).execute().await?;
+        let recorded: Vec<u32> = client
+            .query("SELECT DISTINCT version FROM schema_migrations")
+            .fetch_all()
+            .await?;
+        let mut applied = Vec::new();
+        for migration in migrations::MIGRATIONS
+            .iter()
+            .filter(|m| !recorded.contains(&m.version))
         {
-            client.query(statement).execute().await?;
+            for statement in migration.statements() {
+                match client.query(statement).execute().await {
+                    Ok(()) => {}
+                    Err(error) if migrations::already_exists(&error) => {
+                        tracing::info!(version = migration.version, %error, "statement already applied");
+                    }
+                    Err(error) => return Err(error.into()),
+                }
+            }
+            client
+                .query("INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, now())")
+                .bind(migration.version)
+                .bind(migration.name)
+                .execute()
+                .await?;
+            tracing::info!(
+                version = migration.version,
+                name = migration.name,
+                "clickhouse migration applied"
+            );
+            applied.push(migration.version);
         }
-        Ok(())
+        Ok(applied)
     }
 }
 
@@ -180,11 +207,12 @@ impl ClickHouseSink {
                     };
                     match message.payload().map(Attribution::from_avro) {
                         Some(Ok(record)) => batch.push(&record),
-                        // The processor is the only writer of this topic; a record it wrote that
-                        // this version cannot read is reported and skipped, never guessed at.
+                        // A record this release cannot read is never skipped: what came before it
+                        // is written and committed, then the sink stops before it.
                         Some(Err(error)) => {
-                            metrics::counter!("tributary_sink_unreadable_total").increment(1);
-                            tracing::error!(partition = message.partition(), offset = message.offset(), %error, "attribution record skipped");
+                            let error = TopicError::unreadable(topics::ATTRIBUTIONS, &message, error);
+                            flush(&client, &consumer, &mut batch, &mut offsets, &shutdown, CommitWhen::Stopping).await?;
+                            return Err(error.into());
                         }
                         None => {}
                     }
@@ -210,7 +238,7 @@ impl ClickHouseSink {
         let mut backoff = Backoff::default();
         while !shutdown.is_cancelled() {
             match self.config.migrate().await {
-                Ok(()) => return,
+                Ok(_) => return,
                 Err(error) => {
                     tracing::warn!(%error, "clickhouse not ready; retrying");
                     backoff.wait().await;

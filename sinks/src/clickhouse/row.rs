@@ -34,6 +34,8 @@ pub struct AttributionRow {
     pub refunded: i64,
     pub net: i64,
     pub refund_status: String,
+    /// Since migration 2.
+    pub refund_ids: Vec<String>,
 }
 
 #[derive(Debug, Clone, Row, Serialize)]
@@ -109,6 +111,7 @@ impl From<&Attribution> for AttributionRow {
             refunded: money(a.refunded),
             net: money(a.net),
             refund_status: label(&a.refund_status),
+            refund_ids: a.refund_ids.clone(),
         }
     }
 }

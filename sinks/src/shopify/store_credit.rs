@@ -81,8 +81,8 @@ impl Default for StoreCreditConfig {
 pub enum StoreCreditError {
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
-    #[error("changelog: {0}")]
-    Changelog(#[from] TopicError),
+    #[error(transparent)]
+    Topic(#[from] TopicError),
     #[error("encoding: {0}")]
     Codec(#[from] tributary_schemas::CodecError),
 }
@@ -428,9 +428,11 @@ impl StoreCreditStage {
     ) -> Result<(), Interrupted> {
         let order = match message.payload().map(Attribution::from_avro) {
             Some(Ok(order)) => order,
+            // Never skipped: a push it implies could be lost. The stage stops before it.
             Some(Err(error)) => {
-                tracing::error!(partition = message.partition(), offset = message.offset(), %error, "reward record skipped");
-                return Ok(());
+                return Err(Interrupted::Failed(
+                    TopicError::unreadable(topics::REWARDS_BY_ADVOCATE, message, error).into(),
+                ))
             }
             None => return Ok(()),
         };

@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tributary_schemas::control::Control;
 use tributary_schemas::kafka::{
     commit_offsets, producer_config, received_or_warn, send_dead_letter, subscribed_member,
-    CommitWhen, GroupMember,
+    CommitWhen, GroupMember, TopicError,
 };
 use tributary_schemas::secrets::MasterKey;
 use tributary_schemas::{topics, Attribution, AvroRecord, Outcome, StoreStatus};
@@ -76,6 +76,8 @@ impl Default for WritebackConfig {
 pub enum WritebackError {
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    #[error(transparent)]
+    Topic(#[from] TopicError),
 }
 
 /// The first line of tributary's block in an order note.
@@ -266,17 +268,21 @@ impl WritebackSink {
                     let Some(message) = received_or_warn(received) else {
                         continue;
                     };
-                    offsets.insert(message.partition(), message.offset() + 1);
                     match message.payload().map(Attribution::from_avro) {
                         // Only the newest revision of an order in a batch matters.
                         Some(Ok(record)) => {
                             batch.insert((record.shop_domain.clone(), record.order_id), Pending { record, message: message.detach() });
                         }
+                        // Never skipped: what came before it is written and committed, then the
+                        // stage stops before it.
                         Some(Err(error)) => {
-                            tracing::error!(partition = message.partition(), offset = message.offset(), %error, "attribution record skipped");
+                            let error = TopicError::unreadable(topics::ATTRIBUTIONS, &message, error);
+                            self.flush(&consumer, &producer, &mut batch, &mut offsets, &shutdown, CommitWhen::Stopping).await?;
+                            return Err(error.into());
                         }
                         None => {}
                     }
+                    offsets.insert(message.partition(), message.offset() + 1);
                     if batch.len() >= self.config.batch_records
                         && !self.flush(&consumer, &producer, &mut batch, &mut offsets, &shutdown, CommitWhen::Running).await?
                     {

@@ -1,5 +1,6 @@
--- tributary's ClickHouse schema. Runs on ClickHouse 18.16 and on current releases.
--- Statements are separated by a line holding only ';'. Every statement is idempotent.
+-- Migration 1: tributary's first ClickHouse schema (schema.sql until migrations were versioned).
+-- Runs on ClickHouse 18.16 and on current releases. Statements are separated by a line holding
+-- only ';'. A shipped migration never changes: a change is a new file (see `migrations.rs`).
 
 -- One row per order: the order's facts and its attribution. The sink inserts every revision the
 -- processor emits; ReplacingMergeTree keeps the highest revision per (shop_domain, order_id), and
