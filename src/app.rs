@@ -188,7 +188,7 @@ pub async fn run_ingest(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let ready = readiness.flag("ingest");
-    let master_key = MasterKey::load(&config.secrets.master_key_file, true)?;
+    let master_key = MasterKey::load(&config.secrets.master_key_file)?;
     let stores = StoreSecrets::default();
     let table = stores.clone();
     follow_control::<Store, _>(bootstrap, topics::STORES, &shutdown, move |key, store| {
@@ -255,7 +255,7 @@ pub async fn run_writeback(
 ) -> anyhow::Result<()> {
     let ready = readiness.flag("writeback");
     let store_credit_ready = readiness.flag("store-credit");
-    let master_key = MasterKey::load(&config.secrets.master_key_file, true)?;
+    let master_key = MasterKey::load(&config.secrets.master_key_file)?;
     let control = follow_stores_and_advocates(bootstrap, &shutdown).await?;
     let admin = Arc::new(AdminClient::new(config.shopify.clone())?);
     let auto_mint = auto_mint(

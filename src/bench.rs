@@ -129,7 +129,7 @@ pub async fn run(mut config: Config, plan: BenchPlan) -> anyhow::Result<BenchRep
     let client = config.clickhouse.client();
     let broker = EmbeddedBroker::start(1, config.kafka.partitions)?;
     let bootstrap = broker.bootstrap_servers();
-    let key = MasterKey::load(&config.secrets.master_key_file, true)?;
+    let key = MasterKey::load_or_init_for_dev(&config.secrets.master_key_file)?;
     control_files::publish_stores(&bootstrap, &plan.stores, &key).await?;
     control_files::load_advocates(&bootstrap, &plan.advocates).await?;
 

@@ -305,6 +305,8 @@ impl ControlPlane {
         bootstrap: &str,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<Self> {
+        // First: without its key the control plane cannot seal what it is given.
+        let master_key = MasterKey::load(&config.secrets.master_key_file)?;
         let control = crate::app::follow_stores_and_advocates(bootstrap, shutdown).await?;
         let teams = Arc::new(RwLock::new(HashMap::new()));
         let table = teams.clone();
@@ -324,7 +326,7 @@ impl ControlPlane {
         Ok(Self {
             config: config.connections.clone(),
             admin: AdminClient::new(config.shopify.clone())?,
-            master_key: MasterKey::load(&config.secrets.master_key_file, true)?,
+            master_key,
             control,
             teams,
             producer: producer_config(bootstrap, Duration::from_secs(10)).create()?,

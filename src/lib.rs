@@ -8,5 +8,6 @@ pub mod config;
 pub mod connections;
 pub mod control_files;
 pub mod generate;
+pub mod keys;
 pub mod replay;
 pub mod report;

@@ -74,6 +74,12 @@ enum Command {
         #[arg(long, default_value_t = 50.0)]
         restore_rate: f64,
     },
+    /// The master key that seals every secret: create it once per deployment, rotate it, and
+    /// re-seal stored secrets under the new key. Services never create a key.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Topic administration.
     Topics {
         #[command(subcommand)]
@@ -268,6 +274,21 @@ enum TopicsCommand {
 }
 
 #[derive(Subcommand)]
+enum KeysCommand {
+    /// Create the master key at secrets.master_key_file (mode 0600); refuses if one exists.
+    Init,
+    /// Put a new key first in the key file, keeping the old one so that every secret still
+    /// opens. Restart the services, then run `keys reseal --retire`.
+    Rotate,
+    /// Seal every store's secrets again under the current key and publish the stores.
+    Reseal {
+        /// Then drop the earlier keys from the key file.
+        #[arg(long)]
+        retire: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum LoadCommand {
     Load { file: PathBuf },
 }
@@ -414,6 +435,7 @@ async fn run() -> anyhow::Result<()> {
             shutdown.cancelled().await;
             Ok(())
         }
+        Command::Keys { command } => keys(&config, command).await,
         Command::Topics {
             command: TopicsCommand::Create,
         } => {
@@ -630,13 +652,41 @@ fn plan(args: &GenerateArgs) -> anyhow::Result<generate::Plan> {
     generate::plan(&stores.store, &advocates, args.orders, args.seed)
 }
 
+async fn keys(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
+    let path = &config.secrets.master_key_file;
+    match command {
+        KeysCommand::Init => {
+            MasterKey::init(path)?;
+            println!("created the master key at {}; give every service the same file (or its contents in TRIBUTARY_MASTER_KEY)", path.display());
+        }
+        KeysCommand::Rotate => {
+            let ring = MasterKey::rotate(path)?;
+            println!(
+                "a new master key is current at {} ({} earlier key(s) kept); restart every service, then run `tributary keys reseal --retire`",
+                path.display(),
+                ring.previous_keys()
+            );
+        }
+        KeysCommand::Reseal { retire } => {
+            let key = MasterKey::load(path)?;
+            let n = tributary::keys::reseal_stores(&bootstrap(config)?, &key).await?;
+            println!("re-sealed the secrets of {n} store(s) under the current key");
+            if retire {
+                MasterKey::retire_previous(path)?;
+                println!("earlier keys dropped from {}", path.display());
+            }
+        }
+    }
+    Ok(())
+}
+
 async fn stores(
     config: &Config,
     command: StoresCommand,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     if let StoresCommand::Load { file } = &command {
-        let key = MasterKey::load(&config.secrets.master_key_file, true)?;
+        let key = MasterKey::load(&config.secrets.master_key_file)?;
         let n = control_files::load_stores(&bootstrap(config)?, file, &key).await?;
         println!("published {n} store(s)");
         return Ok(());
@@ -731,7 +781,7 @@ async fn codes(
         }
         CodesCommand::Mint { shop } => {
             let shop = shop.trim().to_ascii_lowercase();
-            let master_key = MasterKey::load(&config.secrets.master_key_file, false)?;
+            let master_key = MasterKey::load(&config.secrets.master_key_file)?;
             let admin = tributary_shopify::AdminClient::new(config.shopify.clone())?;
             let producer: rdkafka::producer::FutureProducer =
                 tributary_schemas::kafka::producer_config(&bootstrap, Duration::from_secs(30))
@@ -868,7 +918,7 @@ async fn demo(
     app::reset_database(&config).await?;
     let client = config.clickhouse.client();
     let (_embedded, bootstrap) = broker_or_embedded(&config).await?;
-    let key = MasterKey::load(&config.secrets.master_key_file, true)?;
+    let key = MasterKey::load_or_init_for_dev(&config.secrets.master_key_file)?;
     // Shopify cannot be reached from here: unless shopify.base_url says otherwise, writeback goes
     // to a fake Shopify in this process, sized as a Shopify Plus store so it keeps up.
     let stores = control_files::StoresFile::read(&args.stores)?;

@@ -162,7 +162,7 @@ async fn auto_mint_gives_an_activated_advocate_a_code() {
     let p = Pipeline::start("codes_auto", |c| c.writeback.auto_mint_interval_ms = 200).await;
     let mut stores = StoresFile::read(&repo_path("deploy/demo/stores.toml")).unwrap();
     stores.store[0].features.auto_mint_codes = true;
-    let key = MasterKey::load(&p.config.secrets.master_key_file, false).unwrap();
+    let key = MasterKey::load(&p.config.secrets.master_key_file).unwrap();
     control_files::publish_stores(&p.bootstrap, &stores.store, &key)
         .await
         .unwrap();

@@ -37,7 +37,7 @@ async fn turn_on_store_credit(p: &Pipeline) {
     assert_ne!(edited, demo, "the demo stores file changed shape");
     let path = p._dir.path().join("stores.toml");
     std::fs::write(&path, edited).unwrap();
-    let key = MasterKey::load(&p.config.secrets.master_key_file, true).unwrap();
+    let key = MasterKey::load(&p.config.secrets.master_key_file).unwrap();
     control_files::load_stores(&p.bootstrap, &path, &key)
         .await
         .unwrap();

@@ -9,7 +9,8 @@ use aes_gcm::{AeadCore, Aes256Gcm, Key, Nonce};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 
-/// Environment variable holding the base64 master key; it takes precedence over the key file.
+/// Environment variable holding the base64 master key (several, newest first, separated by
+/// commas, during a rotation); it takes precedence over the key file.
 pub const MASTER_KEY_ENV: &str = "TRIBUTARY_MASTER_KEY";
 
 #[derive(Debug, thiserror::Error)]
@@ -20,15 +21,26 @@ pub enum SecretError {
     Malformed,
     #[error("sealed secret does not open with this master key and purpose")]
     WrongKey,
-    #[error("reading master key file {path}: {source}")]
+    #[error("no master key: {path} does not exist and {MASTER_KEY_ENV} is unset. Create one once per deployment with `tributary keys init` (and share it with every service), or point secrets.master_key_file at the existing one")]
+    Missing { path: String },
+    #[error("a master key exists already at {path}; `tributary keys rotate` replaces it without losing the secrets it sealed")]
+    Exists { path: String },
+    #[error("the master key comes from {MASTER_KEY_ENV}; rotate it there (new key first, then the old one, comma-separated)")]
+    FromEnvironment,
+    #[error("master key file {path}: {source}")]
     Io {
         path: String,
         source: std::io::Error,
     },
 }
 
+/// The master key ring: the current key seals; it and the previous keys (kept during a rotation
+/// until every secret is re-sealed) open.
 #[derive(Clone)]
-pub struct MasterKey(Key<Aes256Gcm>);
+pub struct MasterKey {
+    current: Key<Aes256Gcm>,
+    previous: Vec<Key<Aes256Gcm>>,
+}
 
 impl std::fmt::Debug for MasterKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -38,49 +50,111 @@ impl std::fmt::Debug for MasterKey {
 
 impl MasterKey {
     pub fn generate() -> Self {
-        Self(Aes256Gcm::generate_key(OsRng))
-    }
-
-    pub fn from_base64(text: &str) -> Result<Self, SecretError> {
-        let bytes = B64
-            .decode(text.trim())
-            .map_err(|_| SecretError::BadMasterKey)?;
-        if bytes.len() != 32 {
-            return Err(SecretError::BadMasterKey);
+        Self {
+            current: Aes256Gcm::generate_key(OsRng),
+            previous: Vec::new(),
         }
-        Ok(Self(*Key::<Aes256Gcm>::from_slice(&bytes)))
     }
 
+    /// One key, or a ring: base64 keys, newest first, separated by commas or line breaks.
+    pub fn from_base64(text: &str) -> Result<Self, SecretError> {
+        let mut keys = text
+            .split([',', '\n'])
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .map(|k| {
+                let bytes = B64.decode(k).map_err(|_| SecretError::BadMasterKey)?;
+                if bytes.len() != 32 {
+                    return Err(SecretError::BadMasterKey);
+                }
+                Ok(*Key::<Aes256Gcm>::from_slice(&bytes))
+            })
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter();
+        let current = keys.next().ok_or(SecretError::BadMasterKey)?;
+        Ok(Self {
+            current,
+            previous: keys.collect(),
+        })
+    }
+
+    /// The ring as stored: base64 keys, newest first, one per line.
     pub fn to_base64(&self) -> String {
-        B64.encode(self.0.as_slice())
+        std::iter::once(&self.current)
+            .chain(&self.previous)
+            .map(|k| B64.encode(k.as_slice()))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
-    /// The key from `TRIBUTARY_MASTER_KEY`, else from `path`; with `create`, a missing file is
-    /// generated (mode 0600), which is what a development machine wants.
-    pub fn load(path: &std::path::Path, create: bool) -> Result<Self, SecretError> {
+    /// How many earlier keys the ring still holds.
+    pub fn previous_keys(&self) -> usize {
+        self.previous.len()
+    }
+
+    /// The key from `TRIBUTARY_MASTER_KEY`, else from `path`. Services call this: a missing key is
+    /// [`SecretError::Missing`], never a new key, since a new key opens none of the secrets
+    /// sealed so far.
+    pub fn load(path: &std::path::Path) -> Result<Self, SecretError> {
         if let Ok(text) = std::env::var(MASTER_KEY_ENV) {
             return Self::from_base64(&text);
         }
-        let io = |source| SecretError::Io {
-            path: path.display().to_string(),
-            source,
-        };
         match std::fs::read_to_string(path) {
             Ok(text) => Self::from_base64(&text),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
-                let key = Self::generate();
-                if let Some(dir) = path.parent() {
-                    std::fs::create_dir_all(dir).map_err(io)?;
-                }
-                write_private(path, &key.to_base64()).map_err(io)?;
-                Ok(key)
-            }
-            Err(e) => Err(io(e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(SecretError::Missing {
+                path: path.display().to_string(),
+            }),
+            Err(source) => Err(SecretError::Io {
+                path: path.display().to_string(),
+                source,
+            }),
         }
     }
 
+    /// Creates the deployment's master key at `path` (mode 0600): `tributary keys init`.
+    /// Refuses ([`SecretError::Exists`]) when one exists, so a key is never replaced by accident.
+    pub fn init(path: &std::path::Path) -> Result<Self, SecretError> {
+        let key = Self::generate();
+        write_key_file(path, &key, false)?;
+        Ok(key)
+    }
+
+    /// For the demo, the bench and tests, which own their key file: the key at `path`, created if
+    /// missing.
+    pub fn load_or_init_for_dev(path: &std::path::Path) -> Result<Self, SecretError> {
+        match Self::load(path) {
+            Err(SecretError::Missing { .. }) => Self::init(path),
+            other => other,
+        }
+    }
+
+    /// A new current key in the file at `path`, the earlier ones kept behind it so that every
+    /// secret sealed so far still opens: `tributary keys rotate`. Returns the new ring.
+    pub fn rotate(path: &std::path::Path) -> Result<Self, SecretError> {
+        if std::env::var_os(MASTER_KEY_ENV).is_some() {
+            return Err(SecretError::FromEnvironment);
+        }
+        let mut ring = Self::load(path)?;
+        let old = std::mem::replace(&mut ring.current, Aes256Gcm::generate_key(OsRng));
+        ring.previous.insert(0, old);
+        write_key_file(path, &ring, true)?;
+        Ok(ring)
+    }
+
+    /// Drops the earlier keys from the file at `path`, once every secret is sealed under the
+    /// current one (`tributary keys reseal --retire`).
+    pub fn retire_previous(path: &std::path::Path) -> Result<Self, SecretError> {
+        if std::env::var_os(MASTER_KEY_ENV).is_some() {
+            return Err(SecretError::FromEnvironment);
+        }
+        let mut ring = Self::load(path)?;
+        ring.previous.clear();
+        write_key_file(path, &ring, true)?;
+        Ok(ring)
+    }
+
     pub fn seal(&self, purpose: &str, secret: &str) -> String {
-        let cipher = Aes256Gcm::new(&self.0);
+        let cipher = Aes256Gcm::new(&self.current);
         let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
         let ciphertext = cipher
             .encrypt(
@@ -96,25 +170,65 @@ impl MasterKey {
         B64.encode(out)
     }
 
+    /// Opens a secret sealed under any key of the ring.
     pub fn open(&self, purpose: &str, sealed: &str) -> Result<Secret, SecretError> {
         let bytes = B64.decode(sealed).map_err(|_| SecretError::Malformed)?;
         if bytes.len() < 12 + 16 {
             return Err(SecretError::Malformed);
         }
         let (nonce, ciphertext) = bytes.split_at(12);
-        let plain = Aes256Gcm::new(&self.0)
-            .decrypt(
-                Nonce::from_slice(nonce),
-                Payload {
-                    msg: ciphertext,
-                    aad: purpose.as_bytes(),
-                },
-            )
-            .map_err(|_| SecretError::WrongKey)?;
+        let plain = std::iter::once(&self.current)
+            .chain(&self.previous)
+            .find_map(|key| {
+                Aes256Gcm::new(key)
+                    .decrypt(
+                        Nonce::from_slice(nonce),
+                        Payload {
+                            msg: ciphertext,
+                            aad: purpose.as_bytes(),
+                        },
+                    )
+                    .ok()
+            })
+            .ok_or(SecretError::WrongKey)?;
         String::from_utf8(plain)
             .map(Secret)
             .map_err(|_| SecretError::Malformed)
     }
+
+    /// The secret sealed again under the current key.
+    pub fn reseal(&self, purpose: &str, sealed: &str) -> Result<String, SecretError> {
+        Ok(self.seal(purpose, self.open(purpose, sealed)?.expose()))
+    }
+}
+
+/// Writes the ring (mode 0600). `replace`: atomically over the existing file (a temporary file
+/// renamed), else only where none exists.
+fn write_key_file(
+    path: &std::path::Path,
+    key: &MasterKey,
+    replace: bool,
+) -> Result<(), SecretError> {
+    let io = |source| SecretError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let text = key.to_base64() + "\n";
+    if !replace {
+        return write_private(path, &text).map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => SecretError::Exists {
+                path: path.display().to_string(),
+            },
+            _ => io(e),
+        });
+    }
+    let temporary = path.with_extension("rotating");
+    let _ = std::fs::remove_file(&temporary);
+    write_private(&temporary, &text).map_err(io)?;
+    std::fs::rename(&temporary, path).map_err(io)
 }
 
 #[cfg(unix)]
@@ -206,6 +320,43 @@ mod tests {
             format!("{:?}", key.open("webhook_secret:a", &sealed).unwrap()),
             "Secret(redacted)"
         );
+    }
+
+    #[test]
+    fn a_rotation_keeps_every_sealed_secret_open_until_it_is_resealed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("master.key");
+        assert!(matches!(
+            MasterKey::load(&path),
+            Err(SecretError::Missing { .. })
+        ));
+        let first = MasterKey::init(&path).unwrap();
+        assert!(matches!(
+            MasterKey::init(&path),
+            Err(SecretError::Exists { .. })
+        ));
+        let sealed = first.seal("p", "shpat_plant3d");
+
+        let ring = MasterKey::rotate(&path).unwrap();
+        assert_eq!(ring.previous_keys(), 1);
+        let loaded = MasterKey::load(&path).unwrap();
+        assert_eq!(loaded.open("p", &sealed).unwrap().expose(), "shpat_plant3d");
+        let resealed = loaded.reseal("p", &sealed).unwrap();
+        assert!(matches!(
+            first.open("p", &resealed),
+            Err(SecretError::WrongKey)
+        ));
+
+        let retired = MasterKey::retire_previous(&path).unwrap();
+        assert_eq!(retired.previous_keys(), 0);
+        assert_eq!(
+            retired.open("p", &resealed).unwrap().expose(),
+            "shpat_plant3d"
+        );
+        assert!(matches!(
+            retired.open("p", &sealed),
+            Err(SecretError::WrongKey)
+        ));
     }
 
     #[test]

@@ -203,7 +203,7 @@ pub async fn reset_database(config: &Config) {
 }
 
 pub async fn load_demo_control(config: &Config, bootstrap: &str) {
-    let key = MasterKey::load(&config.secrets.master_key_file, true).expect("master key");
+    let key = MasterKey::load_or_init_for_dev(&config.secrets.master_key_file).expect("master key");
     control_files::load_stores(bootstrap, &repo_path("deploy/demo/stores.toml"), &key)
         .await
         .expect("stores");
