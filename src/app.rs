@@ -211,9 +211,13 @@ pub async fn run_processor(
 ) -> anyhow::Result<()> {
     let ready = readiness.flag("processor");
     let control = follow_stores_and_advocates(bootstrap, &shutdown).await?;
-    Processor::new(bootstrap, config.processor.clone(), control)
-        .run(ready, shutdown)
-        .await?;
+    Processor::new(
+        &config.kafka.brokers(bootstrap),
+        config.processor.clone(),
+        control,
+    )
+    .run(ready, shutdown)
+    .await?;
     Ok(())
 }
 
@@ -226,7 +230,7 @@ pub async fn run_events(
 ) -> anyhow::Result<()> {
     let repartition_ready = readiness.flag("events-repartition");
     let emit_ready = readiness.flag("events");
-    EventsStage::new(bootstrap, config.events.clone())
+    EventsStage::new(&config.kafka.brokers(bootstrap), config.events.clone())
         .run(repartition_ready, emit_ready, shutdown)
         .await?;
     Ok(())
@@ -239,7 +243,7 @@ pub async fn run_sink(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let ready = readiness.flag("sink");
-    ClickHouseSink::new(bootstrap, config.clickhouse.clone())
+    ClickHouseSink::new(&config.kafka.brokers(bootstrap), config.clickhouse.clone())
         .run(ready, shutdown)
         .await?;
     Ok(())
@@ -267,14 +271,14 @@ pub async fn run_writeback(
         shutdown.clone(),
     );
     let store_credit = StoreCreditStage::new(
-        bootstrap,
+        &config.kafka.brokers(bootstrap),
         config.store_credit.clone(),
         admin.clone(),
         control.clone(),
         master_key.clone(),
     );
     let sink = WritebackSink::new(
-        bootstrap,
+        &config.kafka.brokers(bootstrap),
         config.writeback.clone(),
         admin,
         control,

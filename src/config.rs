@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
+use tributary_schemas::kafka::{Brokers, Membership};
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -52,6 +53,29 @@ pub struct KafkaConfig {
     /// Replication factor of each topic.
     #[serde(default = "default_replication")]
     pub replication: i32,
+    /// Static group membership: a name unique to this process and stable across its restarts (a
+    /// host or pod name). A restarted service then gets its partitions back at once instead of
+    /// after its predecessor's session timeout. Unset: dynamic membership. See
+    /// `tributary_schemas::kafka::Membership`.
+    #[serde(default)]
+    pub instance_id: Option<String>,
+    /// How long a consumer may go without polling before its group evicts it (librdkafka's
+    /// `max.poll.interval.ms`; unset: 300,000). Stages keep polling while they retry.
+    #[serde(default)]
+    pub max_poll_interval_ms: Option<u64>,
+}
+
+impl KafkaConfig {
+    /// The cluster at `bootstrap_servers`, joined as this config says.
+    pub fn brokers(&self, bootstrap_servers: &str) -> Brokers {
+        Brokers {
+            bootstrap_servers: bootstrap_servers.to_owned(),
+            membership: Membership {
+                instance_id: self.instance_id.clone(),
+                max_poll_interval_ms: self.max_poll_interval_ms,
+            },
+        }
+    }
 }
 
 fn default_partitions() -> i32 {
@@ -67,6 +91,8 @@ impl Default for KafkaConfig {
             bootstrap_servers: None,
             partitions: default_partitions(),
             replication: default_replication(),
+            instance_id: None,
+            max_poll_interval_ms: None,
         }
     }
 }

@@ -12,7 +12,9 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_util::sync::CancellationToken;
 use tributary::app::follow_control;
 use tributary_schemas::control::Control;
-use tributary_schemas::kafka::{producer_config, EmbeddedBroker, GroupProgress, TopicError};
+use tributary_schemas::kafka::{
+    producer_config, Brokers, EmbeddedBroker, GroupProgress, TopicError,
+};
 use tributary_schemas::{topics, Attribution, AvroRecord, Store};
 use tributary_sinks::clickhouse::migrations::MIGRATIONS;
 use tributary_sinks::clickhouse::{ClickHouseSink, SinkError};
@@ -130,7 +132,7 @@ async fn the_sink_reads_earlier_releases_and_never_commits_past_a_record_it_cann
     )
     .await;
 
-    let sink = ClickHouseSink::new(&bootstrap, config.clickhouse.clone());
+    let sink = ClickHouseSink::new(&Brokers::new(&bootstrap), config.clickhouse.clone());
     let outcome = tokio::time::timeout(
         Duration::from_secs(60),
         sink.run(Arc::new(AtomicBool::new(false)), CancellationToken::new()),

@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tributary_schemas::changelog::{read_changelog, unrestored};
 use tributary_schemas::kafka::{
-    producer_config, received_or_warn, subscribed_member, CommitWhen, TopicError,
+    producer_config, received_or_warn, Brokers, CommitWhen, TopicError,
 };
 use tributary_schemas::topics::{self, advocate_key, customer_key, order_key};
 use tributary_schemas::{
@@ -192,14 +192,14 @@ impl CustomerEvents {
 }
 
 pub struct EventsStage {
-    bootstrap_servers: String,
+    brokers: Brokers,
     config: Config,
 }
 
 impl EventsStage {
-    pub fn new(bootstrap_servers: &str, config: Config) -> Self {
+    pub fn new(brokers: &Brokers, config: Config) -> Self {
         Self {
-            bootstrap_servers: bootstrap_servers.to_owned(),
+            brokers: brokers.clone(),
             config,
         }
     }
@@ -229,9 +229,9 @@ impl EventsStage {
             Loop::Repartition => (&self.config.repartition_group_id, topics::ATTRIBUTIONS),
             Loop::Emit => (&self.config.group_id, topics::ORDERS_BY_CUSTOMER),
         };
-        let consumer = subscribed_member(&self.bootstrap_servers, group, input, ready)?;
+        let consumer = self.brokers.member(group, input, ready)?;
         let producer: FutureProducer =
-            producer_config(&self.bootstrap_servers, Duration::from_secs(30)).create()?;
+            producer_config(&self.brokers.bootstrap_servers, Duration::from_secs(30)).create()?;
         let mut states: HashMap<i32, CustomerEvents> = HashMap::new();
         let mut in_flight: Vec<DeliveryFuture> = Vec::new();
         let mut done: HashMap<i32, i64> = HashMap::new();
@@ -297,7 +297,7 @@ impl EventsStage {
         partitions: Vec<i32>,
     ) -> Result<HashMap<i32, CustomerEvents>, ProcessorError> {
         let events: HashMap<i32, Vec<CustomerEvent>> =
-            read_changelog(&self.bootstrap_servers, topics::EVENTS, partitions).await?;
+            read_changelog(&self.brokers.bootstrap_servers, topics::EVENTS, partitions).await?;
         let states: HashMap<i32, CustomerEvents> = events
             .into_iter()
             .map(|(partition, events)| (partition, CustomerEvents::restore(events)))

@@ -21,8 +21,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tributary_schemas::changelog::{read_changelog, unrestored};
 use tributary_schemas::kafka::{
-    now_ms, producer_config, received_or_warn, subscribed_member, CommitWhen, DeadLetterRecord,
-    TopicError,
+    now_ms, producer_config, received_or_warn, Brokers, CommitWhen, DeadLetterRecord, TopicError,
 };
 use tributary_schemas::topics::{self, order_key};
 use tributary_schemas::{Attribution, AvroRecord, OrderEvent, Store, WebhookEnvelope};
@@ -90,15 +89,15 @@ pub enum ProcessorError {
 }
 
 pub struct Processor {
-    bootstrap_servers: String,
+    brokers: Brokers,
     config: Config,
     control: Arc<RwLock<Control>>,
 }
 
 impl Processor {
-    pub fn new(bootstrap_servers: &str, config: Config, control: Arc<RwLock<Control>>) -> Self {
+    pub fn new(brokers: &Brokers, config: Config, control: Arc<RwLock<Control>>) -> Self {
         Self {
-            bootstrap_servers: bootstrap_servers.to_owned(),
+            brokers: brokers.clone(),
             config,
             control,
         }
@@ -111,14 +110,11 @@ impl Processor {
         shutdown: CancellationToken,
     ) -> Result<(), ProcessorError> {
         // Ready once the group has assigned this member its partitions (possibly none).
-        let consumer = subscribed_member(
-            &self.bootstrap_servers,
-            &self.config.group_id,
-            topics::WEBHOOKS,
-            ready,
-        )?;
+        let consumer = self
+            .brokers
+            .member(&self.config.group_id, topics::WEBHOOKS, ready)?;
         let producer: FutureProducer =
-            producer_config(&self.bootstrap_servers, Duration::from_secs(30)).create()?;
+            producer_config(&self.brokers.bootstrap_servers, Duration::from_secs(30)).create()?;
         let mut states: HashMap<i32, PartitionState> = HashMap::new();
         let mut in_flight: Vec<DeliveryFuture> = Vec::new();
         let mut done: HashMap<i32, i64> = HashMap::new();
@@ -194,8 +190,12 @@ impl Processor {
         watermarks: HashMap<i32, i64>,
     ) -> Result<HashMap<i32, PartitionState>, ProcessorError> {
         let started = std::time::Instant::now();
-        let records: HashMap<i32, Vec<Attribution>> =
-            read_changelog(&self.bootstrap_servers, topics::ATTRIBUTIONS, partitions).await?;
+        let records: HashMap<i32, Vec<Attribution>> = read_changelog(
+            &self.brokers.bootstrap_servers,
+            topics::ATTRIBUTIONS,
+            partitions,
+        )
+        .await?;
         let states: HashMap<i32, PartitionState> = records
             .into_iter()
             .map(|(partition, records)| {

@@ -120,18 +120,58 @@ impl ConsumerContext for GroupMember {
     }
 }
 
-/// A member of `group` subscribed to `topic`; `ready` turns true once the group has given it its
-/// partitions (possibly none).
-pub fn subscribed_member(
-    bootstrap_servers: &str,
-    group: &str,
-    topic: &str,
-    ready: Arc<AtomicBool>,
-) -> rdkafka::error::KafkaResult<Arc<StreamConsumer<GroupMember>>> {
-    let consumer: StreamConsumer<GroupMember> =
-        consumer_config(bootstrap_servers, group).create_with_context(GroupMember::new(ready))?;
-    consumer.subscribe(&[topic])?;
-    Ok(Arc::new(consumer))
+/// How a service's consumers take part in their groups (from `[kafka]` in the config file).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Membership {
+    /// Static group membership (Kafka's KIP-345, `group.instance.id`): a member that restarts
+    /// under the same id gets its partitions back at once, instead of after its predecessor's
+    /// session times out. Each group's member id is `<instance_id>.<group>`, so the id must be
+    /// unique per running process (a host or pod name) and stable across its restarts. `None`:
+    /// dynamic membership.
+    pub instance_id: Option<String>,
+    /// librdkafka's `max.poll.interval.ms`: a member that does not poll for this long leaves its
+    /// group. The stages keep polling while they retry, so it bounds only a stuck process.
+    /// `None`: librdkafka's default (300,000).
+    pub max_poll_interval_ms: Option<u64>,
+}
+
+/// The Kafka cluster a stage works with: where it is, and how the stage's consumers join their
+/// groups.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Brokers {
+    pub bootstrap_servers: String,
+    pub membership: Membership,
+}
+
+impl Brokers {
+    /// A cluster joined with dynamic membership and librdkafka's defaults.
+    pub fn new(bootstrap_servers: &str) -> Self {
+        Self {
+            bootstrap_servers: bootstrap_servers.to_owned(),
+            membership: Membership::default(),
+        }
+    }
+
+    /// A member of `group` subscribed to `topic`; `ready` turns true once the group has given
+    /// it its partitions (possibly none).
+    pub fn member(
+        &self,
+        group: &str,
+        topic: &str,
+        ready: Arc<AtomicBool>,
+    ) -> rdkafka::error::KafkaResult<Arc<StreamConsumer<GroupMember>>> {
+        let mut config = consumer_config(&self.bootstrap_servers, group);
+        if let Some(instance) = &self.membership.instance_id {
+            config.set("group.instance.id", format!("{instance}.{group}"));
+        }
+        if let Some(interval) = self.membership.max_poll_interval_ms {
+            config.set("max.poll.interval.ms", interval.to_string());
+        }
+        let consumer: StreamConsumer<GroupMember> =
+            config.create_with_context(GroupMember::new(ready))?;
+        consumer.subscribe(&[topic])?;
+        Ok(Arc::new(consumer))
+    }
 }
 
 /// Whether a consumer loop is running or stopping when it commits.

@@ -19,7 +19,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tributary_schemas::kafka::{
-    commit_offsets, received_or_warn, subscribed_member, CommitWhen, GroupMember, TopicError,
+    commit_offsets, received_or_warn, Brokers, CommitWhen, GroupMember, TopicError,
 };
 use tributary_schemas::{topics, Attribution, AvroRecord};
 
@@ -168,14 +168,14 @@ impl Config {
 }
 
 pub struct ClickHouseSink {
-    bootstrap_servers: String,
+    brokers: Brokers,
     config: Config,
 }
 
 impl ClickHouseSink {
-    pub fn new(bootstrap_servers: &str, config: Config) -> Self {
+    pub fn new(brokers: &Brokers, config: Config) -> Self {
         Self {
-            bootstrap_servers: bootstrap_servers.to_owned(),
+            brokers: brokers.clone(),
             config,
         }
     }
@@ -186,12 +186,9 @@ impl ClickHouseSink {
         shutdown: CancellationToken,
     ) -> Result<(), SinkError> {
         self.migrate_until_up(&shutdown).await;
-        let consumer = subscribed_member(
-            &self.bootstrap_servers,
-            &self.config.group_id,
-            topics::ATTRIBUTIONS,
-            ready,
-        )?;
+        let consumer = self
+            .brokers
+            .member(&self.config.group_id, topics::ATTRIBUTIONS, ready)?;
         let client = self.config.client();
         let mut batch = Batch::default();
         let mut offsets: HashMap<i32, i64> = HashMap::new();

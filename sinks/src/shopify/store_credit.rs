@@ -39,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 use tributary_schemas::changelog::{read_changelog, unrestored};
 use tributary_schemas::control::Control;
 use tributary_schemas::kafka::{
-    commit_offsets, now_ms, producer_config, received_or_warn, send_dead_letter, subscribed_member,
+    commit_offsets, now_ms, producer_config, received_or_warn, send_dead_letter, Brokers,
     CommitWhen, GroupMember, TopicError,
 };
 use tributary_schemas::secrets::MasterKey;
@@ -326,7 +326,7 @@ struct Push<'a> {
 }
 
 pub struct StoreCreditStage {
-    bootstrap_servers: String,
+    brokers: Brokers,
     config: StoreCreditConfig,
     admin: Arc<AdminClient>,
     control: Arc<RwLock<Control>>,
@@ -335,14 +335,14 @@ pub struct StoreCreditStage {
 
 impl StoreCreditStage {
     pub fn new(
-        bootstrap_servers: &str,
+        brokers: &Brokers,
         config: StoreCreditConfig,
         admin: Arc<AdminClient>,
         control: Arc<RwLock<Control>>,
         master_key: MasterKey,
     ) -> Self {
         Self {
-            bootstrap_servers: bootstrap_servers.to_owned(),
+            brokers: brokers.clone(),
             config,
             admin,
             control,
@@ -358,10 +358,9 @@ impl StoreCreditStage {
         shutdown: CancellationToken,
     ) -> Result<(), StoreCreditError> {
         let input = topics::REWARDS_BY_ADVOCATE;
-        let consumer =
-            subscribed_member(&self.bootstrap_servers, &self.config.group_id, input, ready)?;
+        let consumer = self.brokers.member(&self.config.group_id, input, ready)?;
         let producer: FutureProducer =
-            producer_config(&self.bootstrap_servers, Duration::from_secs(30)).create()?;
+            producer_config(&self.brokers.bootstrap_servers, Duration::from_secs(30)).create()?;
         let mut states: HashMap<i32, Pushes> = HashMap::new();
         let mut done: HashMap<i32, i64> = HashMap::new();
         let mut tick = tokio::time::interval(Duration::from_millis(self.config.commit_interval_ms));
@@ -398,8 +397,12 @@ impl StoreCreditStage {
     }
 
     async fn restore(&self, partitions: Vec<i32>) -> Result<HashMap<i32, Pushes>, TopicError> {
-        let records: HashMap<i32, Vec<StoreCreditPush>> =
-            read_changelog(&self.bootstrap_servers, topics::STORE_CREDITS, partitions).await?;
+        let records: HashMap<i32, Vec<StoreCreditPush>> = read_changelog(
+            &self.brokers.bootstrap_servers,
+            topics::STORE_CREDITS,
+            partitions,
+        )
+        .await?;
         let states: HashMap<i32, Pushes> = records
             .into_iter()
             .map(|(partition, records)| {

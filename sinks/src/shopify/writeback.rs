@@ -29,8 +29,8 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tributary_schemas::control::Control;
 use tributary_schemas::kafka::{
-    commit_offsets, producer_config, received_or_warn, send_dead_letter, subscribed_member,
-    CommitWhen, GroupMember, TopicError,
+    commit_offsets, producer_config, received_or_warn, send_dead_letter, Brokers, CommitWhen,
+    GroupMember, TopicError,
 };
 use tributary_schemas::secrets::MasterKey;
 use tributary_schemas::{topics, Attribution, AvroRecord, Outcome, StoreStatus};
@@ -211,7 +211,7 @@ struct Pending {
 }
 
 pub struct WritebackSink {
-    bootstrap_servers: String,
+    brokers: Brokers,
     config: WritebackConfig,
     admin: Arc<AdminClient>,
     control: Arc<RwLock<Control>>,
@@ -223,14 +223,14 @@ pub struct WritebackSink {
 
 impl WritebackSink {
     pub fn new(
-        bootstrap_servers: &str,
+        brokers: &Brokers,
         config: WritebackConfig,
         admin: Arc<AdminClient>,
         control: Arc<RwLock<Control>>,
         master_key: MasterKey,
     ) -> Self {
         Self {
-            bootstrap_servers: bootstrap_servers.to_owned(),
+            brokers: brokers.clone(),
             config,
             admin,
             control,
@@ -244,14 +244,11 @@ impl WritebackSink {
         ready: Arc<AtomicBool>,
         shutdown: CancellationToken,
     ) -> Result<(), WritebackError> {
-        let consumer = subscribed_member(
-            &self.bootstrap_servers,
-            &self.config.group_id,
-            topics::ATTRIBUTIONS,
-            ready,
-        )?;
+        let consumer = self
+            .brokers
+            .member(&self.config.group_id, topics::ATTRIBUTIONS, ready)?;
         let producer: FutureProducer =
-            producer_config(&self.bootstrap_servers, Duration::from_secs(30)).create()?;
+            producer_config(&self.brokers.bootstrap_servers, Duration::from_secs(30)).create()?;
         let mut batch: HashMap<(String, u64), Pending> = HashMap::new();
         let mut offsets: HashMap<i32, i64> = HashMap::new();
         let mut tick = tokio::time::interval(Duration::from_millis(self.config.batch_ms));
