@@ -72,13 +72,15 @@ pub fn consumer_config(bootstrap_servers: &str, group: &str) -> ClientConfig {
 /// The consumer context of a group member: it is ready once the group has given it its first
 /// assignment (possibly empty), and it notes revoked partitions so their owner can drop state.
 pub struct GroupMember {
+    group: String,
     ready: Arc<AtomicBool>,
     revoked: Mutex<Vec<i32>>,
 }
 
 impl GroupMember {
-    pub fn new(ready: Arc<AtomicBool>) -> Self {
+    pub fn new(group: &str, ready: Arc<AtomicBool>) -> Self {
         Self {
+            group: group.to_owned(),
             ready,
             revoked: Mutex::new(Vec::new()),
         }
@@ -95,6 +97,9 @@ impl ClientContext for GroupMember {}
 impl ConsumerContext for GroupMember {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(partitions) = rebalance {
+            // Counted per group: a member evicted for not polling shows here.
+            metrics::counter!("tributary_group_revoked_partitions_total", "group" => self.group.clone())
+                .increment(partitions.count() as u64);
             self.revoked
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -168,9 +173,73 @@ impl Brokers {
             config.set("max.poll.interval.ms", interval.to_string());
         }
         let consumer: StreamConsumer<GroupMember> =
-            config.create_with_context(GroupMember::new(ready))?;
+            config.create_with_context(GroupMember::new(group, ready))?;
         consumer.subscribe(&[topic])?;
         Ok(Arc::new(consumer))
+    }
+}
+
+/// A member's partitions paused while its stage retries (ClickHouse down, Shopify throttling):
+/// the stage keeps polling through [`PausedMember::wait`], so the group never takes the member
+/// for wedged and evicts it (`max.poll.interval.ms`) while it still works on its partitions.
+/// Records that were already fetched arrive anyway; they are dropped and each partition is
+/// rewound to its first dropped record on [`PausedMember::resume`], so nothing is skipped.
+pub struct PausedMember<'a, C: ConsumerContext + 'static> {
+    consumer: &'a StreamConsumer<C>,
+    paused: TopicPartitionList,
+    /// The first record dropped per (topic, partition).
+    rewind: std::collections::HashMap<(String, i32), i64>,
+}
+
+impl<'a, C: ConsumerContext + 'static> PausedMember<'a, C> {
+    /// Pauses every partition assigned to `consumer`.
+    pub fn pause(consumer: &'a StreamConsumer<C>) -> Self {
+        let paused = consumer.assignment().unwrap_or_default();
+        if let Err(error) = consumer.pause(&paused) {
+            tracing::warn!(%error, "pausing partitions failed; records read while retrying are rewound");
+        }
+        Self {
+            consumer,
+            paused,
+            rewind: std::collections::HashMap::new(),
+        }
+    }
+
+    /// Waits `duration` while polling the consumer.
+    pub async fn wait(&mut self, duration: Duration) {
+        let sleep = tokio::time::sleep(duration);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = &mut sleep => return,
+                received = self.consumer.recv() => {
+                    if let Some(message) = received_or_warn(received) {
+                        self.rewind
+                            .entry((message.topic().to_owned(), message.partition()))
+                            .or_insert(message.offset());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Resumes the paused partitions and rewinds those that delivered records meanwhile.
+    pub fn resume(self) {
+        if let Err(error) = self.consumer.resume(&self.paused) {
+            tracing::warn!(%error, "resuming partitions failed");
+        }
+        for ((topic, partition), offset) in self.rewind {
+            if let Err(error) = self.consumer.seek(
+                &topic,
+                partition,
+                Offset::Offset(offset),
+                Duration::from_secs(10),
+            ) {
+                // Only a partition revoked meanwhile cannot be rewound; its new owner reads it
+                // from the last commit.
+                tracing::warn!(%topic, partition, offset, %error, "rewinding a partition failed");
+            }
+        }
     }
 }
 

@@ -19,7 +19,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tributary_schemas::kafka::{
-    commit_offsets, received_or_warn, Brokers, CommitWhen, GroupMember, TopicError,
+    commit_offsets, received_or_warn, Brokers, CommitWhen, GroupMember, PausedMember, TopicError,
 };
 use tributary_schemas::{topics, Attribution, AvroRecord};
 
@@ -292,6 +292,9 @@ async fn flush(
         return Ok(());
     }
     let mut backoff = Backoff::default();
+    // While ClickHouse refuses, the partitions are paused and the consumer polled, so the group
+    // keeps this member (max.poll.interval.ms) and nobody else writes its partitions meanwhile.
+    let mut paused: Option<PausedMember<'_, GroupMember>> = None;
     while !batch.is_empty() {
         match batch.insert(client).await {
             Ok(()) => {
@@ -306,7 +309,8 @@ async fn flush(
                     // Leave the offsets uncommitted: the next run inserts this batch again.
                     return Ok(());
                 }
-                backoff.wait().await;
+                let paused = paused.get_or_insert_with(|| PausedMember::pause(consumer));
+                paused.wait(backoff.next()).await;
             }
         }
     }
@@ -316,6 +320,9 @@ async fn flush(
     }
     // Rows after the last successful commit are inserted again, which is harmless.
     commit_offsets(consumer, list, when).await;
+    if let Some(paused) = paused {
+        paused.resume();
+    }
     Ok(())
 }
 
@@ -344,8 +351,14 @@ impl Default for Backoff {
 }
 
 impl Backoff {
-    async fn wait(&mut self) {
-        tokio::time::sleep(self.0).await;
+    /// The pause before the next attempt.
+    fn next(&mut self) -> Duration {
+        let pause = self.0;
         self.0 = (self.0 * 2).min(Duration::from_secs(5));
+        pause
+    }
+
+    async fn wait(&mut self) {
+        tokio::time::sleep(self.next()).await;
     }
 }

@@ -15,11 +15,13 @@
 //!   merged into the merchant's note (`orderUpdate`).
 
 use std::collections::HashMap;
+use std::num::NonZeroUsize;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use futures::StreamExt;
+use lru::LruCache;
 use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::FutureProducer;
@@ -57,6 +59,10 @@ pub struct WritebackConfig {
     /// How often stores with `features.auto_mint_codes` are checked for active advocates without
     /// a code (an advocate activated since is minted one).
     pub auto_mint_interval_ms: u64,
+    /// Orders whose last write is remembered, so that a revision changing nothing Shopify shows
+    /// costs no read; the least recently written are forgotten past this many (about 200 bytes
+    /// each), which costs one read when they change again.
+    pub applied_cache_orders: NonZeroUsize,
 }
 
 impl Default for WritebackConfig {
@@ -68,6 +74,7 @@ impl Default for WritebackConfig {
             batch_ms: 200,
             link_template: "https://{shop}/?ref={identifier}".into(),
             auto_mint_interval_ms: 10_000,
+            applied_cache_orders: NonZeroUsize::new(100_000).expect("non-zero"),
         }
     }
 }
@@ -217,8 +224,9 @@ pub struct WritebackSink {
     control: Arc<RwLock<Control>>,
     master_key: MasterKey,
     /// What this process last wrote (or found) per order, so a revision that changes nothing
-    /// Shopify shows (a refund, a reward) costs no read. Lost on restart, which only costs reads.
-    applied: Mutex<HashMap<(String, u64), Wanted>>,
+    /// Shopify shows (a refund, a reward) costs no read. Bounded (least recently written go
+    /// first) and lost on restart, which only costs reads.
+    applied: Mutex<LruCache<(String, u64), Wanted>>,
 }
 
 impl WritebackSink {
@@ -231,11 +239,11 @@ impl WritebackSink {
     ) -> Self {
         Self {
             brokers: brokers.clone(),
+            applied: Mutex::new(LruCache::new(config.applied_cache_orders)),
             config,
             admin,
             control,
             master_key,
-            applied: Mutex::new(HashMap::new()),
         }
     }
 
@@ -445,7 +453,7 @@ impl WritebackSink {
         self.applied
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(key, wanted);
+            .put(key, wanted);
         Ok(())
     }
 
