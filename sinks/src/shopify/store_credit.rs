@@ -40,7 +40,7 @@ use tributary_schemas::changelog::{read_changelog, unrestored};
 use tributary_schemas::control::Control;
 use tributary_schemas::kafka::{
     commit_offsets, now_ms, producer_config, received_or_warn, send_dead_letter, Brokers,
-    CommitWhen, GroupMember, TopicError,
+    CommitWhen, GroupMember, PausedMember, TopicError,
 };
 use tributary_schemas::secrets::MasterKey;
 use tributary_schemas::{
@@ -204,6 +204,9 @@ struct TransactionId {
 enum Interrupted {
     /// The stage is stopping; the record stays uncommitted.
     Stopping,
+    /// The group gave the record's partition to another member: this one pushes nothing more for
+    /// it (the new owner settles any doubt from the account), and the record stays uncommitted.
+    Revoked,
     Failed(StoreCreditError),
 }
 
@@ -383,11 +386,14 @@ impl StoreCreditStage {
                         states.extend(self.restore(missing).await?);
                     }
                     let pushes = states.entry(partition).or_default();
-                    match self.handle(&message, pushes, &producer, &shutdown).await {
+                    match self.handle(&consumer, &message, pushes, &producer, &shutdown).await {
                         Ok(()) => {
                             done.insert(partition, message.offset() + 1);
                         }
                         Err(Interrupted::Stopping) => break,
+                        Err(Interrupted::Revoked) => {
+                            tracing::warn!(partition, offset = message.offset(), "partition revoked while pushing; left to its new owner");
+                        }
                         Err(Interrupted::Failed(error)) => return Err(error),
                     }
                 }
@@ -424,6 +430,7 @@ impl StoreCreditStage {
     /// Every push the record implies for its advocate, in ledger order, each to an outcome.
     async fn handle(
         &self,
+        consumer: &StreamConsumer<GroupMember>,
         message: &BorrowedMessage<'_>,
         pushes: &mut Pushes,
         producer: &FutureProducer,
@@ -481,7 +488,10 @@ impl StoreCreditStage {
                 advocate_id,
                 movement,
             };
-            let reason = match self.push(&push, pushes, producer, shutdown).await? {
+            let reason = match self
+                .push(consumer, &push, pushes, producer, shutdown)
+                .await?
+            {
                 Attempt::Recorded { state, reason } => {
                     metrics::counter!("tributary_store_credit_pushes_total", "state" => format!("{state:?}")).increment(1);
                     (state == StoreCreditState::Refused).then_some(reason)
@@ -513,37 +523,53 @@ impl StoreCreditStage {
 
     /// Brings one movement to an outcome recorded in the changelog, or to a reason it cannot be
     /// pushed now; retries what is worth retrying until then.
+    ///
+    /// While it retries, the member's partitions are paused and the consumer polled, so the group
+    /// keeps it; and before every attempt it checks that it still owns the advocate's partition,
+    /// so that two members never move the same money (one writer per advocate).
     async fn push(
         &self,
+        consumer: &StreamConsumer<GroupMember>,
         push: &Push<'_>,
         pushes: &mut Pushes,
         producer: &FutureProducer,
         shutdown: &CancellationToken,
     ) -> Result<Attempt, Interrupted> {
         let mut pause = Duration::from_millis(500);
-        loop {
+        let mut paused: Option<PausedMember<'_, GroupMember>> = None;
+        let outcome = loop {
             if shutdown.is_cancelled() {
-                return Err(Interrupted::Stopping);
+                break Err(Interrupted::Stopping);
+            }
+            if !owns(consumer, push.partition) {
+                break Err(Interrupted::Revoked);
             }
             let attempt = tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => return Err(Interrupted::Stopping),
-                attempt = self.attempt(push, pushes, producer) => attempt?,
+                _ = shutdown.cancelled() => break Err(Interrupted::Stopping),
+                attempt = self.attempt(push, pushes, producer) => attempt,
             };
             match attempt {
-                Attempt::Retry(why) => {
+                Ok(Attempt::Retry(why)) => {
                     tracing::warn!(
                         shop = push.shop,
                         entry = push.movement.entry_id,
                         why,
                         "store credit push failed; retrying"
                     );
-                    tokio::time::sleep(pause).await;
+                    paused
+                        .get_or_insert_with(|| PausedMember::pause(consumer))
+                        .wait(pause)
+                        .await;
                     pause = (pause * 2).min(Duration::from_secs(30));
                 }
-                done => return Ok(done),
+                done => break done,
             }
+        };
+        if let Some(paused) = paused {
+            paused.resume();
         }
+        outcome
     }
 
     /// One try: settle an earlier doubt, else write `PENDING`, call, write the outcome.
@@ -744,6 +770,15 @@ impl StoreCreditStage {
         pushes.insert(record.entry_id.clone(), record.clone());
         Ok(record)
     }
+}
+
+/// Whether the group still assigns `partition` of the input to this member.
+fn owns(consumer: &StreamConsumer<GroupMember>, partition: i32) -> bool {
+    consumer.assignment().is_ok_and(|assignment| {
+        assignment
+            .find_partition(topics::REWARDS_BY_ADVOCATE, partition)
+            .is_some()
+    })
 }
 
 #[cfg(test)]

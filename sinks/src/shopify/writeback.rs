@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tributary_schemas::control::Control;
 use tributary_schemas::kafka::{
     commit_offsets, producer_config, received_or_warn, send_dead_letter, Brokers, CommitWhen,
-    GroupMember, TopicError,
+    GroupMember, PausedMember, TopicError,
 };
 use tributary_schemas::secrets::MasterKey;
 use tributary_schemas::{topics, Attribution, AvroRecord, Outcome, StoreStatus};
@@ -320,6 +320,9 @@ impl WritebackSink {
         when: CommitWhen,
     ) -> Result<bool, WritebackError> {
         let mut pause = Duration::from_millis(500);
+        // While a batch is retried its partitions are paused and the consumer polled, so the
+        // group keeps this member however long Shopify refuses.
+        let mut paused: Option<PausedMember<'_, GroupMember>> = None;
         while !batch.is_empty() {
             // Owned items: a stream over borrowed ones does not make a `Send` future.
             let work: Vec<((String, u64), Attribution)> = batch
@@ -366,7 +369,10 @@ impl WritebackSink {
                 if shutdown.is_cancelled() {
                     return Ok(false);
                 }
-                tokio::time::sleep(pause).await;
+                paused
+                    .get_or_insert_with(|| PausedMember::pause(consumer))
+                    .wait(pause)
+                    .await;
                 pause = (pause * 2).min(Duration::from_secs(30));
             }
         }
@@ -376,6 +382,9 @@ impl WritebackSink {
                 list.add_partition_offset(topics::ATTRIBUTIONS, partition, Offset::Offset(next))?;
             }
             commit_offsets(consumer, list, when).await;
+        }
+        if let Some(paused) = paused {
+            paused.resume();
         }
         Ok(true)
     }
