@@ -5,5 +5,7 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 scripts/clickhouse.sh start
 export TRIBUTARY_CH_URL=${TRIBUTARY_CH_URL:-$(scripts/clickhouse.sh url)}
+cargo fmt --all --check
+cargo clippy --release --workspace --all-targets -- -D warnings
 cargo build --release --bins
 cargo test --release --workspace --all-targets -- --test-threads=4
