@@ -597,12 +597,106 @@ fn held_order_bytes(plan: &Plan) -> f64 {
     let before = rss_kib("VmRSS:");
     let mut state = PartitionState::default();
     for (offset, event) in events.iter().enumerate() {
-        state.apply(event, offset as i64, i64::MAX / 2, never_asked);
+        // Held, never settled: nothing is read from disk, so nothing can fail.
+        let _ = state.apply(event, offset as i64, i64::MAX / 2, never_asked);
     }
     let grown_kib = rss_kib("VmRSS:").saturating_sub(before);
     let held = state.held_len().max(1);
     drop(state);
     grown_kib as f64 * 1024.0 / held as f64
+}
+
+/// What `tributary bench --settled-orders N` measures: settled orders kept on disk.
+#[derive(Debug)]
+pub struct SettledStateReport {
+    pub orders: usize,
+    /// Orders written through the store, as a restore from the changelog writes them.
+    pub write_orders_per_s: f64,
+    /// Resident set growth per order while writing them (above redb's fixed page cache).
+    pub disk_bytes_per_order: f64,
+    /// The same orders' resident set growth per order in memory (no state_dir), on a sample.
+    pub memory_bytes_per_order: f64,
+    pub memory_sample: usize,
+    /// Peak resident set of the process, KiB.
+    pub peak_rss_kib: u64,
+    /// A restart: opening the store, its changelog offset and a first order, ms.
+    pub reopen_ms: f64,
+    pub file_bytes: u64,
+}
+
+/// Writes `orders` settled orders (copies of one realistic attribution with distinct ids) into an
+/// on-disk store in `dir` as a restore does, then reopens it as a restarted processor would.
+pub fn settled_state(
+    plan: &Plan,
+    orders: usize,
+    dir: &std::path::Path,
+) -> anyhow::Result<SettledStateReport> {
+    use tributary_processors::settled::{SettledOrders, StateStore};
+    use tributary_processors::state::Applied;
+    let event = plan
+        .orders
+        .iter()
+        .filter_map(|deliveries| deliveries.first())
+        .find_map(|delivery| match normalize(&delivery.envelope()) {
+            Ok(Normalized::Order(event)) => Some(event),
+            _ => None,
+        })
+        .context("the plan has no order")?;
+    let Applied::Changed(template) = PartitionState::default().apply(&event, 0, 0, never_asked)?
+    else {
+        anyhow::bail!("the order did not settle");
+    };
+    let copy = |i: usize| {
+        let mut record = (*template).clone();
+        record.order_id = 5_000_000_000_000_000_000 + i as u64;
+        record
+    };
+
+    let sample = orders.min(100_000);
+    let before = rss_kib("VmRSS:");
+    let in_memory = PartitionState::restore((0..sample).map(copy), 0);
+    let memory_bytes_per_order =
+        rss_kib("VmRSS:").saturating_sub(before) as f64 * 1024.0 / sample.max(1) as f64;
+    drop(in_memory);
+
+    let store = StateStore::open(dir)?;
+    let mut settled = SettledOrders::on_disk(store.clone(), 0);
+    let before = rss_kib("VmRSS:");
+    let started = Instant::now();
+    for i in 0..orders {
+        settled.absorb(copy(i))?;
+        if settled.in_memory() >= 20_000 {
+            settled.flush(i as i64 + 1)?;
+        }
+    }
+    settled.flush(orders as i64)?;
+    let write_orders_per_s = orders as f64 / started.elapsed().as_secs_f64();
+    let disk_bytes_per_order =
+        rss_kib("VmRSS:").saturating_sub(before) as f64 * 1024.0 / orders.max(1) as f64;
+    drop((settled, store));
+
+    let started = Instant::now();
+    let store = StateStore::open(dir)?;
+    let next = store.changelog_next(0)?;
+    let mut settled = SettledOrders::on_disk(store, 0);
+    let key =
+        tributary_schemas::topics::order_key(&template.shop_domain, copy(orders / 2).order_id);
+    let found = settled.get_mut(&key)?.is_some();
+    let reopen_ms = started.elapsed().as_secs_f64() * 1000.0;
+    anyhow::ensure!(
+        found && next == Some(orders as i64),
+        "the reopened store lost orders"
+    );
+    Ok(SettledStateReport {
+        orders,
+        write_orders_per_s,
+        disk_bytes_per_order,
+        memory_bytes_per_order,
+        memory_sample: sample,
+        peak_rss_kib: peak_rss_kib(),
+        reopen_ms,
+        file_bytes: std::fs::metadata(dir.join("settled.redb"))?.len(),
+    })
 }
 
 /// `apply` judges an order only when it settles at once, never while holding it.

@@ -339,6 +339,10 @@ struct BenchArgs {
     /// Orders started per second in the end-to-end stage.
     #[arg(long, default_value_t = 200.0)]
     live_rate: f64,
+    /// Measure only the on-disk state of settled orders, with this many orders: memory per
+    /// order on disk and in memory, write rate, restart to the first order.
+    #[arg(long)]
+    settled_orders: Option<usize>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -586,6 +590,27 @@ async fn run() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Demo(args) => demo(config, args, shutdown).await,
+        Command::Bench(args) if args.settled_orders.is_some() => {
+            let orders = args.settled_orders.unwrap_or_default();
+            let stores = control_files::StoresFile::read(&args.generate.stores)?.store;
+            let advocates = control_files::read_advocates(&args.generate.advocates)?;
+            let plan = generate::plan(&stores, &advocates, 1, args.generate.seed)?;
+            let dir = tempfile_dir()?;
+            let r = bench::settled_state(&plan, orders, &dir)?;
+            let _ = std::fs::remove_dir_all(&dir);
+            println!(
+                "settled orders: {}\n  on disk: {:.0} bytes/order of resident memory growth (redb page cache included, capped at 64 MiB), {:.0} orders/s written, file {:.0} bytes/order\n  in memory (no state_dir, {} orders): {:.0} bytes/order\n  restart to the first order: {:.1} ms\n  peak RSS: {} MiB",
+                r.orders,
+                r.disk_bytes_per_order,
+                r.write_orders_per_s,
+                r.file_bytes as f64 / r.orders.max(1) as f64,
+                r.memory_sample,
+                r.memory_bytes_per_order,
+                r.reopen_ms,
+                r.peak_rss_kib / 1024
+            );
+            Ok(())
+        }
         Command::Bench(args) => {
             // The throughput stages run without settle delays (held orders would wait for the
             // idle tick); the memory of held orders is measured on its own.
@@ -615,6 +640,13 @@ async fn run() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// A fresh directory under the system's temporary directory.
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("tributary-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
 }
 
 fn bootstrap(config: &Config) -> anyhow::Result<String> {

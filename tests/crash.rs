@@ -140,6 +140,12 @@ async fn killing_ingest_processor_and_sink_at_random_keeps_totals_exact() {
                 "TRIBUTARY_PROCESSOR__COMMIT_INTERVAL_MS".into(),
                 "300".into(),
             ),
+            // Settled orders on disk: each restart after a kill -9 reads the store and the
+            // changelog's tail, never the whole history.
+            (
+                "TRIBUTARY_PROCESSOR__STATE_DIR".into(),
+                dir.path().join("processor-state").display().to_string(),
+            ),
             // Longer than ingest takes to come back, so a tick only settles orders whose every
             // version has been sent (the generator retries through the outage).
             ("TRIBUTARY_PROCESSOR__IDLE_TICK_MS".into(), "5000".into()),

@@ -18,4 +18,5 @@ pub mod normalize;
 pub mod output;
 pub mod rewards;
 pub mod runner;
+pub mod settled;
 pub mod state;

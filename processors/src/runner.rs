@@ -21,7 +21,8 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tributary_schemas::changelog::{read_changelog, unrestored};
 use tributary_schemas::kafka::{
-    now_ms, producer_config, received_or_warn, Brokers, CommitWhen, DeadLetterRecord, TopicError,
+    now_ms, producer_config, read_partitions_from, received_or_warn, Brokers, CommitWhen,
+    DeadLetterRecord, TopicError,
 };
 use tributary_schemas::topics::{self, order_key};
 use tributary_schemas::{Attribution, AvroRecord, OrderEvent, Store, WebhookEnvelope};
@@ -30,6 +31,7 @@ use crate::attribution::{decide, manual};
 use crate::dedup::Verdict;
 use crate::normalize::{normalize, ApprovalCommand, ManualCommand, Normalized, RefundEvent};
 use crate::output::{commit_done, send, Output};
+use crate::settled::{SettledOrders, StateStore, StateStoreError};
 use crate::state::{Applied, PartitionState};
 use tributary_schemas::control::Control;
 
@@ -51,6 +53,13 @@ pub struct Config {
     /// still settle. The tick is in the topic, so a replay settles exactly as the first run did.
     #[serde(default = "default_idle_tick_ms")]
     pub idle_tick_ms: u64,
+    /// Where settled orders are kept on disk (`settled.redb`, see `processors::settled`), with
+    /// `tributary.attributions` as the changelog: memory stays bounded as orders accumulate and a
+    /// restart reads only the changelog's tail. One directory per processor process. Unset: in
+    /// memory, rebuilt from the whole changelog on every restart (the embedded broker's mode,
+    /// whose log does not outlive the process).
+    #[serde(default)]
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 fn default_group() -> String {
@@ -73,6 +82,7 @@ impl Default for Config {
             commit_interval_ms: default_commit_interval_ms(),
             max_in_flight: default_max_in_flight(),
             idle_tick_ms: default_idle_tick_ms(),
+            state_dir: None,
         }
     }
 }
@@ -86,6 +96,8 @@ pub enum ProcessorError {
     Topic(#[from] TopicError),
     #[error("a produced record was not acknowledged: {0}")]
     Delivery(String),
+    #[error(transparent)]
+    State(#[from] StateStoreError),
 }
 
 pub struct Processor {
@@ -115,6 +127,12 @@ impl Processor {
             .member(&self.config.group_id, topics::WEBHOOKS, ready)?;
         let producer: FutureProducer =
             producer_config(&self.brokers.bootstrap_servers, Duration::from_secs(30)).create()?;
+        let store = self
+            .config
+            .state_dir
+            .as_deref()
+            .map(StateStore::open)
+            .transpose()?;
         let mut states: HashMap<i32, PartitionState> = HashMap::new();
         let mut in_flight: Vec<DeliveryFuture> = Vec::new();
         let mut done: HashMap<i32, i64> = HashMap::new();
@@ -138,7 +156,7 @@ impl Processor {
                             last_read.insert(partition, Instant::now());
                         }
                     }
-                    checkpoint(&consumer, &mut in_flight, &mut done, &states, CommitWhen::Running).await?
+                    checkpoint(&consumer, &mut in_flight, &mut done, &mut states, CommitWhen::Running).await?
                 }
                 received = consumer.recv() => {
                     let Some(message) = received_or_warn(received) else {
@@ -158,17 +176,17 @@ impl Processor {
                     if !states.contains_key(&partition) {
                         let missing = unrestored(&consumer, topics::WEBHOOKS, &states, partition)?;
                         let watermarks = committed_watermarks(&consumer, &missing);
-                        states.extend(self.restore(missing, watermarks).await?);
+                        states.extend(self.restore(store.as_ref(), missing, watermarks).await?);
                     }
                     let state = states.get_mut(&partition).expect("restored above");
-                    for output in self.process(&message, state) {
+                    for output in self.process(&message, state)? {
                         let delivery = send(&producer, output, &mut in_flight).await?;
                         in_flight.push(delivery);
                     }
                     done.insert(partition, message.offset() + 1);
                     metrics::counter!("tributary_processor_records_total").increment(1);
                     if in_flight.len() >= self.config.max_in_flight {
-                        checkpoint(&consumer, &mut in_flight, &mut done, &states, CommitWhen::Running).await?;
+                        checkpoint(&consumer, &mut in_flight, &mut done, &mut states, CommitWhen::Running).await?;
                     }
                 }
             }
@@ -177,32 +195,56 @@ impl Processor {
             &consumer,
             &mut in_flight,
             &mut done,
-            &states,
+            &mut states,
             CommitWhen::Stopping,
         )
         .await
     }
 
-    /// Rebuilds the order state of `partitions` from `tributary.attributions`, in one pass.
+    /// Rebuilds the order state of `partitions`: from the on-disk store and the changelog's tail
+    /// when there is a store, else from the whole of `tributary.attributions`, in one pass.
     async fn restore(
         &self,
+        store: Option<&StateStore>,
         partitions: Vec<i32>,
         watermarks: HashMap<i32, i64>,
     ) -> Result<HashMap<i32, PartitionState>, ProcessorError> {
         let started = std::time::Instant::now();
-        let records: HashMap<i32, Vec<Attribution>> = read_changelog(
-            &self.brokers.bootstrap_servers,
-            topics::ATTRIBUTIONS,
-            partitions,
-        )
-        .await?;
-        let states: HashMap<i32, PartitionState> = records
-            .into_iter()
-            .map(|(partition, records)| {
-                let watermark = watermarks.get(&partition).copied().unwrap_or_default();
-                (partition, PartitionState::restore(records, watermark))
-            })
-            .collect();
+        let states: HashMap<i32, PartitionState> = match store {
+            Some(store) => {
+                let (bootstrap, store) = (self.brokers.bootstrap_servers.clone(), store.clone());
+                let settled = tokio::task::spawn_blocking(move || {
+                    partitions
+                        .into_iter()
+                        .map(|p| Ok((p, restore_on_disk(&bootstrap, &store, p)?)))
+                        .collect::<Result<Vec<_>, ProcessorError>>()
+                })
+                .await
+                .map_err(|e| TopicError::Task(e.to_string()))??;
+                settled
+                    .into_iter()
+                    .map(|(partition, settled)| {
+                        let watermark = watermarks.get(&partition).copied().unwrap_or_default();
+                        (partition, PartitionState::with_settled(settled, watermark))
+                    })
+                    .collect()
+            }
+            None => {
+                let records: HashMap<i32, Vec<Attribution>> = read_changelog(
+                    &self.brokers.bootstrap_servers,
+                    topics::ATTRIBUTIONS,
+                    partitions,
+                )
+                .await?;
+                records
+                    .into_iter()
+                    .map(|(partition, records)| {
+                        let watermark = watermarks.get(&partition).copied().unwrap_or_default();
+                        (partition, PartitionState::restore(records, watermark))
+                    })
+                    .collect()
+            }
+        };
         tracing::info!(
             partitions = ?states.keys().collect::<Vec<_>>(),
             orders = states.values().map(PartitionState::len).sum::<usize>(),
@@ -214,17 +256,23 @@ impl Processor {
 
     /// Everything one input record produces: its own outputs, then the attributions of every held
     /// order the watermark has now passed. Control data is read once per record.
-    fn process(&self, message: &BorrowedMessage<'_>, state: &mut PartitionState) -> Vec<Output> {
+    fn process(
+        &self,
+        message: &BorrowedMessage<'_>,
+        state: &mut PartitionState,
+    ) -> Result<Vec<Output>, StateStoreError> {
         let envelope = match message.payload().map(WebhookEnvelope::from_avro) {
             Some(Ok(envelope)) => envelope,
-            Some(Err(error)) => return vec![dead_letter(message, "decode", &error.to_string())],
-            None => return vec![dead_letter(message, "decode", "record has no value")],
+            Some(Err(error)) => {
+                return Ok(vec![dead_letter(message, "decode", &error.to_string())])
+            }
+            None => return Ok(vec![dead_letter(message, "decode", "record has no value")]),
         };
         let control = self.control.read().unwrap_or_else(|p| p.into_inner());
         let mut outputs = if envelope.is_idle_tick() {
             Vec::new()
         } else {
-            process_envelope(message, &envelope, state, &control)
+            process_envelope(message, &envelope, state, &control)?
         };
         if envelope.carries_event_time() {
             state.observe(envelope.triggered_at_ms);
@@ -245,7 +293,7 @@ impl Processor {
                 attribution.to_avro(),
             ));
         }
-        outputs
+        Ok(outputs)
     }
 }
 
@@ -254,24 +302,24 @@ fn process_envelope(
     envelope: &WebhookEnvelope,
     state: &mut PartitionState,
     control: &Control,
-) -> Vec<Output> {
+) -> Result<Vec<Output>, StateStoreError> {
     let normalized = match normalize(envelope) {
-        Ok(Normalized::Skipped) => return Vec::new(),
+        Ok(Normalized::Skipped) => return Ok(Vec::new()),
         Ok(normalized) => normalized,
-        Err(error) => return vec![dead_letter(message, "normalize", &error.to_string())],
+        Err(error) => return Ok(vec![dead_letter(message, "normalize", &error.to_string())]),
     };
     let Some(store) = control.active_store(&envelope.shop_domain) else {
         metrics::counter!("tributary_processor_skipped_total", "reason" => "store_not_connected")
             .increment(1);
         tracing::debug!(shop = %envelope.shop_domain, "record of a store that is not connected; skipped");
-        return Vec::new();
+        return Ok(Vec::new());
     };
     match normalized {
         Normalized::Order(event) => process_order(message, &event, state, store, control),
         Normalized::Refund(refund) => process_refund(message, &refund, state),
         Normalized::Manual(command) => process_manual(message, &command, state, store, control),
         Normalized::Approval(command) => process_approval(message, &command, state),
-        Normalized::Skipped => Vec::new(),
+        Normalized::Skipped => Ok(Vec::new()),
     }
 }
 
@@ -281,14 +329,14 @@ fn process_order(
     state: &mut PartitionState,
     store: &Store,
     control: &Control,
-) -> Vec<Output> {
+) -> Result<Vec<Output>, StateStoreError> {
     let settle_delay_ms = i64::from(store.settle_delay_minutes.max(0)) * 60_000;
     let applied = state.apply(event, message.offset(), settle_delay_ms, || {
         decide(event, store, control.advocates(&event.shop_domain))
-    });
+    })?;
     let key = || order_key(&event.shop_domain, event.order_id).into_bytes();
     let order_event = || encoded(message, topics::ORDERS, key(), event.to_avro());
-    match applied {
+    Ok(match applied {
         // A stale version is still a fact about the order; a duplicate is not.
         Applied::Unchanged(verdict) if verdict.is_duplicate() => dropped(verdict),
         Applied::Unchanged(verdict) => {
@@ -301,16 +349,16 @@ fn process_order(
             encoded(message, topics::ATTRIBUTIONS, key(), attribution.to_avro()),
         ],
         Applied::UnknownOrder | Applied::Refused(_) => Vec::new(),
-    }
+    })
 }
 
 fn process_refund(
     message: &BorrowedMessage<'_>,
     refund: &RefundEvent,
     state: &mut PartitionState,
-) -> Vec<Output> {
+) -> Result<Vec<Output>, StateStoreError> {
     let key = order_key(&refund.shop_domain, refund.order_id).into_bytes();
-    match state.apply_refund(refund, message.offset()) {
+    Ok(match state.apply_refund(refund, message.offset())? {
         Applied::Changed(attribution) => {
             vec![encoded(message, topics::ATTRIBUTIONS, key, attribution.to_avro())]
         }
@@ -324,7 +372,7 @@ fn process_refund(
                 refund.refund_id, refund.order_id
             ),
         )],
-    }
+    })
 }
 
 fn process_manual(
@@ -333,39 +381,39 @@ fn process_manual(
     state: &mut PartitionState,
     store: &Store,
     control: &Control,
-) -> Vec<Output> {
+) -> Result<Vec<Output>, StateStoreError> {
     let advocates = control.advocates(&command.shop_domain);
     let Some(advocate) = advocates.by_identifier(&command.body.advocate_identifier) else {
         let reason = format!(
             "{} is not an active advocate of {}",
             command.body.advocate_identifier, command.shop_domain
         );
-        return vec![dead_letter(message, "manual", &reason)];
+        return Ok(vec![dead_letter(message, "manual", &reason)]);
     };
     let decision = manual(advocate, &command.body.requested_by, store);
-    let applied = state.apply_manual(command, decision, message.offset());
-    command_outputs(
+    let applied = state.apply_manual(command, decision, message.offset())?;
+    Ok(command_outputs(
         message,
         "manual",
         &command.shop_domain,
         command.body.order_id,
         applied,
-    )
+    ))
 }
 
 fn process_approval(
     message: &BorrowedMessage<'_>,
     command: &ApprovalCommand,
     state: &mut PartitionState,
-) -> Vec<Output> {
-    let applied = state.apply_approval(command, message.offset());
-    command_outputs(
+) -> Result<Vec<Output>, StateStoreError> {
+    let applied = state.apply_approval(command, message.offset())?;
+    Ok(command_outputs(
         message,
         "approval",
         &command.shop_domain,
         command.body.order_id,
         applied,
-    )
+    ))
 }
 
 /// What an operator's command about `order_id` produces: the changed attribution, or a dead
@@ -483,11 +531,14 @@ fn report_gap(partition: i32, expected: i64, received: i64) {
 
 /// Waits for everything produced, then commits the input offsets it covers; never past the first
 /// record of a held order (see [`PartitionState::commit_position`]), with the watermark beside it.
+/// Then writes the settled orders changed since the last checkpoint to the on-disk store with the
+/// changelog's end: every record emitted so far is acknowledged by then, so the store never runs
+/// ahead of its changelog.
 async fn checkpoint<C: ConsumerContext + 'static>(
     consumer: &Arc<StreamConsumer<C>>,
     in_flight: &mut Vec<DeliveryFuture>,
     done: &mut HashMap<i32, i64>,
-    states: &HashMap<i32, PartitionState>,
+    states: &mut HashMap<i32, PartitionState>,
     when: CommitWhen,
 ) -> Result<(), ProcessorError> {
     let position = |partition: i32, next: i64| {
@@ -496,7 +547,98 @@ async fn checkpoint<C: ConsumerContext + 'static>(
             .map_or((next, 0), |state| state.commit_position(next));
         (offset, watermark_metadata(watermark))
     };
-    commit_done(consumer, topics::WEBHOOKS, in_flight, done, position, when).await
+    commit_done(consumer, topics::WEBHOOKS, in_flight, done, position, when).await?;
+    let dirty: Vec<i32> = states
+        .iter()
+        .filter(|(_, state)| state.settled().is_dirty())
+        .map(|(&partition, _)| partition)
+        .collect();
+    if dirty.is_empty() {
+        return Ok(());
+    }
+    let reader = consumer.clone();
+    let ends = tokio::task::spawn_blocking(move || {
+        dirty
+            .into_iter()
+            .map(|p| {
+                let (_, high) =
+                    reader.fetch_watermarks(topics::ATTRIBUTIONS, p, Duration::from_secs(10))?;
+                Ok((p, high))
+            })
+            .collect::<Result<Vec<(i32, i64)>, rdkafka::error::KafkaError>>()
+    })
+    .await
+    .map_err(|e| TopicError::Task(e.to_string()))??;
+    for (partition, end) in ends {
+        if let Some(state) = states.get_mut(&partition) {
+            state.settled_mut().flush(end)?;
+        }
+    }
+    Ok(())
+}
+
+/// The settled orders of `partition` from the store, brought up to the changelog's end: only the
+/// tail after the store's recorded offset is read, unless the store has nothing for the partition
+/// or records an offset past the log's end (a log it did not come from), when the partition is
+/// rebuilt from the whole changelog. Memory stays bounded: what is read is written in chunks.
+fn restore_on_disk(
+    bootstrap: &str,
+    store: &StateStore,
+    partition: i32,
+) -> Result<SettledOrders, ProcessorError> {
+    const CHUNK: usize = 20_000;
+    let mut start = store.changelog_next(partition)?;
+    loop {
+        if start.is_none() {
+            store.clear(partition)?;
+        }
+        let mut settled = SettledOrders::on_disk(store.clone(), partition);
+        let mut failed: Option<ProcessorError> = None;
+        let mut next = start.unwrap_or_default();
+        let highs = read_partitions_from(
+            bootstrap,
+            topics::ATTRIBUTIONS,
+            &[(partition, start)],
+            |message| {
+                if failed.is_some() {
+                    return;
+                }
+                let absorbed = match message.payload().map(Attribution::from_avro) {
+                    Some(Ok(record)) => settled.absorb(record).map_err(ProcessorError::from),
+                    Some(Err(error)) => {
+                        Err(TopicError::unreadable(topics::ATTRIBUTIONS, message, error).into())
+                    }
+                    None => Ok(()),
+                };
+                next = message.offset() + 1;
+                let flushed = match absorbed {
+                    Ok(()) if settled.in_memory() >= CHUNK => {
+                        settled.flush(next).map_err(ProcessorError::from)
+                    }
+                    other => other,
+                };
+                if let Err(error) = flushed {
+                    failed = Some(error);
+                }
+            },
+        )?;
+        if let Some(error) = failed {
+            return Err(error);
+        }
+        let high = highs.first().map_or(0, |&(_, high)| high);
+        if start.is_some_and(|start| start > high) {
+            tracing::warn!(
+                partition,
+                recorded = start,
+                log_end = high,
+                "the state store is ahead of its changelog (another log); rebuilding"
+            );
+            start = None;
+            continue;
+        }
+        settled.flush(next.max(high))?;
+        return Ok(settled);
+    }
 }
 
 fn dead_letter(message: &BorrowedMessage<'_>, stage: &str, error: &str) -> Output {

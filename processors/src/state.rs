@@ -26,6 +26,7 @@ use crate::attribution::Decision;
 use crate::dedup::{self, Verdict};
 use crate::normalize::{ApprovalCommand, ManualCommand, RefundEvent};
 use crate::rewards;
+use crate::settled::{SettledOrders, StateStoreError};
 
 #[derive(Debug, PartialEq)]
 pub enum Applied {
@@ -58,7 +59,7 @@ struct Held {
 
 #[derive(Debug, Default)]
 pub struct PartitionState {
-    settled: HashMap<String, Attribution>,
+    settled: SettledOrders,
     held: HashMap<String, Held>,
     /// Held orders by (settle time, key): settling order is deterministic.
     due: BTreeSet<(i64, String)>,
@@ -67,23 +68,33 @@ pub struct PartitionState {
 
 impl PartitionState {
     /// Rebuilds from changelog records in offset order (the highest revision of each order wins)
-    /// and the watermark committed with the input offset.
+    /// and the watermark committed with the input offset, in memory.
     pub fn restore(records: impl IntoIterator<Item = Attribution>, watermark_ms: i64) -> Self {
-        let mut settled: HashMap<String, Attribution> = HashMap::new();
+        let mut settled = SettledOrders::default();
         for record in records {
-            let key = order_key(&record.shop_domain, record.order_id);
-            if settled
-                .get(&key)
-                .is_none_or(|held| held.revision < record.revision)
-            {
-                settled.insert(key, record);
-            }
+            // In memory nothing is read from disk, so absorbing cannot fail.
+            let _ = settled.absorb(record);
         }
+        Self::with_settled(settled, watermark_ms)
+    }
+
+    /// A partition over `settled` (restored by the caller), with the committed watermark.
+    pub fn with_settled(settled: SettledOrders, watermark_ms: i64) -> Self {
         Self {
             settled,
             watermark_ms,
             ..Self::default()
         }
+    }
+
+    /// The partition's settled orders.
+    pub fn settled(&self) -> &SettledOrders {
+        &self.settled
+    }
+
+    /// The partition's settled orders, to flush at a checkpoint.
+    pub fn settled_mut(&mut self) -> &mut SettledOrders {
+        &mut self.settled
     }
 
     /// Settled orders.
@@ -126,14 +137,14 @@ impl PartitionState {
         input_offset: i64,
         settle_delay_ms: i64,
         decide: impl FnOnce() -> Decision,
-    ) -> Applied {
+    ) -> Result<Applied, StateStoreError> {
         let key = order_key(&event.shop_domain, event.order_id);
-        if let Some(current) = self.settled.get_mut(&key) {
-            return update_settled(current, event, input_offset);
+        if let Some(current) = self.settled.get_mut(&key)? {
+            return Ok(update_settled(current, event, input_offset));
         }
         if let Some(held) = self.held.get_mut(&key) {
             let verdict = dedup::judge(&held.recent_delivery_ids, held.newest.version(), event);
-            return match verdict {
+            return Ok(match verdict {
                 Verdict::Fresh => {
                     dedup::remember(&mut held.recent_delivery_ids, event);
                     held.newest = event.clone();
@@ -145,7 +156,7 @@ impl PartitionState {
                     Applied::Unchanged(verdict)
                 }
                 _ => Applied::Unchanged(verdict),
-            };
+            });
         }
         if settle_delay_ms <= 0 {
             let mut recent_delivery_ids = Vec::new();
@@ -158,7 +169,7 @@ impl PartitionState {
                 event.triggered_at_ms,
             );
             self.settled.insert(key, settled.clone());
-            return Applied::Changed(Box::new(settled));
+            return Ok(Applied::Changed(Box::new(settled)));
         }
         let settle_at_ms = event.created_at_ms.saturating_add(settle_delay_ms);
         let mut recent_delivery_ids = Vec::new();
@@ -175,31 +186,35 @@ impl PartitionState {
                 watermark_before: self.watermark_ms,
             },
         );
-        Applied::Held
+        Ok(Applied::Held)
     }
 
     /// Applies one refund read at `input_offset`; each refund id counts once.
-    pub fn apply_refund(&mut self, refund: &RefundEvent, input_offset: i64) -> Applied {
+    pub fn apply_refund(
+        &mut self,
+        refund: &RefundEvent,
+        input_offset: i64,
+    ) -> Result<Applied, StateStoreError> {
         let key = order_key(&refund.shop_domain, refund.order_id);
         let refund_id = refund.refund_id.to_string();
-        if let Some(current) = self.settled.get_mut(&key) {
+        if let Some(current) = self.settled.get_mut(&key)? {
             if current.refund_ids.contains(&refund_id) {
-                return Applied::Unchanged(Verdict::DuplicateRefund);
+                return Ok(Applied::Unchanged(Verdict::DuplicateRefund));
             }
             current.revision += 1;
             current.input_offset = input_offset;
             add_refund(current, refund);
             rewards::follow_refunds(current, refund.triggered_at_ms);
-            return Applied::Changed(Box::new(current.clone()));
+            return Ok(Applied::Changed(Box::new(current.clone())));
         }
         let Some(held) = self.held.get_mut(&key) else {
-            return Applied::UnknownOrder;
+            return Ok(Applied::UnknownOrder);
         };
         if held.refunds.iter().any(|r| r.refund_id == refund.refund_id) {
-            return Applied::Unchanged(Verdict::DuplicateRefund);
+            return Ok(Applied::Unchanged(Verdict::DuplicateRefund));
         }
         held.refunds.push(refund.clone());
-        Applied::Held
+        Ok(Applied::Held)
     }
 
     /// Applies an operator's attribution of an order to an advocate (`decision`). A settled order
@@ -210,13 +225,13 @@ impl PartitionState {
         command: &ManualCommand,
         decision: Decision,
         input_offset: i64,
-    ) -> Applied {
+    ) -> Result<Applied, StateStoreError> {
         let key = order_key(&command.shop_domain, command.body.order_id);
         if let Some(held) = self.held.get_mut(&key) {
             // Remembered now, so that once settled the order knows this command was applied.
             dedup::remember_delivery(&mut held.recent_delivery_ids, &command.command_id);
             held.manual = Some(decision);
-            return Applied::Held;
+            return Ok(Applied::Held);
         }
         self.apply_command_to_settled(&key, &command.command_id, input_offset, |current| {
             if current.outcome == Outcome::Excluded {
@@ -246,13 +261,17 @@ impl PartitionState {
     }
 
     /// Applies an operator's approval of a settled order's pending reward request.
-    pub fn apply_approval(&mut self, command: &ApprovalCommand, input_offset: i64) -> Applied {
+    pub fn apply_approval(
+        &mut self,
+        command: &ApprovalCommand,
+        input_offset: i64,
+    ) -> Result<Applied, StateStoreError> {
         let order_id = command.body.order_id;
         let key = order_key(&command.shop_domain, order_id);
         if self.held.contains_key(&key) {
-            return Applied::Refused(format!(
+            return Ok(Applied::Refused(format!(
                 "order {order_id} has not settled yet, so it has no reward request; approve it once it has"
-            ));
+            )));
         }
         self.apply_command_to_settled(&key, &command.command_id, input_offset, |current| {
             rewards::approve(current, &command.body.approved_by, command.issued_at_ms)
@@ -267,20 +286,20 @@ impl PartitionState {
         command_id: &str,
         input_offset: i64,
         change: impl FnOnce(&mut Attribution) -> Result<(), String>,
-    ) -> Applied {
-        let Some(current) = self.settled.get_mut(key) else {
-            return Applied::UnknownOrder;
+    ) -> Result<Applied, StateStoreError> {
+        let Some(current) = self.settled.get_mut(key)? else {
+            return Ok(Applied::UnknownOrder);
         };
         if dedup::seen_delivery(&current.recent_delivery_ids, command_id) {
-            return Applied::Unchanged(Verdict::DuplicateWebhook);
+            return Ok(Applied::Unchanged(Verdict::DuplicateWebhook));
         }
         if let Err(reason) = change(current) {
-            return Applied::Refused(reason);
+            return Ok(Applied::Refused(reason));
         }
         current.revision += 1;
         current.input_offset = input_offset;
         dedup::remember_delivery(&mut current.recent_delivery_ids, command_id);
-        Applied::Changed(Box::new(current.clone()))
+        Ok(Applied::Changed(Box::new(current.clone())))
     }
 
     /// Settles every held order the watermark has passed, in (settle time, key) order. `decide`
@@ -467,23 +486,33 @@ mod tests {
     fn duplicates_and_stale_versions_change_nothing() {
         let mut state = PartitionState::default();
         assert!(matches!(
-            state.apply(&event("w1", Some("e1"), 10, 100), 0, 0, decision),
+            state
+                .apply(&event("w1", Some("e1"), 10, 100), 0, 0, decision)
+                .unwrap(),
             Applied::Changed(_)
         ));
         let unchanged = |v| Applied::Unchanged(v);
         assert_eq!(
-            state.apply(&event("w1", Some("e1"), 10, 100), 1, 0, decision),
+            state
+                .apply(&event("w1", Some("e1"), 10, 100), 1, 0, decision)
+                .unwrap(),
             unchanged(Verdict::DuplicateWebhook)
         );
         assert_eq!(
-            state.apply(&event("w2", Some("e1"), 10, 100), 2, 0, decision),
+            state
+                .apply(&event("w2", Some("e1"), 10, 100), 2, 0, decision)
+                .unwrap(),
             unchanged(Verdict::DuplicateEvent)
         );
         assert_eq!(
-            state.apply(&event("w3", None, 9, 50), 3, 0, decision),
+            state
+                .apply(&event("w3", None, 9, 50), 3, 0, decision)
+                .unwrap(),
             unchanged(Verdict::Stale)
         );
-        let Applied::Changed(newer) = state.apply(&event("w4", None, 11, 300), 4, 0, decision)
+        let Applied::Changed(newer) = state
+            .apply(&event("w4", None, 11, 300), 4, 0, decision)
+            .unwrap()
         else {
             panic!()
         };
@@ -496,13 +525,15 @@ mod tests {
     #[test]
     fn cancellation_nets_to_zero_and_restore_keeps_newest_revision() {
         let mut state = PartitionState::default();
-        let Applied::Changed(first) = state.apply(&event("w1", None, 10, 100), 0, 0, decision)
+        let Applied::Changed(first) = state
+            .apply(&event("w1", None, 10, 100), 0, 0, decision)
+            .unwrap()
         else {
             panic!()
         };
         let mut cancel = event("w2", None, 12, 100);
         cancel.cancelled_at_ms = Some(12);
-        let Applied::Changed(cancelled) = state.apply(&cancel, 1, 0, decision) else {
+        let Applied::Changed(cancelled) = state.apply(&cancel, 1, 0, decision).unwrap() else {
             panic!()
         };
         assert_eq!(
@@ -512,7 +543,7 @@ mod tests {
 
         let mut restored = PartitionState::restore([*cancelled.clone(), *first], 0);
         assert_eq!(
-            restored.apply(&cancel, 1, 0, decision),
+            restored.apply(&cancel, 1, 0, decision).unwrap(),
             Applied::Unchanged(Verdict::DuplicateWebhook)
         );
         assert_eq!(restored.len(), 1);
@@ -524,18 +555,26 @@ mod tests {
         let mut state = PartitionState::default();
         state.observe(5);
         let created = event("w1", Some("e1"), 10, 100);
-        assert_eq!(state.apply(&created, 7, DELAY, decision), Applied::Held);
+        assert_eq!(
+            state.apply(&created, 7, DELAY, decision).unwrap(),
+            Applied::Held
+        );
         state.observe(10);
         let upsell = event("w2", Some("e2"), 20, 130);
-        assert_eq!(state.apply(&upsell, 8, DELAY, decision), Applied::Held);
+        assert_eq!(
+            state.apply(&upsell, 8, DELAY, decision).unwrap(),
+            Applied::Held
+        );
         state.observe(20);
         assert_eq!(
-            state.apply(&event("w3", None, 15, 90), 9, DELAY, decision),
+            state
+                .apply(&event("w3", None, 15, 90), 9, DELAY, decision)
+                .unwrap(),
             Applied::Unchanged(Verdict::Stale),
             "an older version never replaces the newest"
         );
         assert_eq!(
-            state.apply(&created, 10, DELAY, decision),
+            state.apply(&created, 10, DELAY, decision).unwrap(),
             Applied::Unchanged(Verdict::DuplicateWebhook)
         );
         // Replay must start at the first record of the held order, with the watermark before it.
@@ -561,7 +600,7 @@ mod tests {
         );
         assert_eq!(state.commit_position(14), (14, DELAY));
         assert_eq!(
-            state.apply(&upsell, 14, DELAY, decision),
+            state.apply(&upsell, 14, DELAY, decision).unwrap(),
             Applied::Unchanged(Verdict::DuplicateWebhook),
             "deliveries merged while held stay known after settling"
         );
@@ -580,7 +619,10 @@ mod tests {
         dropped.order_id = 4;
         dropped.shop_domain = "gone".into();
         for (offset, e) in [&late, &early, &dropped].into_iter().enumerate() {
-            assert_eq!(state.apply(e, offset as i64, 100, decision), Applied::Held);
+            assert_eq!(
+                state.apply(e, offset as i64, 100, decision).unwrap(),
+                Applied::Held
+            );
         }
         state.observe(1_000);
         let settled = state.settle_due(3, |e| (e.shop_domain != "gone").then(decision));
@@ -601,9 +643,14 @@ mod tests {
             triggered_at_ms: 0,
         };
         let mut state = PartitionState::default();
-        assert_eq!(state.apply_refund(&refund(1, 10), 0), Applied::UnknownOrder);
-        state.apply(&event("w1", None, 10, 100), 1, 0, decision);
-        let Applied::Changed(partial) = state.apply_refund(&refund(1, 30), 2) else {
+        assert_eq!(
+            state.apply_refund(&refund(1, 10), 0).unwrap(),
+            Applied::UnknownOrder
+        );
+        state
+            .apply(&event("w1", None, 10, 100), 1, 0, decision)
+            .unwrap();
+        let Applied::Changed(partial) = state.apply_refund(&refund(1, 30), 2).unwrap() else {
             panic!()
         };
         assert_eq!(
@@ -616,10 +663,10 @@ mod tests {
             (30.into(), 70.into(), RefundStatus::Partial, 2)
         );
         assert_eq!(
-            state.apply_refund(&refund(1, 30), 3),
+            state.apply_refund(&refund(1, 30), 3).unwrap(),
             Applied::Unchanged(Verdict::DuplicateRefund)
         );
-        let Applied::Changed(full) = state.apply_refund(&refund(2, 90), 4) else {
+        let Applied::Changed(full) = state.apply_refund(&refund(2, 90), 4).unwrap() else {
             panic!()
         };
         assert_eq!(
@@ -629,10 +676,11 @@ mod tests {
         );
 
         let mut held = PartitionState::default();
-        held.apply(&event("w1", None, 10, 100), 0, 600_000, decision);
-        assert_eq!(held.apply_refund(&refund(7, 25), 1), Applied::Held);
+        held.apply(&event("w1", None, 10, 100), 0, 600_000, decision)
+            .unwrap();
+        assert_eq!(held.apply_refund(&refund(7, 25), 1).unwrap(), Applied::Held);
         assert_eq!(
-            held.apply_refund(&refund(7, 25), 2),
+            held.apply_refund(&refund(7, 25), 2).unwrap(),
             Applied::Unchanged(Verdict::DuplicateRefund)
         );
         held.observe(600_000);

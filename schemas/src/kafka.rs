@@ -522,23 +522,39 @@ pub fn read_partitions(
     bootstrap_servers: &str,
     topic: &str,
     partitions: &[i32],
-    mut each: impl FnMut(&BorrowedMessage<'_>),
+    each: impl FnMut(&BorrowedMessage<'_>),
 ) -> Result<(), TopicError> {
+    let starts: Vec<(i32, Option<i64>)> = partitions.iter().map(|&p| (p, None)).collect();
+    read_partitions_from(bootstrap_servers, topic, &starts, each).map(|_| ())
+}
+
+/// Reads `topic`'s partitions from the given offsets (`None`: the beginning; an offset below the
+/// log start reads from there) up to their high watermarks at the start, calling `each` for
+/// every record. Returns each partition's high watermark. Blocking.
+pub fn read_partitions_from(
+    bootstrap_servers: &str,
+    topic: &str,
+    starts: &[(i32, Option<i64>)],
+    mut each: impl FnMut(&BorrowedMessage<'_>),
+) -> Result<Vec<(i32, i64)>, TopicError> {
     let consumer: BaseConsumer = client_config(bootstrap_servers)
         .set("group.id", "tributary-partition-reader")
         .set("enable.auto.commit", "false")
         .create()?;
     let mut assignment = TopicPartitionList::new();
     let mut remaining = std::collections::HashMap::new();
-    for &partition in partitions {
+    let mut highs = Vec::new();
+    for &(partition, start) in starts {
         let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
-        if high > low {
-            assignment.add_partition_offset(topic, partition, Offset::Offset(low))?;
+        highs.push((partition, high));
+        let from = start.map_or(low, |start| start.max(low));
+        if high > from {
+            assignment.add_partition_offset(topic, partition, Offset::Offset(from))?;
             remaining.insert(partition, high);
         }
     }
     if remaining.is_empty() {
-        return Ok(());
+        return Ok(highs);
     }
     consumer.assign(&assignment)?;
     while !remaining.is_empty() {
@@ -560,7 +576,7 @@ pub fn read_partitions(
             }
         }
     }
-    Ok(())
+    Ok(highs)
 }
 
 /// Reads every record of every partition of `topic` up to the high watermarks: for operator
