@@ -33,8 +33,9 @@ const CACHE_BYTES: usize = 64 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateStoreError {
+    /// Boxed: redb's error is large, and this one travels in every `Result` of the processor.
     #[error("state store: {0}")]
-    Store(#[from] redb::Error),
+    Store(Box<redb::Error>),
     #[error("state store {path}: {message}")]
     Io { path: String, message: String },
     /// A row this release cannot read: the store is rebuilt from the changelog.
@@ -46,12 +47,13 @@ macro_rules! from_redb {
     ($($error:ty),*) => {$(
         impl From<$error> for StateStoreError {
             fn from(error: $error) -> Self {
-                Self::Store(error.into())
+                Self::Store(Box::new(error.into()))
             }
         }
     )*};
 }
 from_redb!(
+    redb::Error,
     redb::DatabaseError,
     redb::TransactionError,
     redb::TableError,
