@@ -10,20 +10,6 @@ use std::time::Duration;
 use support::*;
 use tributary::generate;
 
-/// Partitions the group has revoked from its members so far, from the process's metrics.
-async fn revoked(p: &Pipeline, group: &str) -> u64 {
-    let text = reqwest::get(format!("http://{}/metrics", p.config.ingest.listen))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
-    let series = format!("tributary_group_revoked_partitions_total{{group=\"{group}\"}} ");
-    text.lines()
-        .find_map(|line| line.strip_prefix(&series))
-        .map_or(0, |value| value.trim().parse().expect("a count"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_outage_longer_than_the_poll_interval_neither_evicts_the_sink_nor_loses_or_doubles_a_row(
 ) {

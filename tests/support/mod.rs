@@ -488,3 +488,17 @@ pub fn demo_plan(orders: usize, seed: u64) -> tributary::generate::Plan {
         control_files::read_advocates(&repo_path("deploy/demo/advocates.csv")).expect("advocates");
     tributary::generate::plan(&stores.store, &advocates, orders, seed).expect("plan")
 }
+
+/// Partitions `group` has revoked from its members in this process so far (its metrics).
+pub async fn revoked(p: &Pipeline, group: &str) -> u64 {
+    let text = reqwest::get(format!("http://{}/metrics", p.config.ingest.listen))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    let series = format!("tributary_group_revoked_partitions_total{{group=\"{group}\"}} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&series))
+        .map_or(0, |value| value.trim().parse().expect("a count"))
+}
