@@ -550,7 +550,7 @@ async fn checkpoint<C: ConsumerContext + 'static>(
     commit_done(consumer, topics::WEBHOOKS, in_flight, done, position, when).await?;
     let dirty: Vec<i32> = states
         .iter()
-        .filter(|(_, state)| state.settled().is_dirty())
+        .filter(|(_, state)| state.settled().wants_flush(when == CommitWhen::Stopping))
         .map(|(&partition, _)| partition)
         .collect();
     if dirty.is_empty() {

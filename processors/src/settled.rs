@@ -25,6 +25,9 @@ use redb::{Database, ReadableTableMetadata, TableDefinition};
 use tributary_schemas::topics::order_key;
 use tributary_schemas::{Attribution, AvroRecord, CodecError};
 
+/// A read-only snapshot of one partition's table.
+type Snapshot = redb::ReadOnlyTable<&'static str, &'static [u8]>;
+
 /// The changelog offset each partition's table reflects.
 const OFFSETS: TableDefinition<u32, i64> = TableDefinition::new("changelog_next");
 
@@ -127,16 +130,19 @@ impl StateStore {
         Ok(())
     }
 
-    fn get(&self, partition: i32, key: &str) -> Result<Option<Attribution>, StateStoreError> {
+    /// A snapshot of the partition's table to read from until the next write (`None`: no table
+    /// yet). One snapshot serves many reads: opening one per read costs more than the read.
+    fn snapshot(&self, partition: i32) -> Result<Option<Snapshot>, StateStoreError> {
         let name = Self::table(partition);
-        let tx = self.db.begin_read()?;
-        let table = match tx.open_table(TableDefinition::<&str, &[u8]>::new(&name)) {
-            Ok(table) => table,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(error) => return Err(error.into()),
-        };
-        let row = table.get(key)?;
-        Ok(row.map(|v| Attribution::from_avro(v.value())).transpose()?)
+        match self
+            .db
+            .begin_read()?
+            .open_table(TableDefinition::<&str, &[u8]>::new(&name))
+        {
+            Ok(table) => Ok(Some(table)),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+            Err(error) => Err(error.into()),
+        }
     }
 
     /// Writes `rows` and the changelog offset they reflect, in one transaction.
@@ -147,7 +153,11 @@ impl StateStore {
         changelog_next: i64,
     ) -> Result<(), StateStoreError> {
         let name = Self::table(partition);
-        let tx = self.db.begin_write()?;
+        let mut tx = self.db.begin_write()?;
+        // Written to the file without waiting for the disk (fsync): a killed process loses
+        // nothing, and a machine crash only takes the store back to an earlier consistent commit
+        // (rows and offset move together), whose tail the changelog still holds.
+        tx.set_durability(redb::Durability::Eventual);
         {
             let mut table = tx.open_table(TableDefinition::<&str, &[u8]>::new(&name))?;
             for (key, record) in rows {
@@ -172,12 +182,30 @@ impl StateStore {
     }
 }
 
+/// Flush at the latest this long after the previous one…
+const FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+/// …or once this many orders are held in memory.
+const FLUSH_ORDERS: usize = 20_000;
+
 /// The settled orders of one partition.
-#[derive(Default)]
 pub struct SettledOrders {
     /// Orders read or changed since the last flush; every settled order without a disk store.
     recent: HashMap<String, Attribution>,
     disk: Option<(StateStore, i32)>,
+    /// What the store held at the last flush, read until the next one (`None`: not opened yet).
+    snapshot: Option<Option<Snapshot>>,
+    flushed_at: std::time::Instant,
+}
+
+impl Default for SettledOrders {
+    fn default() -> Self {
+        Self {
+            recent: HashMap::new(),
+            disk: None,
+            snapshot: None,
+            flushed_at: std::time::Instant::now(),
+        }
+    }
 }
 
 impl std::fmt::Debug for SettledOrders {
@@ -193,8 +221,8 @@ impl SettledOrders {
     /// Backed by `store`'s table of `partition`.
     pub fn on_disk(store: StateStore, partition: i32) -> Self {
         Self {
-            recent: HashMap::new(),
             disk: Some((store, partition)),
+            ..Self::default()
         }
     }
 
@@ -216,10 +244,18 @@ impl SettledOrders {
             let Some((store, partition)) = &self.disk else {
                 return Ok(None);
             };
-            match store.get(*partition, key)? {
-                Some(record) => self.recent.insert(key.to_owned(), record),
-                None => return Ok(None),
+            if self.snapshot.is_none() {
+                self.snapshot = Some(store.snapshot(*partition)?);
+            }
+            let Some(Some(table)) = &self.snapshot else {
+                return Ok(None);
             };
+            // Everything written since the snapshot is still in `recent`, so it is current.
+            let Some(row) = table.get(key)? else {
+                return Ok(None);
+            };
+            let record = Attribution::from_avro(row.value())?;
+            self.recent.insert(key.to_owned(), record);
         }
         Ok(self.recent.get_mut(key))
     }
@@ -249,17 +285,25 @@ impl SettledOrders {
         self.len() == 0
     }
 
-    /// Whether orders wait to be written.
-    pub fn is_dirty(&self) -> bool {
-        self.disk.is_some() && !self.recent.is_empty()
+    /// Whether it is time to write what waits in memory: always when `stopping`, else every
+    /// few seconds or once enough orders wait (finding the changelog's end costs a round trip to
+    /// the broker, so a flush is not made at every checkpoint).
+    pub fn wants_flush(&self, stopping: bool) -> bool {
+        self.disk.is_some()
+            && !self.recent.is_empty()
+            && (stopping
+                || self.recent.len() >= FLUSH_ORDERS
+                || self.flushed_at.elapsed() >= FLUSH_INTERVAL)
     }
 
     /// Writes what changed to disk with the changelog offset it reflects, then forgets it. Call
     /// only once every record emitted so far is acknowledged. Without a disk store, nothing.
     pub fn flush(&mut self, changelog_next: i64) -> Result<(), StateStoreError> {
         if let Some((store, partition)) = &self.disk {
+            self.snapshot = None;
             store.write(*partition, &self.recent, changelog_next)?;
             self.recent.clear();
+            self.flushed_at = std::time::Instant::now();
         }
         Ok(())
     }
