@@ -30,7 +30,7 @@ use tributary_schemas::{Attribution, AvroRecord, OrderEvent, Store, WebhookEnvel
 use crate::attribution::{decide, manual};
 use crate::dedup::Verdict;
 use crate::normalize::{normalize, ApprovalCommand, ManualCommand, Normalized, RefundEvent};
-use crate::output::{commit_done, send, Output};
+use crate::output::{await_deliveries, commit_done, send, Output};
 use crate::settled::{SettledOrders, StateStore, StateStoreError};
 use crate::state::{Applied, PartitionState};
 use tributary_schemas::control::Control;
@@ -145,6 +145,11 @@ impl Processor {
                 biased;
                 _ = shutdown.cancelled() => break,
                 _ = tick.tick() => {
+                    // Before anything is ticked, committed or flushed for a partition this member
+                    // may no longer own.
+                    for partition in consumer.context().take_revoked() {
+                        forget(partition, &mut states, &mut done, &mut next_expected, &mut last_read);
+                    }
                     for (&partition, state) in &states {
                         let label = partition.to_string();
                         metrics::gauge!("tributary_processor_held_orders", "partition" => label.clone()).set(state.held_len() as f64);
@@ -163,10 +168,7 @@ impl Processor {
                         continue;
                     };
                     for partition in consumer.context().take_revoked() {
-                        states.remove(&partition);
-                        done.remove(&partition);
-                        next_expected.remove(&partition);
-                        last_read.remove(&partition);
+                        forget(partition, &mut states, &mut done, &mut next_expected, &mut last_read);
                     }
                     let partition = message.partition();
                     last_read.insert(partition, Instant::now());
@@ -174,6 +176,9 @@ impl Processor {
                         report_gap(partition, expected, message.offset());
                     }
                     if !states.contains_key(&partition) {
+                        // A partition that comes back may still have records of ours in flight:
+                        // the restore must see them in the changelog.
+                        await_deliveries(&mut in_flight).await?;
                         let missing = unrestored(&consumer, topics::WEBHOOKS, &states, partition)?;
                         let watermarks = committed_watermarks(&consumer, &missing);
                         states.extend(self.restore(store.as_ref(), missing, watermarks).await?);
@@ -477,6 +482,20 @@ fn idle_tick(partition: i32) -> Output {
     }
 }
 
+/// Drops what this member kept for a partition the group revoked from it.
+fn forget(
+    partition: i32,
+    states: &mut HashMap<i32, PartitionState>,
+    done: &mut HashMap<i32, i64>,
+    next_expected: &mut HashMap<i32, i64>,
+    last_read: &mut HashMap<i32, Instant>,
+) {
+    states.remove(&partition);
+    done.remove(&partition);
+    next_expected.remove(&partition);
+    last_read.remove(&partition);
+}
+
 /// The commit metadata that carries a partition's watermark with its committed offset.
 fn watermark_metadata(watermark_ms: i64) -> String {
     format!("watermark_ms={watermark_ms}")
@@ -548,6 +567,10 @@ async fn checkpoint<C: ConsumerContext + 'static>(
         (offset, watermark_metadata(watermark))
     };
     commit_done(consumer, topics::WEBHOOKS, in_flight, done, position, when).await?;
+    for state in states.values_mut() {
+        // A snapshot held open keeps redb from reusing the pages later commits free.
+        state.settled_mut().release_snapshot();
+    }
     let dirty: Vec<i32> = states
         .iter()
         .filter(|(_, state)| state.settled().wants_flush(when == CommitWhen::Stopping))

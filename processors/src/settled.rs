@@ -296,6 +296,11 @@ impl SettledOrders {
                 || self.flushed_at.elapsed() >= FLUSH_INTERVAL)
     }
 
+    /// Lets go of the read snapshot (the next read opens a new one).
+    pub fn release_snapshot(&mut self) {
+        self.snapshot = None;
+    }
+
     /// Writes what changed to disk with the changelog offset it reflects, then forgets it. Call
     /// only once every record emitted so far is acknowledged. Without a disk store, nothing.
     pub fn flush(&mut self, changelog_next: i64) -> Result<(), StateStoreError> {
