@@ -582,18 +582,21 @@ fn mean_body(plan: &Plan) -> usize {
         / plan.deliveries().max(1)
 }
 
-/// Holds each planned order's first version in one partition's state, as a store with a settle
-/// delay does, and returns the growth of the resident set per held order.
-fn held_order_bytes(plan: &Plan) -> f64 {
-    let events: Vec<Box<OrderEvent>> = plan
-        .orders
+/// Each planned order's first version, normalized.
+fn first_versions(plan: &Plan) -> impl Iterator<Item = Box<OrderEvent>> + '_ {
+    plan.orders
         .iter()
         .filter_map(|deliveries| deliveries.first())
         .filter_map(|delivery| match normalize(&delivery.envelope()) {
             Ok(Normalized::Order(event)) => Some(event),
             _ => None,
         })
-        .collect();
+}
+
+/// Holds each planned order's first version in one partition's state, as a store with a settle
+/// delay does, and returns the growth of the resident set per held order.
+fn held_order_bytes(plan: &Plan) -> f64 {
+    let events: Vec<Box<OrderEvent>> = first_versions(plan).collect();
     let before = rss_kib("VmRSS:");
     let mut state = PartitionState::default();
     for (offset, event) in events.iter().enumerate() {
@@ -633,14 +636,8 @@ pub fn settled_state(
 ) -> anyhow::Result<SettledStateReport> {
     use tributary_processors::settled::{SettledOrders, StateStore};
     use tributary_processors::state::Applied;
-    let event = plan
-        .orders
-        .iter()
-        .filter_map(|deliveries| deliveries.first())
-        .find_map(|delivery| match normalize(&delivery.envelope()) {
-            Ok(Normalized::Order(event)) => Some(event),
-            _ => None,
-        })
+    let event = first_versions(plan)
+        .next()
         .context("the plan has no order")?;
     let Applied::Changed(template) = PartitionState::default().apply(&event, 0, 0, never_asked)?
     else {

@@ -215,41 +215,35 @@ impl Processor {
         watermarks: HashMap<i32, i64>,
     ) -> Result<HashMap<i32, PartitionState>, ProcessorError> {
         let started = std::time::Instant::now();
-        let states: HashMap<i32, PartitionState> = match store {
+        let settled: Vec<(i32, SettledOrders)> = match store {
             Some(store) => {
                 let (bootstrap, store) = (self.brokers.bootstrap_servers.clone(), store.clone());
-                let settled = tokio::task::spawn_blocking(move || {
+                tokio::task::spawn_blocking(move || {
                     partitions
                         .into_iter()
                         .map(|p| Ok((p, restore_on_disk(&bootstrap, &store, p)?)))
                         .collect::<Result<Vec<_>, ProcessorError>>()
                 })
                 .await
-                .map_err(|e| TopicError::Task(e.to_string()))??;
-                settled
-                    .into_iter()
-                    .map(|(partition, settled)| {
-                        let watermark = watermarks.get(&partition).copied().unwrap_or_default();
-                        (partition, PartitionState::with_settled(settled, watermark))
-                    })
-                    .collect()
+                .map_err(|e| TopicError::Task(e.to_string()))??
             }
-            None => {
-                let records: HashMap<i32, Vec<Attribution>> = read_changelog(
-                    &self.brokers.bootstrap_servers,
-                    topics::ATTRIBUTIONS,
-                    partitions,
-                )
-                .await?;
-                records
-                    .into_iter()
-                    .map(|(partition, records)| {
-                        let watermark = watermarks.get(&partition).copied().unwrap_or_default();
-                        (partition, PartitionState::restore(records, watermark))
-                    })
-                    .collect()
-            }
+            None => read_changelog::<Attribution>(
+                &self.brokers.bootstrap_servers,
+                topics::ATTRIBUTIONS,
+                partitions,
+            )
+            .await?
+            .into_iter()
+            .map(|(partition, records)| (partition, SettledOrders::from_records(records)))
+            .collect(),
         };
+        let states: HashMap<i32, PartitionState> = settled
+            .into_iter()
+            .map(|(partition, settled)| {
+                let watermark = watermarks.get(&partition).copied().unwrap_or_default();
+                (partition, PartitionState::with_settled(settled, watermark))
+            })
+            .collect();
         tracing::info!(
             partitions = ?states.keys().collect::<Vec<_>>(),
             orders = states.values().map(PartitionState::len).sum::<usize>(),

@@ -218,6 +218,22 @@ impl std::fmt::Debug for SettledOrders {
 }
 
 impl SettledOrders {
+    /// In memory, from changelog records in offset order (the highest revision of each wins).
+    pub fn from_records(records: impl IntoIterator<Item = Attribution>) -> Self {
+        let mut settled = Self::default();
+        for record in records {
+            let key = order_key(&record.shop_domain, record.order_id);
+            if settled
+                .recent
+                .get(&key)
+                .is_none_or(|current| current.revision < record.revision)
+            {
+                settled.recent.insert(key, record);
+            }
+        }
+        settled
+    }
+
     /// Backed by `store`'s table of `partition`.
     pub fn on_disk(store: StateStore, partition: i32) -> Self {
         Self {

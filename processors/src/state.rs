@@ -70,12 +70,7 @@ impl PartitionState {
     /// Rebuilds from changelog records in offset order (the highest revision of each order wins)
     /// and the watermark committed with the input offset, in memory.
     pub fn restore(records: impl IntoIterator<Item = Attribution>, watermark_ms: i64) -> Self {
-        let mut settled = SettledOrders::default();
-        for record in records {
-            // In memory nothing is read from disk, so absorbing cannot fail.
-            let _ = settled.absorb(record);
-        }
-        Self::with_settled(settled, watermark_ms)
+        Self::with_settled(SettledOrders::from_records(records), watermark_ms)
     }
 
     /// A partition over `settled` (restored by the caller), with the committed watermark.

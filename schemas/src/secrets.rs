@@ -131,10 +131,7 @@ impl MasterKey {
     /// A new current key in the file at `path`, the earlier ones kept behind it so that every
     /// secret sealed so far still opens: `tributary keys rotate`. Returns the new ring.
     pub fn rotate(path: &std::path::Path) -> Result<Self, SecretError> {
-        if std::env::var_os(MASTER_KEY_ENV).is_some() {
-            return Err(SecretError::FromEnvironment);
-        }
-        let mut ring = Self::load(path)?;
+        let mut ring = Self::load_file_to_change(path)?;
         let old = std::mem::replace(&mut ring.current, Aes256Gcm::generate_key(OsRng));
         ring.previous.insert(0, old);
         write_key_file(path, &ring, true)?;
@@ -144,13 +141,19 @@ impl MasterKey {
     /// Drops the earlier keys from the file at `path`, once every secret is sealed under the
     /// current one (`tributary keys reseal --retire`).
     pub fn retire_previous(path: &std::path::Path) -> Result<Self, SecretError> {
-        if std::env::var_os(MASTER_KEY_ENV).is_some() {
-            return Err(SecretError::FromEnvironment);
-        }
-        let mut ring = Self::load(path)?;
+        let mut ring = Self::load_file_to_change(path)?;
         ring.previous.clear();
         write_key_file(path, &ring, true)?;
         Ok(ring)
+    }
+
+    /// The ring in the key file, for a command that rewrites it: refused when the key comes from
+    /// the environment, which only its owner can change.
+    fn load_file_to_change(path: &std::path::Path) -> Result<Self, SecretError> {
+        if std::env::var_os(MASTER_KEY_ENV).is_some() {
+            return Err(SecretError::FromEnvironment);
+        }
+        Self::load(path)
     }
 
     pub fn seal(&self, purpose: &str, secret: &str) -> String {
