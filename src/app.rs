@@ -14,10 +14,10 @@ use tokio_util::sync::CancellationToken;
 use tributary_ingest::shopify_webhooks::{self, StoreSecrets};
 use tributary_processors::customer_events::EventsStage;
 use tributary_processors::runner::Processor;
-use tributary_schemas::control::follow;
-use tributary_schemas::control::Control;
-use tributary_schemas::kafka::producer_config;
-use tributary_schemas::secrets::MasterKey;
+use tributary_runtime::control::follow;
+use tributary_runtime::control::Control;
+use tributary_runtime::kafka::producer_config;
+use tributary_runtime::secrets::MasterKey;
 use tributary_schemas::{topics, Advocate, Store};
 use tributary_shopify::AdminClient;
 use tributary_sinks::clickhouse::ClickHouseSink;
@@ -130,7 +130,7 @@ pub async fn follow_control<T, F>(
 ) -> anyhow::Result<()>
 where
     T: tributary_schemas::AvroRecord + 'static,
-    F: FnMut(&str, Option<T>) + Send + 'static,
+    F: FnMut(&str, Option<T>, i64) + Send + 'static,
 {
     let (tx, rx) = oneshot::channel();
     let bootstrap = bootstrap.to_owned();
@@ -156,19 +156,24 @@ pub async fn follow_stores_and_advocates(
 ) -> anyhow::Result<Arc<RwLock<Control>>> {
     let control = Arc::new(RwLock::new(Control::default()));
     let stores = control.clone();
-    follow_control::<Store, _>(bootstrap, topics::STORES, shutdown, move |key, store| {
-        stores
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .apply_store(key, store)
-    })
+    follow_control::<Store, _>(
+        bootstrap,
+        topics::STORES,
+        shutdown,
+        move |key, store, offset| {
+            stores
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .apply_store(key, store, offset);
+        },
+    )
     .await?;
     let advocates = control.clone();
     follow_control::<Advocate, _>(
         bootstrap,
         topics::ADVOCATES,
         shutdown,
-        move |key, advocate| {
+        move |key, advocate, _| {
             advocates
                 .write()
                 .unwrap_or_else(|p| p.into_inner())
@@ -191,9 +196,12 @@ pub async fn run_ingest(
     let master_key = MasterKey::load(&config.secrets.master_key_file)?;
     let stores = StoreSecrets::default();
     let table = stores.clone();
-    follow_control::<Store, _>(bootstrap, topics::STORES, &shutdown, move |key, store| {
-        table.apply(key, store, &master_key)
-    })
+    follow_control::<Store, _>(
+        bootstrap,
+        topics::STORES,
+        &shutdown,
+        move |key, store, _| table.apply(key, store, &master_key),
+    )
     .await?;
     let timeout = Duration::from_millis(config.ingest.produce_timeout_ms);
     let producer: FutureProducer = producer_config(bootstrap, timeout).create()?;

@@ -29,8 +29,8 @@ use tokio_util::sync::CancellationToken;
 use tributary_processors::attribution::Decision;
 use tributary_processors::normalize::{normalize, Normalized};
 use tributary_processors::state::PartitionState;
-use tributary_schemas::kafka::EmbeddedBroker;
-use tributary_schemas::secrets::MasterKey;
+use tributary_runtime::kafka::EmbeddedBroker;
+use tributary_runtime::secrets::MasterKey;
 use tributary_schemas::topics;
 use tributary_schemas::{AttributionSource, OrderEvent, Outcome};
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
-use tributary_schemas::kafka::{Brokers, Membership};
+use tributary_runtime::member::{Brokers, Membership};
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -56,7 +56,7 @@ pub struct KafkaConfig {
     /// Static group membership: a name unique to this process and stable across its restarts (a
     /// host or pod name). A restarted service then gets its partitions back at once instead of
     /// after its predecessor's session timeout. Unset: dynamic membership. See
-    /// `tributary_schemas::kafka::Membership`.
+    /// `tributary_runtime::member::Membership`.
     #[serde(default)]
     pub instance_id: Option<String>,
     /// How long a consumer may go without polling before its group evicts it (librdkafka's

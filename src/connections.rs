@@ -26,9 +26,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
-use tributary_schemas::control::Control;
-use tributary_schemas::kafka::{now_ms, producer_config, publish_record};
-use tributary_schemas::secrets::{access_token_purpose, webhook_secret_purpose, MasterKey};
+use tributary_runtime::control::Control;
+use tributary_runtime::kafka::{now_ms, producer_config, publish_record};
+use tributary_runtime::secrets::{access_token_purpose, webhook_secret_purpose, MasterKey};
 use tributary_schemas::topics::{self, store_key};
 use tributary_schemas::{
     Alert, AlertKind, AlertStatus, AvroRecord, Store, StoreAdmin, StoreFeatures, StoreStatus, Team,
@@ -314,7 +314,7 @@ impl ControlPlane {
             bootstrap,
             topics::TEAMS,
             shutdown,
-            move |key, team| {
+            move |key, team, _| {
                 let mut teams = table.write().unwrap_or_else(|p| p.into_inner());
                 match team {
                     Some(team) => teams.insert(key.to_owned(), team),
@@ -702,11 +702,11 @@ impl ControlPlane {
     /// Publishes the store and applies it here at once, so this process reads its own write.
     async fn save(&self, store: &Store) -> Result<(), ConnectionError> {
         let key = store_key(&store.domain);
-        self.publish(topics::STORES, &key, store).await?;
+        let (_, offset) = self.publish(topics::STORES, &key, store).await?;
         self.control
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .apply_store(&key, Some(store.clone()));
+            .apply_store(&key, Some(store.clone()), offset);
         Ok(())
     }
 
@@ -715,7 +715,7 @@ impl ControlPlane {
         topic: &str,
         key: &str,
         record: &T,
-    ) -> Result<(), ConnectionError> {
+    ) -> Result<(i32, i64), ConnectionError> {
         publish_record(&self.producer, topic, key, record)
             .await
             .map_err(|e| ConnectionError::Kafka(e.to_string()))

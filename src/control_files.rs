@@ -23,8 +23,8 @@ use std::time::Duration;
 use anyhow::Context;
 use rdkafka::producer::FutureProducer;
 use serde::Deserialize;
-use tributary_schemas::kafka::{now_ms, producer_config, publish_record};
-use tributary_schemas::secrets::{access_token_purpose, webhook_secret_purpose, MasterKey};
+use tributary_runtime::kafka::{now_ms, producer_config, publish_record};
+use tributary_runtime::secrets::{access_token_purpose, webhook_secret_purpose, MasterKey};
 use tributary_schemas::topics::{self, advocate_key, store_key};
 use tributary_schemas::{
     Advocate, AdvocateStatus, AvroRecord, OperatorCommand, RewardActivity, Store, StoreAdmin,

@@ -46,7 +46,7 @@ impl Delivery {
             event_id: Some(self.event_id.clone()),
             triggered_at_ms: self.triggered_at_ms,
             api_version: "2025-10".to_owned(),
-            received_at_ms: tributary_schemas::kafka::now_ms(),
+            received_at_ms: tributary_runtime::kafka::now_ms(),
             body: self.body.clone(),
         }
     }

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
-use tributary_schemas::secrets::{access_token_purpose, webhook_secret_purpose, MasterKey};
+use tributary_runtime::secrets::{access_token_purpose, webhook_secret_purpose, MasterKey};
 use tributary_schemas::topics::{self, store_key};
 use tributary_schemas::Store;
 
@@ -47,13 +47,18 @@ pub async fn reseal_stores(bootstrap: &str, key: &MasterKey) -> anyhow::Result<u
     let table: Arc<Mutex<HashMap<String, Store>>> = Arc::default();
     let writer = table.clone();
     let shutdown = CancellationToken::new();
-    follow_control::<Store, _>(bootstrap, topics::STORES, &shutdown, move |key, store| {
-        let mut table = writer.lock().unwrap_or_else(|p| p.into_inner());
-        match store {
-            Some(store) => table.insert(key.to_owned(), store),
-            None => table.remove(key),
-        };
-    })
+    follow_control::<Store, _>(
+        bootstrap,
+        topics::STORES,
+        &shutdown,
+        move |key, store, _| {
+            let mut table = writer.lock().unwrap_or_else(|p| p.into_inner());
+            match store {
+                Some(store) => table.insert(key.to_owned(), store),
+                None => table.remove(key),
+            };
+        },
+    )
     .await?;
     shutdown.cancel();
     let stores: Vec<Store> = std::mem::take(&mut *table.lock().unwrap_or_else(|p| p.into_inner()))

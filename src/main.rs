@@ -10,8 +10,9 @@ use tributary::app::{self, Readiness};
 use tributary::config::Config;
 use tributary::connections::{self, ControlPlane};
 use tributary::{bench, control_files, generate, replay, report};
-use tributary_schemas::kafka::{dlq_headers, provision_topics, EmbeddedBroker, ResetTo};
-use tributary_schemas::secrets::MasterKey;
+use tributary_runtime::dead_letter::dlq_headers;
+use tributary_runtime::kafka::{provision_topics, EmbeddedBroker, ResetTo};
+use tributary_runtime::secrets::MasterKey;
 use tributary_schemas::{
     topics, AvroRecord, DeadLetter, ManualAttribution, OperatorCommand, RewardApproval,
 };
@@ -816,7 +817,7 @@ async fn codes(
             let master_key = MasterKey::load(&config.secrets.master_key_file)?;
             let admin = tributary_shopify::AdminClient::new(config.shopify.clone())?;
             let producer: rdkafka::producer::FutureProducer =
-                tributary_schemas::kafka::producer_config(&bootstrap, Duration::from_secs(30))
+                tributary_runtime::kafka::producer_config(&bootstrap, Duration::from_secs(30))
                     .create()?;
             let bar = generate::progress_bar(0);
             let started = std::time::Instant::now();
@@ -1015,7 +1016,7 @@ async fn demo(
 fn list_dead_letters(bootstrap: &str) -> anyhow::Result<()> {
     use rdkafka::message::{Headers, Message};
     let mut count = 0;
-    tributary_schemas::kafka::read_topic(bootstrap, topics::DEAD_LETTERS, |message| {
+    tributary_runtime::kafka::read_topic(bootstrap, topics::DEAD_LETTERS, |message| {
         count += 1;
         let header = |name: &str| {
             message

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Message;
-use tributary_schemas::kafka::{producer_config, read_topic, reset_group, GroupProgress, ResetTo};
+use tributary_runtime::kafka::{producer_config, read_topic, reset_group, GroupProgress, ResetTo};
 use tributary_schemas::{topics, AvroRecord, DeadLetter};
 
 /// Moves `group`'s offsets on `topic` (the group must be stopped) and returns the new offsets.

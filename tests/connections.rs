@@ -13,7 +13,7 @@ use support::*;
 use tokio_util::sync::CancellationToken;
 use tributary::connections::ControlPlane;
 use tributary_fakes::shopify::ShopSetup;
-use tributary_schemas::kafka::read_topic;
+use tributary_runtime::kafka::read_topic;
 use tributary_schemas::{topics, Alert, AlertStatus, AvroRecord, Store, StoreStatus};
 
 const NORTH: &str = "north-trail.myshopify.com";

@@ -9,7 +9,8 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use support::*;
 use tributary::generate;
-use tributary_schemas::kafka::{dlq_headers, producer_config, read_topic, ResetTo};
+use tributary_runtime::dead_letter::dlq_headers;
+use tributary_runtime::kafka::{producer_config, read_topic, ResetTo};
 use tributary_schemas::{
     topics, AvroRecord, CustomerEventKind, DeadLetter, ManualAttribution, OperatorCommand,
     RewardApproval,
@@ -910,7 +911,7 @@ async fn clickhouse_down_for_a_while_then_back_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_resets_to_a_time_an_offset_or_the_end() {
-    let broker = tributary_schemas::kafka::EmbeddedBroker::start(1, 1).unwrap();
+    let broker = tributary_runtime::kafka::EmbeddedBroker::start(1, 1).unwrap();
     let bootstrap = broker.bootstrap_servers();
     let producer: FutureProducer = producer_config(&bootstrap, Duration::from_secs(5))
         .create()
@@ -933,7 +934,7 @@ async fn a_group_resets_to_a_time_an_offset_or_the_end() {
     };
     produce(5).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let cut = tributary_schemas::kafka::now_ms();
+    let cut = tributary_runtime::kafka::now_ms();
     tokio::time::sleep(Duration::from_millis(50)).await;
     produce(4).await;
 
@@ -942,7 +943,7 @@ async fn a_group_resets_to_a_time_an_offset_or_the_end() {
     // The embedded broker answers no time lookup; the partition is scanned instead.
     assert_eq!(reset(ResetTo::Time(cut)).await.unwrap(), vec![(0, 5)]);
     let progress =
-        tributary_schemas::kafka::GroupProgress::new(&bootstrap, group, topics::WEBHOOKS).unwrap();
+        tributary_runtime::kafka::GroupProgress::new(&bootstrap, group, topics::WEBHOOKS).unwrap();
     assert_eq!(progress.committed_and_end().unwrap(), (5, 9));
     assert_eq!(reset(ResetTo::Offset(3)).await.unwrap(), vec![(0, 3)]);
     assert_eq!(reset(ResetTo::Offset(99)).await.unwrap(), vec![(0, 9)]);

@@ -8,8 +8,8 @@ use std::path::Path;
 use std::process::Output;
 
 use rdkafka::Message;
-use tributary_schemas::kafka::read_topic;
-use tributary_schemas::secrets::{webhook_secret_purpose, MasterKey};
+use tributary_runtime::kafka::read_topic;
+use tributary_runtime::secrets::{webhook_secret_purpose, MasterKey};
 use tributary_schemas::{topics, AvroRecord, Store};
 
 use support::*;

@@ -14,8 +14,8 @@ use rust_decimal::Decimal;
 use support::*;
 use tributary::control_files;
 use tributary_fakes::shopify::{FakeTransaction, Fault};
-use tributary_schemas::kafka::{read_topic, reset_group, ResetTo};
-use tributary_schemas::secrets::MasterKey;
+use tributary_runtime::kafka::{read_topic, reset_group, ResetTo};
+use tributary_runtime::secrets::MasterKey;
 use tributary_schemas::{topics, AvroRecord, StoreCreditPush, StoreCreditState};
 
 const GROUP: &str = "tributary-store-credit";

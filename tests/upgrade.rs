@@ -11,13 +11,13 @@ use std::time::Duration;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_util::sync::CancellationToken;
 use tributary::app::follow_control;
-use tributary_schemas::control::Control;
-use tributary_schemas::kafka::{
-    producer_config, Brokers, EmbeddedBroker, GroupProgress, TopicError,
-};
+use tributary_runtime::control::Control;
+use tributary_runtime::kafka::{producer_config, EmbeddedBroker, GroupProgress, TopicError};
+use tributary_runtime::member::Brokers;
+use tributary_runtime::stage::StageError;
 use tributary_schemas::{topics, Attribution, AvroRecord, Store};
 use tributary_sinks::clickhouse::migrations::MIGRATIONS;
-use tributary_sinks::clickhouse::{ClickHouseSink, SinkError};
+use tributary_sinks::clickhouse::ClickHouseSink;
 
 use support::*;
 
@@ -67,9 +67,14 @@ async fn a_control_record_that_cannot_be_read_leaves_the_table_unchanged() {
     let control = Arc::new(RwLock::new(Control::default()));
     let table = control.clone();
     let shutdown = CancellationToken::new();
-    follow_control::<Store, _>(&bootstrap, topics::STORES, &shutdown, move |key, store| {
-        table.write().unwrap().apply_store(key, store)
-    })
+    follow_control::<Store, _>(
+        &bootstrap,
+        topics::STORES,
+        &shutdown,
+        move |key, store, offset| {
+            table.write().unwrap().apply_store(key, store, offset);
+        },
+    )
     .await
     .expect("caught up");
     assert_eq!(
@@ -140,7 +145,7 @@ async fn the_sink_reads_earlier_releases_and_never_commits_past_a_record_it_cann
     .await
     .expect("the sink stops by itself");
     match outcome {
-        Err(SinkError::Topic(TopicError::Unreadable { offset, .. })) => assert_eq!(offset, 1),
+        Err(StageError::Topic(TopicError::Unreadable { offset, .. })) => assert_eq!(offset, 1),
         other => panic!("expected the sink to stop at offset 1, got {other:?}"),
     }
 

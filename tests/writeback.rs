@@ -9,7 +9,7 @@ use std::time::Duration;
 use rdkafka::Message;
 use support::*;
 use tributary_fakes::shopify::{FakeOrder, Fault};
-use tributary_schemas::kafka::read_topic;
+use tributary_runtime::kafka::read_topic;
 use tributary_schemas::{topics, ManualAttribution, OperatorCommand};
 
 fn tags(list: &[&str]) -> BTreeSet<String> {

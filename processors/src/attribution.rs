@@ -16,7 +16,7 @@ use tributary_schemas::{Advocate, AttributionSource, OrderEvent, Outcome, Reward
 use url::Url;
 
 use crate::exclusions::exclusion_reason;
-use tributary_schemas::control::{normalize_code, ShopAdvocates};
+use tributary_runtime::control::{normalize_code, ShopAdvocates};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
@@ -153,7 +153,7 @@ fn by_share_link<'a>(order: &OrderEvent, advocates: &'a ShopAdvocates) -> Option
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tributary_schemas::control::Control;
+    use tributary_runtime::control::Control;
     use tributary_schemas::{AdvocateStatus, OrderEventKind, StoreFeatures, StoreStatus};
 
     fn store() -> Store {

@@ -25,25 +25,20 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::consumer::Consumer;
 use rdkafka::message::BorrowedMessage;
-use rdkafka::producer::{DeliveryFuture, FutureProducer};
 use rdkafka::Message;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
-use tributary_schemas::changelog::{read_changelog, unrestored};
-use tributary_schemas::kafka::{
-    producer_config, received_or_warn, Brokers, CommitWhen, TopicError,
-};
+use tributary_runtime::changelog::read_changelog;
+use tributary_runtime::kafka::TopicError;
+use tributary_runtime::member::Brokers;
+use tributary_runtime::stage::{self, Failure, Input, Member, Outbox, Output, Stage, StageError};
 use tributary_schemas::topics::{self, advocate_key, customer_key, order_key};
 use tributary_schemas::{
     enum_label, Attribution, AvroRecord, CodecError, CustomerEvent, CustomerEventKind, Outcome,
     RewardEntryKind,
 };
-
-use crate::output::{commit_done, send, Output};
-use crate::runner::ProcessorError;
 
 /// Configuration of the events stage (`[events]` in the config file).
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -204,117 +199,112 @@ impl EventsStage {
         }
     }
 
-    /// Runs both loops until `shutdown`; each commits what it has done before returning.
+    /// Runs both loops until `shutdown`; each commits what it has done before returning (see
+    /// [`stage::run`]).
     pub async fn run(
         &self,
         repartition_ready: Arc<AtomicBool>,
         emit_ready: Arc<AtomicBool>,
         shutdown: CancellationToken,
-    ) -> Result<(), ProcessorError> {
+    ) -> Result<(), StageError> {
+        let input = |group, topic| Input {
+            brokers: &self.brokers,
+            group,
+            topic,
+            commit_interval: Duration::from_millis(self.config.commit_interval_ms),
+            max_in_flight: 20_000,
+        };
+        let repartition = input(&self.config.repartition_group_id, topics::ATTRIBUTIONS);
+        let emit = input(&self.config.group_id, topics::ORDERS_BY_CUSTOMER);
+        let (mut repartitioner, mut emitter) = (Repartition, Emit(&self.brokers));
         tokio::try_join!(
-            self.run_loop(Loop::Repartition, repartition_ready, shutdown.clone()),
-            self.run_loop(Loop::Emit, emit_ready, shutdown),
+            stage::run(
+                &mut repartitioner,
+                repartition,
+                repartition_ready,
+                shutdown.clone()
+            ),
+            stage::run(&mut emitter, emit, emit_ready, shutdown),
         )?;
         Ok(())
     }
+}
 
-    /// One consume-process-produce loop: input committed after its outputs are acknowledged.
-    async fn run_loop(
-        &self,
-        stage: Loop,
-        ready: Arc<AtomicBool>,
-        shutdown: CancellationToken,
-    ) -> Result<(), ProcessorError> {
-        let (group, input) = match stage {
-            Loop::Repartition => (&self.config.repartition_group_id, topics::ATTRIBUTIONS),
-            Loop::Emit => (&self.config.group_id, topics::ORDERS_BY_CUSTOMER),
-        };
-        let consumer = self.brokers.member(group, input, ready)?;
-        let producer: FutureProducer =
-            producer_config(&self.brokers.bootstrap_servers, Duration::from_secs(30)).create()?;
-        let mut states: HashMap<i32, CustomerEvents> = HashMap::new();
-        let mut in_flight: Vec<DeliveryFuture> = Vec::new();
-        let mut done: HashMap<i32, i64> = HashMap::new();
-        let plain = |_: i32, next: i64| (next, String::new());
-        let mut tick = tokio::time::interval(Duration::from_millis(self.config.commit_interval_ms));
-        loop {
-            tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => break,
-                _ = tick.tick() => commit_done(&consumer, input, &mut in_flight, &mut done, plain, CommitWhen::Running).await?,
-                received = consumer.recv() => {
-                    let Some(message) = received_or_warn(received) else {
-                        continue;
-                    };
-                    for partition in consumer.context().take_revoked() {
-                        states.remove(&partition);
-                        done.remove(&partition);
-                    }
-                    let outputs = match stage {
-                        Loop::Repartition => repartition(&message),
-                        Loop::Emit => {
-                            let partition = message.partition();
-                            if !states.contains_key(&partition) {
-                                let missing = unrestored(&consumer, input, &states, partition)?;
-                                states.extend(self.restore(missing).await?);
-                            }
-                            let state = states.entry(partition).or_default();
-                            emit(&message, state)
-                        }
-                    };
-                    // A record this release cannot read is never skipped: what came before it is
-                    // committed, then the stage stops before it.
-                    let outputs = match outputs {
-                        Ok(outputs) => outputs,
-                        Err(error) => {
-                            let error = TopicError::unreadable(input, &message, error);
-                            commit_done(&consumer, input, &mut in_flight, &mut done, plain, CommitWhen::Stopping).await?;
-                            return Err(error.into());
-                        }
-                    };
-                    for output in outputs {
-                        let delivery = send(&producer, output, &mut in_flight).await?;
-                        in_flight.push(delivery);
-                    }
-                    done.insert(message.partition(), message.offset() + 1);
-                }
-            }
-        }
-        commit_done(
-            &consumer,
-            input,
-            &mut in_flight,
-            &mut done,
-            plain,
-            CommitWhen::Stopping,
-        )
-        .await
+/// The repartition loop: no state.
+struct Repartition;
+
+impl Stage for Repartition {
+    const NAME: &'static str = "events-repartition";
+    type State = ();
+
+    async fn restore(
+        &mut self,
+        _member: &Member,
+        partitions: Vec<i32>,
+    ) -> Result<Vec<(i32, ())>, StageError> {
+        Ok(partitions.into_iter().map(|p| (p, ())).collect())
     }
 
-    /// Rebuilds the emit loop's state of `partitions` from `tributary.events`, in one pass.
+    async fn process(
+        &mut self,
+        message: &BorrowedMessage<'_>,
+        _state: &mut (),
+        out: &mut Outbox,
+    ) -> Result<(), Failure> {
+        send_all(out, message, repartition(message)).await
+    }
+}
+
+/// The emit loop: per partition, what it has reported, restored from `tributary.events`.
+struct Emit<'a>(&'a Brokers);
+
+impl Stage for Emit<'_> {
+    const NAME: &'static str = "events";
+    type State = CustomerEvents;
+
+    /// Rebuilds the state of `partitions` from `tributary.events`, in one pass.
     async fn restore(
-        &self,
+        &mut self,
+        _member: &Member,
         partitions: Vec<i32>,
-    ) -> Result<HashMap<i32, CustomerEvents>, ProcessorError> {
+    ) -> Result<Vec<(i32, CustomerEvents)>, StageError> {
         let events: HashMap<i32, Vec<CustomerEvent>> =
-            read_changelog(&self.brokers.bootstrap_servers, topics::EVENTS, partitions).await?;
-        let states: HashMap<i32, CustomerEvents> = events
+            read_changelog(&self.0.bootstrap_servers, topics::EVENTS, partitions).await?;
+        let states: Vec<(i32, CustomerEvents)> = events
             .into_iter()
             .map(|(partition, events)| (partition, CustomerEvents::restore(events)))
             .collect();
         tracing::info!(
-            partitions = ?states.keys().collect::<Vec<_>>(),
-            orders = states.values().map(CustomerEvents::orders).sum::<usize>(),
+            partitions = ?states.iter().map(|(p, _)| p).collect::<Vec<_>>(),
+            orders = states.iter().map(|(_, s)| s.orders()).sum::<usize>(),
             "customer events state restored"
         );
         Ok(states)
     }
+
+    async fn process(
+        &mut self,
+        message: &BorrowedMessage<'_>,
+        state: &mut CustomerEvents,
+        out: &mut Outbox,
+    ) -> Result<(), Failure> {
+        send_all(out, message, emit(message, state)).await
+    }
 }
 
-#[derive(Clone, Copy)]
-enum Loop {
-    Repartition,
-    Emit,
+/// Sends a loop's outputs for `message`. A record this release cannot read is never skipped:
+/// what came before it is committed, then the stage stops before it.
+async fn send_all(
+    out: &mut Outbox,
+    message: &BorrowedMessage<'_>,
+    outputs: Result<Vec<Output>, CodecError>,
+) -> Result<(), Failure> {
+    let outputs =
+        outputs.map_err(|error| TopicError::unreadable(message.topic(), message, error))?;
+    for output in outputs {
+        out.send(output).await?;
+    }
+    Ok(())
 }
 
 /// The attribution record, unchanged, keyed by its customer (nothing for excluded orders).

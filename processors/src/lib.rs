@@ -4,18 +4,18 @@
 //!    (or is skipped, or dead-lettered);
 //! 2. [`dedup`]: a delivery already applied, or an older version than the one held, changes nothing;
 //! 3. [`exclusions`] and [`attribution`]: the settled version is judged against the store's rules
-//!    and advocates ([`tributary_schemas::control`]);
+//!    and advocates ([`tributary_runtime::control`]);
 //! 4. [`state`]: the order's [`Attribution`](tributary_schemas::Attribution) record, which is both
 //!    the output and the changelog the processor restores from.
 //!
-//! [`runner`] is the consume-process-produce loop that drives them, with the offset contract.
+//! [`runner`] is the processor as a stage of the one consume loop (`tributary_runtime::stage`),
+//! with its offset contract.
 
 pub mod attribution;
 pub mod customer_events;
 pub mod dedup;
 pub mod exclusions;
 pub mod normalize;
-pub mod output;
 pub mod rewards;
 pub mod runner;
 pub mod settled;

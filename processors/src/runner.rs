@@ -15,25 +15,23 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::message::BorrowedMessage;
-use rdkafka::producer::{DeliveryFuture, FutureProducer};
 use rdkafka::{Message, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
-use tributary_schemas::changelog::{read_changelog, unrestored};
-use tributary_schemas::kafka::{
-    now_ms, producer_config, read_partitions_from, received_or_warn, Brokers, CommitWhen,
-    DeadLetterRecord, TopicError,
-};
+use tributary_runtime::changelog::read_changelog;
+use tributary_runtime::dead_letter::DeadLetterRecord;
+use tributary_runtime::kafka::{now_ms, read_partitions_from, TopicError};
+use tributary_runtime::member::{Brokers, CommitWhen};
+use tributary_runtime::stage::{self, Failure, Input, Member, Outbox, Output, Stage, StageError};
 use tributary_schemas::topics::{self, order_key};
 use tributary_schemas::{Attribution, AvroRecord, OrderEvent, Store, WebhookEnvelope};
 
 use crate::attribution::{decide, manual};
 use crate::dedup::Verdict;
 use crate::normalize::{normalize, ApprovalCommand, ManualCommand, Normalized, RefundEvent};
-use crate::output::{await_deliveries, commit_done, send, Output};
 use crate::settled::{SettledOrders, StateStore, StateStoreError};
 use crate::state::{Applied, PartitionState};
-use tributary_schemas::control::Control;
+use tributary_runtime::control::Control;
 
 /// Configuration of the processor (`[processor]` in the config file).
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -100,6 +98,17 @@ pub enum ProcessorError {
     State(#[from] StateStoreError),
 }
 
+impl From<ProcessorError> for StageError {
+    fn from(error: ProcessorError) -> Self {
+        match error {
+            ProcessorError::Kafka(error) => StageError::Kafka(error),
+            ProcessorError::Topic(error) => StageError::Topic(error),
+            ProcessorError::Delivery(reason) => StageError::Delivery(reason),
+            ProcessorError::State(error) => StageError::stage(error),
+        }
+    }
+}
+
 pub struct Processor {
     brokers: Brokers,
     config: Config,
@@ -115,95 +124,32 @@ impl Processor {
         }
     }
 
-    /// Runs until `shutdown`; commits what is done before returning.
+    /// Runs until `shutdown`; commits what is done before returning (see [`stage::run`]).
     pub async fn run(
         &self,
         ready: Arc<AtomicBool>,
         shutdown: CancellationToken,
-    ) -> Result<(), ProcessorError> {
-        // Ready once the group has assigned this member its partitions (possibly none).
-        let consumer = self
-            .brokers
-            .member(&self.config.group_id, topics::WEBHOOKS, ready)?;
-        let producer: FutureProducer =
-            producer_config(&self.brokers.bootstrap_servers, Duration::from_secs(30)).create()?;
+    ) -> Result<(), StageError> {
         let store = self
             .config
             .state_dir
             .as_deref()
             .map(StateStore::open)
-            .transpose()?;
-        let mut states: HashMap<i32, PartitionState> = HashMap::new();
-        let mut in_flight: Vec<DeliveryFuture> = Vec::new();
-        let mut done: HashMap<i32, i64> = HashMap::new();
-        let mut next_expected: HashMap<i32, i64> = HashMap::new();
-        let mut last_read: HashMap<i32, Instant> = HashMap::new();
-        let idle_tick_after = Duration::from_millis(self.config.idle_tick_ms);
-        let mut tick = tokio::time::interval(Duration::from_millis(self.config.commit_interval_ms));
-        loop {
-            tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => break,
-                _ = tick.tick() => {
-                    // Before anything is ticked, committed or flushed for a partition this member
-                    // may no longer own.
-                    for partition in consumer.context().take_revoked() {
-                        forget(partition, &mut states, &mut done, &mut next_expected, &mut last_read);
-                    }
-                    for (&partition, state) in &states {
-                        let label = partition.to_string();
-                        metrics::gauge!("tributary_processor_held_orders", "partition" => label.clone()).set(state.held_len() as f64);
-                        metrics::gauge!("tributary_processor_watermark_ms", "partition" => label).set(state.watermark_ms() as f64);
-                        let idle = last_read.get(&partition).is_none_or(|t| t.elapsed() >= idle_tick_after);
-                        if state.held_len() > 0 && idle {
-                            let delivery = send(&producer, idle_tick(partition), &mut in_flight).await?;
-                            in_flight.push(delivery);
-                            last_read.insert(partition, Instant::now());
-                        }
-                    }
-                    checkpoint(&consumer, &mut in_flight, &mut done, &mut states, CommitWhen::Running).await?
-                }
-                received = consumer.recv() => {
-                    let Some(message) = received_or_warn(received) else {
-                        continue;
-                    };
-                    for partition in consumer.context().take_revoked() {
-                        forget(partition, &mut states, &mut done, &mut next_expected, &mut last_read);
-                    }
-                    let partition = message.partition();
-                    last_read.insert(partition, Instant::now());
-                    if let Some(expected) = next_expected.insert(partition, message.offset() + 1) {
-                        report_gap(partition, expected, message.offset());
-                    }
-                    if !states.contains_key(&partition) {
-                        // A partition that comes back may still have records of ours in flight:
-                        // the restore must see them in the changelog.
-                        await_deliveries(&mut in_flight).await?;
-                        let missing = unrestored(&consumer, topics::WEBHOOKS, &states, partition)?;
-                        let watermarks = committed_watermarks(&consumer, &missing);
-                        states.extend(self.restore(store.as_ref(), missing, watermarks).await?);
-                    }
-                    let state = states.get_mut(&partition).expect("restored above");
-                    for output in self.process(&message, state)? {
-                        let delivery = send(&producer, output, &mut in_flight).await?;
-                        in_flight.push(delivery);
-                    }
-                    done.insert(partition, message.offset() + 1);
-                    metrics::counter!("tributary_processor_records_total").increment(1);
-                    if in_flight.len() >= self.config.max_in_flight {
-                        checkpoint(&consumer, &mut in_flight, &mut done, &mut states, CommitWhen::Running).await?;
-                    }
-                }
-            }
-        }
-        checkpoint(
-            &consumer,
-            &mut in_flight,
-            &mut done,
-            &mut states,
-            CommitWhen::Stopping,
-        )
-        .await
+            .transpose()
+            .map_err(StageError::stage)?;
+        let mut stage = Processing {
+            processor: self,
+            store,
+            idle_tick_after: Duration::from_millis(self.config.idle_tick_ms),
+        };
+        let input = Input {
+            brokers: &self.brokers,
+            group: &self.config.group_id,
+            topic: topics::WEBHOOKS,
+            commit_interval: Duration::from_millis(self.config.commit_interval_ms),
+            max_in_flight: self.config.max_in_flight,
+        };
+        stage::run(&mut stage, input, ready, shutdown).await
     }
 
     /// Rebuilds the order state of `partitions`: from the on-disk store and the changelog's tail
@@ -293,6 +239,140 @@ impl Processor {
             ));
         }
         Ok(outputs)
+    }
+}
+
+/// One input partition of the processor: its orders, and when it last read a record (for idle
+/// ticks).
+struct Partition {
+    orders: PartitionState,
+    last_read: Instant,
+}
+
+/// The processor as the consume loop runs it.
+struct Processing<'a> {
+    processor: &'a Processor,
+    /// The settled orders on disk (`processor.state_dir`), or `None` to keep them in memory.
+    store: Option<StateStore>,
+    idle_tick_after: Duration,
+}
+
+impl Stage for Processing<'_> {
+    const NAME: &'static str = "processor";
+    type State = Partition;
+
+    async fn restore(
+        &mut self,
+        member: &Member,
+        partitions: Vec<i32>,
+    ) -> Result<Vec<(i32, Partition)>, StageError> {
+        let watermarks = committed_watermarks(member, &partitions);
+        let restored = self
+            .processor
+            .restore(self.store.as_ref(), partitions, watermarks)
+            .await?;
+        Ok(restored
+            .into_iter()
+            .map(|(partition, orders)| {
+                let last_read = Instant::now();
+                (partition, Partition { orders, last_read })
+            })
+            .collect())
+    }
+
+    async fn process(
+        &mut self,
+        message: &BorrowedMessage<'_>,
+        partition: &mut Partition,
+        out: &mut Outbox,
+    ) -> Result<(), Failure> {
+        partition.last_read = Instant::now();
+        let outputs = self
+            .processor
+            .process(message, &mut partition.orders)
+            .map_err(StageError::stage)?;
+        for output in outputs {
+            out.send(output).await?;
+        }
+        metrics::counter!("tributary_processor_records_total").increment(1);
+        Ok(())
+    }
+
+    /// Never past the first record of a held order (see [`PartitionState::commit_position`]),
+    /// with the watermark beside it.
+    fn commit_position(&self, partition: &Partition, next: i64) -> (i64, String) {
+        let (offset, watermark) = partition.orders.commit_position(next);
+        (offset, watermark_metadata(watermark))
+    }
+
+    /// Writes the settled orders changed since the last checkpoint to the on-disk store with the
+    /// changelog's end: every record emitted so far is acknowledged by then, so the store never
+    /// runs ahead of its changelog.
+    async fn checkpointed(
+        &mut self,
+        member: &Member,
+        states: &mut HashMap<i32, Partition>,
+        when: CommitWhen,
+    ) -> Result<(), StageError> {
+        for partition in states.values_mut() {
+            // A snapshot held open keeps redb from reusing the pages later commits free.
+            partition.orders.settled_mut().release_snapshot();
+        }
+        let dirty: Vec<i32> = states
+            .iter()
+            .filter(|(_, p)| p.orders.settled().wants_flush(when == CommitWhen::Stopping))
+            .map(|(&partition, _)| partition)
+            .collect();
+        if dirty.is_empty() {
+            return Ok(());
+        }
+        let reader = member.clone();
+        let ends = tokio::task::spawn_blocking(move || {
+            dirty
+                .into_iter()
+                .map(|p| {
+                    let (_, high) = reader.fetch_watermarks(
+                        topics::ATTRIBUTIONS,
+                        p,
+                        Duration::from_secs(10),
+                    )?;
+                    Ok((p, high))
+                })
+                .collect::<Result<Vec<(i32, i64)>, rdkafka::error::KafkaError>>()
+        })
+        .await
+        .map_err(|e| TopicError::Task(e.to_string()))??;
+        for (partition, end) in ends {
+            if let Some(p) = states.get_mut(&partition) {
+                p.orders
+                    .settled_mut()
+                    .flush(end)
+                    .map_err(StageError::stage)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Gauges, and an idle tick for each partition that holds orders and has read nothing for
+    /// `idle_tick_ms`.
+    async fn tick(
+        &mut self,
+        states: &mut HashMap<i32, Partition>,
+        out: &mut Outbox,
+    ) -> Result<(), StageError> {
+        for (&number, partition) in states.iter_mut() {
+            let label = number.to_string();
+            let orders = &partition.orders;
+            metrics::gauge!("tributary_processor_held_orders", "partition" => label.clone())
+                .set(orders.held_len() as f64);
+            metrics::gauge!("tributary_processor_watermark_ms", "partition" => label)
+                .set(orders.watermark_ms() as f64);
+            if orders.held_len() > 0 && partition.last_read.elapsed() >= self.idle_tick_after {
+                out.send(idle_tick(number)).await?;
+                partition.last_read = Instant::now();
+            }
+        }
+        Ok(())
     }
 }
 
@@ -476,20 +556,6 @@ fn idle_tick(partition: i32) -> Output {
     }
 }
 
-/// Drops what this member kept for a partition the group revoked from it.
-fn forget(
-    partition: i32,
-    states: &mut HashMap<i32, PartitionState>,
-    done: &mut HashMap<i32, i64>,
-    next_expected: &mut HashMap<i32, i64>,
-    last_read: &mut HashMap<i32, Instant>,
-) {
-    states.remove(&partition);
-    done.remove(&partition);
-    next_expected.remove(&partition);
-    last_read.remove(&partition);
-}
-
 /// The commit metadata that carries a partition's watermark with its committed offset.
 fn watermark_metadata(watermark_ms: i64) -> String {
     format!("watermark_ms={watermark_ms}")
@@ -523,75 +589,6 @@ fn committed_watermarks<C: ConsumerContext>(
             Some((element.partition(), watermark))
         })
         .collect()
-}
-
-/// Webhook records are written by idempotent, non-transactional producers, so their offsets
-/// are contiguous: a jump means the broker deleted records before they were processed (retention,
-/// or the embedded broker's 5 MiB per partition). Nothing can bring them back; say so loudly.
-fn report_gap(partition: i32, expected: i64, received: i64) {
-    if received > expected {
-        let lost = (received - expected) as u64;
-        metrics::counter!("tributary_processor_lost_records_total").increment(lost);
-        tracing::error!(
-            partition,
-            expected,
-            received,
-            lost,
-            "webhook records were deleted by the broker before they were processed"
-        );
-    }
-}
-
-/// Waits for everything produced, then commits the input offsets it covers; never past the first
-/// record of a held order (see [`PartitionState::commit_position`]), with the watermark beside it.
-/// Then writes the settled orders changed since the last checkpoint to the on-disk store with the
-/// changelog's end: every record emitted so far is acknowledged by then, so the store never runs
-/// ahead of its changelog.
-async fn checkpoint<C: ConsumerContext + 'static>(
-    consumer: &Arc<StreamConsumer<C>>,
-    in_flight: &mut Vec<DeliveryFuture>,
-    done: &mut HashMap<i32, i64>,
-    states: &mut HashMap<i32, PartitionState>,
-    when: CommitWhen,
-) -> Result<(), ProcessorError> {
-    let position = |partition: i32, next: i64| {
-        let (offset, watermark) = states
-            .get(&partition)
-            .map_or((next, 0), |state| state.commit_position(next));
-        (offset, watermark_metadata(watermark))
-    };
-    commit_done(consumer, topics::WEBHOOKS, in_flight, done, position, when).await?;
-    for state in states.values_mut() {
-        // A snapshot held open keeps redb from reusing the pages later commits free.
-        state.settled_mut().release_snapshot();
-    }
-    let dirty: Vec<i32> = states
-        .iter()
-        .filter(|(_, state)| state.settled().wants_flush(when == CommitWhen::Stopping))
-        .map(|(&partition, _)| partition)
-        .collect();
-    if dirty.is_empty() {
-        return Ok(());
-    }
-    let reader = consumer.clone();
-    let ends = tokio::task::spawn_blocking(move || {
-        dirty
-            .into_iter()
-            .map(|p| {
-                let (_, high) =
-                    reader.fetch_watermarks(topics::ATTRIBUTIONS, p, Duration::from_secs(10))?;
-                Ok((p, high))
-            })
-            .collect::<Result<Vec<(i32, i64)>, rdkafka::error::KafkaError>>()
-    })
-    .await
-    .map_err(|e| TopicError::Task(e.to_string()))??;
-    for (partition, end) in ends {
-        if let Some(state) = states.get_mut(&partition) {
-            state.settled_mut().flush(end)?;
-        }
-    }
-    Ok(())
 }
 
 /// The settled orders of `partition` from the store, brought up to the changelog's end: only the

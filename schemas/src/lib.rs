@@ -5,12 +5,8 @@
 //! written in Avro single-object encoding, so a consumer can tell a record it cannot read and
 //! dead-letter it instead of guessing.
 
-pub mod changelog;
 pub mod codec;
-pub mod control;
-pub mod kafka;
 pub mod records;
-pub mod secrets;
 pub mod time;
 pub mod topics;
 

@@ -16,8 +16,8 @@ use tributary::config::Config;
 use tributary::control_files;
 use tributary::generate::Delivery;
 use tributary_fakes::shopify::FakeShopify;
-use tributary_schemas::kafka::EmbeddedBroker;
-use tributary_schemas::secrets::MasterKey;
+use tributary_runtime::kafka::EmbeddedBroker;
+use tributary_runtime::secrets::MasterKey;
 
 pub const SHOP: &str = "demo-outdoors.myshopify.com";
 pub const SECRET: &str = "demo-app-secret-2025";
@@ -359,7 +359,7 @@ pub async fn dead_letter_reasons(bootstrap: &str, at_least: usize) -> Vec<String
     let mut reasons = Vec::new();
     for _ in 0..100 {
         reasons.clear();
-        tributary_schemas::kafka::read_topic(
+        tributary_runtime::kafka::read_topic(
             bootstrap,
             tributary_schemas::topics::DEAD_LETTERS,
             |m| {
@@ -384,7 +384,7 @@ pub fn read_events(bootstrap: &str) -> Vec<tributary_schemas::CustomerEvent> {
     use rdkafka::Message;
     use tributary_schemas::AvroRecord;
     let mut events = Vec::new();
-    tributary_schemas::kafka::read_topic(bootstrap, tributary_schemas::topics::EVENTS, |m| {
+    tributary_runtime::kafka::read_topic(bootstrap, tributary_schemas::topics::EVENTS, |m| {
         let payload = m.payload().expect("events have values");
         events.push(tributary_schemas::CustomerEvent::from_avro(payload).expect("an event"));
     })

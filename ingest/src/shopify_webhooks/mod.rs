@@ -32,7 +32,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::{Deserialize, Serialize};
-use tributary_schemas::kafka::now_ms;
+use tributary_runtime::kafka::now_ms;
 use tributary_schemas::time::parse_rfc3339_ms;
 use tributary_schemas::{topics, AvroRecord, WebhookEnvelope};
 

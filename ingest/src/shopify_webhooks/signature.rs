@@ -4,7 +4,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use tributary_schemas::secrets::Secret;
+use tributary_runtime::secrets::Secret;
 
 type HmacSha256 = Hmac<Sha256>;
 

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use tributary_schemas::secrets::{webhook_secret_purpose, MasterKey, Secret};
+use tributary_runtime::secrets::{webhook_secret_purpose, MasterKey, Secret};
 use tributary_schemas::{Store, StoreStatus};
 
 #[derive(Clone, Default)]

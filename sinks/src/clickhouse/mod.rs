@@ -9,17 +9,18 @@
 pub mod migrations;
 mod row;
 
-use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::consumer::StreamConsumer;
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::message::BorrowedMessage;
+use rdkafka::Message;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
-use tributary_schemas::kafka::{
-    commit_offsets, received_or_warn, Brokers, CommitWhen, GroupMember, PausedMember, TopicError,
+use tributary_runtime::kafka::TopicError;
+use tributary_runtime::member::Brokers;
+use tributary_runtime::stage::{
+    self, Backoff, Failure, FlushError, Input, Member, Outbox, Stage, StageError,
 };
 use tributary_schemas::{topics, Attribution, AvroRecord};
 
@@ -82,12 +83,8 @@ impl Default for Config {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
-    #[error("kafka: {0}")]
-    Kafka(#[from] rdkafka::error::KafkaError),
     #[error("clickhouse: {0}")]
     ClickHouse(#[from] ::clickhouse::error::Error),
-    #[error(transparent)]
-    Topic(#[from] TopicError),
 }
 
 impl Config {
@@ -180,55 +177,27 @@ impl ClickHouseSink {
         }
     }
 
+    /// Migrates the database (waiting for ClickHouse), then consumes `tributary.attributions`
+    /// until `shutdown`; see [`stage::run`] for the loop and the module doc for the offset contract.
     pub async fn run(
         &self,
         ready: Arc<AtomicBool>,
         shutdown: CancellationToken,
-    ) -> Result<(), SinkError> {
+    ) -> Result<(), StageError> {
         self.migrate_until_up(&shutdown).await;
-        let consumer = self
-            .brokers
-            .member(&self.config.group_id, topics::ATTRIBUTIONS, ready)?;
-        let client = self.config.client();
-        let mut batch = Batch::default();
-        let mut offsets: HashMap<i32, i64> = HashMap::new();
-        let mut tick = tokio::time::interval(Duration::from_millis(self.config.batch_ms));
-        loop {
-            tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => break,
-                _ = tick.tick() => flush(&client, &consumer, &mut batch, &mut offsets, &shutdown, CommitWhen::Running).await?,
-                received = consumer.recv() => {
-                    let Some(message) = received_or_warn(received) else {
-                        continue;
-                    };
-                    match message.payload().map(Attribution::from_avro) {
-                        Some(Ok(record)) => batch.push(&record),
-                        // A record this release cannot read is never skipped: what came before it
-                        // is written and committed, then the sink stops before it.
-                        Some(Err(error)) => {
-                            let error = TopicError::unreadable(topics::ATTRIBUTIONS, &message, error);
-                            flush(&client, &consumer, &mut batch, &mut offsets, &shutdown, CommitWhen::Stopping).await?;
-                            return Err(error.into());
-                        }
-                        None => {}
-                    }
-                    offsets.insert(message.partition(), message.offset() + 1);
-                    if batch.attributions.len() >= self.config.batch_rows {
-                        flush(&client, &consumer, &mut batch, &mut offsets, &shutdown, CommitWhen::Running).await?;
-                    }
-                }
-            }
-        }
-        flush(
-            &client,
-            &consumer,
-            &mut batch,
-            &mut offsets,
-            &shutdown,
-            CommitWhen::Stopping,
-        )
-        .await
+        let mut stage = Writer {
+            client: self.config.client(),
+            batch_rows: self.config.batch_rows,
+            batch: Batch::default(),
+        };
+        let input = Input {
+            brokers: &self.brokers,
+            group: &self.config.group_id,
+            topic: topics::ATTRIBUTIONS,
+            commit_interval: Duration::from_millis(self.config.batch_ms),
+            max_in_flight: usize::MAX,
+        };
+        stage::run(&mut stage, input, ready, shutdown).await
     }
 
     async fn migrate_until_up(&self, shutdown: &CancellationToken) {
@@ -238,8 +207,73 @@ impl ClickHouseSink {
                 Ok(_) => return,
                 Err(error) => {
                     tracing::warn!(%error, "clickhouse not ready; retrying");
-                    backoff.wait().await;
+                    tokio::time::sleep(backoff.next_pause().min(Duration::from_secs(5))).await;
                 }
+            }
+        }
+    }
+}
+
+/// The sink as a stage: rows are batched by `process` and inserted by `flush`.
+struct Writer {
+    client: ::clickhouse::Client,
+    batch_rows: usize,
+    batch: Batch,
+}
+
+impl Stage for Writer {
+    const NAME: &'static str = "sink-clickhouse";
+    type State = ();
+
+    async fn restore(
+        &mut self,
+        _member: &Member,
+        partitions: Vec<i32>,
+    ) -> Result<Vec<(i32, ())>, StageError> {
+        Ok(partitions.into_iter().map(|p| (p, ())).collect())
+    }
+
+    async fn process(
+        &mut self,
+        message: &BorrowedMessage<'_>,
+        _state: &mut (),
+        _out: &mut Outbox,
+    ) -> Result<(), Failure> {
+        match message.payload().map(Attribution::from_avro) {
+            Some(Ok(record)) => self.batch.push(&record),
+            // A record this release cannot read is never skipped: what came before it is
+            // written and committed, then the sink stops before it.
+            Some(Err(error)) => {
+                return Err(TopicError::unreadable(topics::ATTRIBUTIONS, message, error).into())
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    fn wants_flush(&self) -> bool {
+        self.batch.attributions.len() >= self.batch_rows
+    }
+
+    /// Both inserts; while ClickHouse refuses, the loop retries the same batch with the
+    /// member's partitions paused, so the group keeps it and nothing is committed meanwhile.
+    async fn flush(&mut self, _out: &mut Outbox) -> Result<(), FlushError> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        match self.batch.insert(&self.client).await {
+            Ok(()) => {
+                metrics::counter!("tributary_sink_rows_total")
+                    .increment(self.batch.attributions.len() as u64);
+                self.batch.clear();
+                Ok(())
+            }
+            Err(error) => {
+                metrics::counter!("tributary_sink_insert_failures_total").increment(1);
+                Err(FlushError::Retry(format!(
+                    "insert of {} rows failed: {error}",
+                    self.batch.attributions.len()
+                )))
             }
         }
     }
@@ -279,53 +313,6 @@ impl Batch {
     }
 }
 
-/// Inserts the batch, retrying until ClickHouse takes it (or shutdown), then commits its offsets.
-async fn flush(
-    client: &::clickhouse::Client,
-    consumer: &Arc<StreamConsumer<GroupMember>>,
-    batch: &mut Batch,
-    offsets: &mut HashMap<i32, i64>,
-    shutdown: &CancellationToken,
-    when: CommitWhen,
-) -> Result<(), SinkError> {
-    if offsets.is_empty() {
-        return Ok(());
-    }
-    let mut backoff = Backoff::default();
-    // While ClickHouse refuses, the partitions are paused and the consumer polled, so the group
-    // keeps this member (max.poll.interval.ms) and nobody else writes its partitions meanwhile.
-    let mut paused: Option<PausedMember<'_, GroupMember>> = None;
-    while !batch.is_empty() {
-        match batch.insert(client).await {
-            Ok(()) => {
-                metrics::counter!("tributary_sink_rows_total")
-                    .increment(batch.attributions.len() as u64);
-                batch.clear();
-            }
-            Err(error) => {
-                metrics::counter!("tributary_sink_insert_failures_total").increment(1);
-                tracing::warn!(%error, rows = batch.attributions.len(), "insert failed; retrying the same batch");
-                if shutdown.is_cancelled() {
-                    // Leave the offsets uncommitted: the next run inserts this batch again.
-                    return Ok(());
-                }
-                let paused = paused.get_or_insert_with(|| PausedMember::pause(consumer));
-                paused.wait(backoff.next()).await;
-            }
-        }
-    }
-    let mut list = TopicPartitionList::new();
-    for (partition, next) in offsets.drain() {
-        list.add_partition_offset(topics::ATTRIBUTIONS, partition, Offset::Offset(next))?;
-    }
-    // Rows after the last successful commit are inserted again, which is harmless.
-    commit_offsets(consumer, list, when).await;
-    if let Some(paused) = paused {
-        paused.resume();
-    }
-    Ok(())
-}
-
 async fn insert<R: ::clickhouse::RowOwned + ::clickhouse::RowWrite>(
     client: &::clickhouse::Client,
     table: &str,
@@ -339,26 +326,4 @@ async fn insert<R: ::clickhouse::RowOwned + ::clickhouse::RowWrite>(
         insert.write(row).await?;
     }
     insert.end().await
-}
-
-/// Exponential backoff from 100 ms to 5 s.
-struct Backoff(Duration);
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self(Duration::from_millis(100))
-    }
-}
-
-impl Backoff {
-    /// The pause before the next attempt.
-    fn next(&mut self) -> Duration {
-        let pause = self.0;
-        self.0 = (self.0 * 2).min(Duration::from_secs(5));
-        pause
-    }
-
-    async fn wait(&mut self) {
-        tokio::time::sleep(self.next()).await;
-    }
 }

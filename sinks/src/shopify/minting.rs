@@ -11,9 +11,9 @@ use std::collections::HashSet;
 use std::sync::RwLock;
 
 use rdkafka::producer::FutureProducer;
-use tributary_schemas::control::Control;
-use tributary_schemas::kafka::{now_ms, publish_record};
-use tributary_schemas::secrets::{MasterKey, UnopenedAccessToken};
+use tributary_runtime::control::Control;
+use tributary_runtime::kafka::{now_ms, publish_record};
+use tributary_runtime::secrets::{MasterKey, UnopenedAccessToken};
 use tributary_schemas::topics::{self, advocate_key};
 use tributary_schemas::{Advocate, AdvocateStatus, Alert, AlertKind, AlertStatus, StoreStatus};
 use tributary_shopify::{AdminClient, StoreAccess};
@@ -33,7 +33,7 @@ pub enum MintingError {
     #[error(transparent)]
     Mint(#[from] MintError),
     #[error("publishing: {0}")]
-    Publish(#[from] tributary_schemas::kafka::TopicError),
+    Publish(#[from] tributary_runtime::kafka::TopicError),
 }
 
 /// A store's code coverage: active advocates with a code, and without one.

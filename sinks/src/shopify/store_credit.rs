@@ -28,21 +28,18 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::BorrowedMessage;
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::Message;
 use rust_decimal::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
-use tributary_schemas::changelog::{read_changelog, unrestored};
-use tributary_schemas::control::Control;
-use tributary_schemas::kafka::{
-    commit_offsets, now_ms, producer_config, received_or_warn, send_dead_letter, Brokers,
-    CommitWhen, GroupMember, PausedMember, TopicError,
-};
-use tributary_schemas::secrets::MasterKey;
+use tributary_runtime::changelog::read_changelog;
+use tributary_runtime::control::Control;
+use tributary_runtime::kafka::{now_ms, TopicError};
+use tributary_runtime::member::Brokers;
+use tributary_runtime::secrets::MasterKey;
+use tributary_runtime::stage::{self, Failure, Input, Member, Outbox, Output, Stage, StageError};
 use tributary_schemas::{
     topics, Attribution, AvroRecord, RewardEntry, RewardEntryKind, StoreCreditDirection,
     StoreCreditPush, StoreCreditState, StoreStatus,
@@ -75,16 +72,6 @@ impl Default for StoreCreditConfig {
             doubt_window: 25,
         }
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreCreditError {
-    #[error("kafka: {0}")]
-    Kafka(#[from] rdkafka::error::KafkaError),
-    #[error(transparent)]
-    Topic(#[from] TopicError),
-    #[error("encoding: {0}")]
-    Codec(#[from] tributary_schemas::CodecError),
 }
 
 /// What a reward entry moves on the advocate's store credit.
@@ -200,22 +187,6 @@ struct TransactionId {
     id: String,
 }
 
-/// Why a push did not reach an outcome now.
-enum Interrupted {
-    /// The stage is stopping; the record stays uncommitted.
-    Stopping,
-    /// The group gave the record's partition to another member: this one pushes nothing more for
-    /// it (the new owner settles any doubt from the account), and the record stays uncommitted.
-    Revoked,
-    Failed(StoreCreditError),
-}
-
-impl<E: Into<StoreCreditError>> From<E> for Interrupted {
-    fn from(error: E) -> Self {
-        Interrupted::Failed(error.into())
-    }
-}
-
 /// A push's next state.
 enum Outcome {
     Pending {
@@ -296,26 +267,6 @@ fn settle(
     }
 }
 
-async fn commit(
-    consumer: &Arc<StreamConsumer<GroupMember>>,
-    done: &mut HashMap<i32, i64>,
-    when: CommitWhen,
-) -> Result<(), StoreCreditError> {
-    if done.is_empty() {
-        return Ok(());
-    }
-    let mut offsets = TopicPartitionList::new();
-    for (partition, next) in done.drain() {
-        offsets.add_partition_offset(
-            topics::REWARDS_BY_ADVOCATE,
-            partition,
-            Offset::Offset(next),
-        )?;
-    }
-    commit_offsets(consumer, offsets, when).await;
-    Ok(())
-}
-
 /// One push's context: the store, the advocate's customer email and the entry.
 struct Push<'a> {
     /// The input's partition, which the changelog record goes to.
@@ -353,96 +304,40 @@ impl StoreCreditStage {
         }
     }
 
-    /// Consume, push, produce the outcome, commit: an input offset is committed only after every
-    /// push its record implies has an outcome in the changelog.
+    /// Consumes `tributary.rewards_by_advocate` until `shutdown`: an input offset is committed
+    /// only after every push its record implies has an outcome in the changelog (see
+    /// [`stage::run`] for the loop).
     pub async fn run(
         &self,
         ready: Arc<AtomicBool>,
         shutdown: CancellationToken,
-    ) -> Result<(), StoreCreditError> {
-        let input = topics::REWARDS_BY_ADVOCATE;
-        let consumer = self.brokers.member(&self.config.group_id, input, ready)?;
-        let producer: FutureProducer =
-            producer_config(&self.brokers.bootstrap_servers, Duration::from_secs(30)).create()?;
-        let mut states: HashMap<i32, Pushes> = HashMap::new();
-        let mut done: HashMap<i32, i64> = HashMap::new();
-        let mut tick = tokio::time::interval(Duration::from_millis(self.config.commit_interval_ms));
-        loop {
-            tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => break,
-                _ = tick.tick() => commit(&consumer, &mut done, CommitWhen::Running).await?,
-                received = consumer.recv() => {
-                    let Some(message) = received_or_warn(received) else {
-                        continue;
-                    };
-                    for partition in consumer.context().take_revoked() {
-                        states.remove(&partition);
-                        done.remove(&partition);
-                    }
-                    let partition = message.partition();
-                    if !states.contains_key(&partition) {
-                        let missing = unrestored(&consumer, input, &states, partition)?;
-                        states.extend(self.restore(missing).await?);
-                    }
-                    let pushes = states.entry(partition).or_default();
-                    match self.handle(&consumer, &message, pushes, &producer, &shutdown).await {
-                        Ok(()) => {
-                            done.insert(partition, message.offset() + 1);
-                        }
-                        Err(Interrupted::Stopping) => break,
-                        Err(Interrupted::Revoked) => {
-                            tracing::warn!(partition, offset = message.offset(), "partition revoked while pushing; left to its new owner");
-                        }
-                        Err(Interrupted::Failed(error)) => return Err(error),
-                    }
-                }
-            }
-        }
-        commit(&consumer, &mut done, CommitWhen::Stopping).await
+    ) -> Result<(), StageError> {
+        let input = Input {
+            brokers: &self.brokers,
+            group: &self.config.group_id,
+            topic: topics::REWARDS_BY_ADVOCATE,
+            commit_interval: Duration::from_millis(self.config.commit_interval_ms),
+            max_in_flight: usize::MAX,
+        };
+        stage::run(&mut Pusher(self), input, ready, shutdown).await
     }
 
-    async fn restore(&self, partitions: Vec<i32>) -> Result<HashMap<i32, Pushes>, TopicError> {
-        let records: HashMap<i32, Vec<StoreCreditPush>> = read_changelog(
-            &self.brokers.bootstrap_servers,
-            topics::STORE_CREDITS,
-            partitions,
-        )
-        .await?;
-        let states: HashMap<i32, Pushes> = records
-            .into_iter()
-            .map(|(partition, records)| {
-                let pushes = records
-                    .into_iter()
-                    .map(|p| (p.entry_id.clone(), p))
-                    .collect();
-                (partition, pushes)
-            })
-            .collect();
-        tracing::info!(
-            partitions = ?states.keys().collect::<Vec<_>>(),
-            pushes = states.values().map(HashMap::len).sum::<usize>(),
-            "store credit state restored"
-        );
-        Ok(states)
-    }
-
-    /// Every push the record implies for its advocate, in ledger order, each to an outcome.
+    /// Every push the record implies for its advocate, in ledger order, each to an outcome. A
+    /// retry comes back here with the same record: the pushes with an outcome are skipped and a
+    /// `PENDING` one is settled first.
     async fn handle(
         &self,
-        consumer: &StreamConsumer<GroupMember>,
         message: &BorrowedMessage<'_>,
         pushes: &mut Pushes,
-        producer: &FutureProducer,
-        shutdown: &CancellationToken,
-    ) -> Result<(), Interrupted> {
+        out: &mut Outbox,
+    ) -> Result<(), Failure> {
         let order = match message.payload().map(Attribution::from_avro) {
             Some(Ok(order)) => order,
             // Never skipped: a push it implies could be lost. The stage stops before it.
             Some(Err(error)) => {
-                return Err(Interrupted::Failed(
+                return Err(
                     TopicError::unreadable(topics::REWARDS_BY_ADVOCATE, message, error).into(),
-                ))
+                )
             }
             None => return Ok(()),
         };
@@ -473,10 +368,7 @@ impl StoreCreditStage {
             .open_access_token(&order.shop_domain, &sealed_token)
         {
             Ok(token) => token,
-            Err(error) => {
-                send_dead_letter(producer, message, STAGE, &error.to_string()).await?;
-                return Ok(());
-            }
+            Err(error) => return Err(Failure::DeadLetter(error.to_string())),
         };
         for movement in todo {
             let push = Push {
@@ -488,18 +380,21 @@ impl StoreCreditStage {
                 advocate_id,
                 movement,
             };
-            let reason = match self
-                .push(consumer, &push, pushes, producer, shutdown)
-                .await?
-            {
+            let reason = match self.attempt(&push, pushes, out).await? {
                 Attempt::Recorded { state, reason } => {
                     metrics::counter!("tributary_store_credit_pushes_total", "state" => format!("{state:?}")).increment(1);
                     (state == StoreCreditState::Refused).then_some(reason)
                 }
-                Attempt::NotNow(reason) | Attempt::Retry(reason) => Some(reason),
+                Attempt::NotNow(reason) => Some(reason),
+                Attempt::Retry(reason) => {
+                    return Err(Failure::Retry(format!(
+                        "{}: store credit push {}: {reason}",
+                        push.shop, push.movement.entry_id
+                    )))
+                }
             };
             if let Some(reason) = reason {
-                send_dead_letter(producer, message, STAGE, &reason).await?;
+                out.dead_letter(message, &reason).await?;
             }
         }
         Ok(())
@@ -521,64 +416,13 @@ impl StoreCreditStage {
         Some((admin.access_token_sealed.clone(), email, per_point))
     }
 
-    /// Brings one movement to an outcome recorded in the changelog, or to a reason it cannot be
-    /// pushed now; retries what is worth retrying until then.
-    ///
-    /// While it retries, the member's partitions are paused and the consumer polled, so the group
-    /// keeps it; and before every attempt it checks that it still owns the advocate's partition,
-    /// so that two members never move the same money (one writer per advocate).
-    async fn push(
-        &self,
-        consumer: &StreamConsumer<GroupMember>,
-        push: &Push<'_>,
-        pushes: &mut Pushes,
-        producer: &FutureProducer,
-        shutdown: &CancellationToken,
-    ) -> Result<Attempt, Interrupted> {
-        let mut pause = Duration::from_millis(500);
-        let mut paused: Option<PausedMember<'_, GroupMember>> = None;
-        let outcome = loop {
-            if shutdown.is_cancelled() {
-                break Err(Interrupted::Stopping);
-            }
-            if !owns(consumer, push.partition) {
-                break Err(Interrupted::Revoked);
-            }
-            let attempt = tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => break Err(Interrupted::Stopping),
-                attempt = self.attempt(push, pushes, producer) => attempt,
-            };
-            match attempt {
-                Ok(Attempt::Retry(why)) => {
-                    tracing::warn!(
-                        shop = push.shop,
-                        entry = push.movement.entry_id,
-                        why,
-                        "store credit push failed; retrying"
-                    );
-                    paused
-                        .get_or_insert_with(|| PausedMember::pause(consumer))
-                        .wait(pause)
-                        .await;
-                    pause = (pause * 2).min(Duration::from_secs(30));
-                }
-                done => break done,
-            }
-        };
-        if let Some(paused) = paused {
-            paused.resume();
-        }
-        outcome
-    }
-
     /// One try: settle an earlier doubt, else write `PENDING`, call, write the outcome.
     async fn attempt(
         &self,
         push: &Push<'_>,
         pushes: &mut Pushes,
-        producer: &FutureProducer,
-    ) -> Result<Attempt, Interrupted> {
+        out: &mut Outbox,
+    ) -> Result<Attempt, Failure> {
         let movement = &push.movement;
         let store = StoreAccess {
             shop_domain: push.shop,
@@ -607,7 +451,7 @@ impl StoreCreditStage {
             .await
         {
             Ok(data) => data.customer_by_identifier,
-            Err(error) => return self.failed(push, pushes, producer, error).await,
+            Err(error) => return self.failed(push, pushes, out, error).await,
         };
         let Some(customer) = customer else {
             return Ok(Attempt::NotNow(format!(
@@ -628,10 +472,7 @@ impl StoreCreditStage {
                         transaction_id: id,
                         customer_gid: customer.id,
                     };
-                    return self
-                        .record(push, pushes, producer, applied)
-                        .await
-                        .map(recorded);
+                    return self.record(push, pushes, out, applied).await.map(recorded);
                 }
                 Settled::NotApplied => {}
                 Settled::Unknown => {
@@ -640,7 +481,7 @@ impl StoreCreditStage {
                         push.shop, movement.entry_id, self.config.doubt_window
                     );
                     return self
-                        .record(push, pushes, producer, Outcome::Refused(reason))
+                        .record(push, pushes, out, Outcome::Refused(reason))
                         .await
                         .map(recorded);
                 }
@@ -651,7 +492,7 @@ impl StoreCreditStage {
             account_cursor: cursor,
             customer_gid: customer.id.clone(),
         };
-        self.record(push, pushes, producer, write_ahead).await?;
+        self.record(push, pushes, out, write_ahead).await?;
         let operation = match movement.direction {
             StoreCreditDirection::Credit => &STORE_CREDIT_CREDIT,
             StoreCreditDirection::Debit => &STORE_CREDIT_DEBIT,
@@ -675,9 +516,7 @@ impl StoreCreditStage {
                         transaction_id: transaction.id,
                         customer_gid: customer.id,
                     };
-                    self.record(push, pushes, producer, applied)
-                        .await
-                        .map(recorded)
+                    self.record(push, pushes, out, applied).await.map(recorded)
                 }
                 // Unexpected; the write-ahead record lets the retry find out whether it landed.
                 None => Ok(Attempt::Retry(format!(
@@ -685,7 +524,7 @@ impl StoreCreditStage {
                     push.shop, operation.name
                 ))),
             },
-            Err(error) => self.failed(push, pushes, producer, error).await,
+            Err(error) => self.failed(push, pushes, out, error).await,
         }
     }
 
@@ -696,15 +535,15 @@ impl StoreCreditStage {
         &self,
         push: &Push<'_>,
         pushes: &mut Pushes,
-        producer: &FutureProducer,
+        out: &mut Outbox,
         error: AdminError,
-    ) -> Result<Attempt, Interrupted> {
+    ) -> Result<Attempt, Failure> {
         match error {
             AdminError::GaveUp { .. } | AdminError::InDoubt { .. } => {
                 Ok(Attempt::Retry(error.to_string()))
             }
             AdminError::UserErrors { .. } => self
-                .record(push, pushes, producer, Outcome::Refused(error.to_string()))
+                .record(push, pushes, out, Outcome::Refused(error.to_string()))
                 .await
                 .map(recorded),
             other => Ok(Attempt::NotNow(other.to_string())),
@@ -716,9 +555,9 @@ impl StoreCreditStage {
         &self,
         push: &Push<'_>,
         pushes: &mut Pushes,
-        producer: &FutureProducer,
+        out: &mut Outbox,
         outcome: Outcome,
-    ) -> Result<StoreCreditPush, Interrupted> {
+    ) -> Result<StoreCreditPush, Failure> {
         let previous = pushes.get(&push.movement.entry_id);
         let mut record = StoreCreditPush {
             entry_id: push.movement.entry_id.clone(),
@@ -756,29 +595,67 @@ impl StoreCreditStage {
                 record.reason = reason;
             }
         }
-        let payload = record.to_avro()?;
-        producer
-            .send(
-                FutureRecord::to(topics::STORE_CREDITS)
-                    .partition(push.partition)
-                    .key(&record.entry_id)
-                    .payload(&payload),
-                Duration::from_secs(30),
-            )
-            .await
-            .map_err(|(error, _)| error)?;
+        out.send_now(Output {
+            topic: topics::STORE_CREDITS,
+            partition: Some(push.partition),
+            key: record.entry_id.clone().into_bytes(),
+            payload: record.to_avro()?,
+            headers: None,
+        })
+        .await?;
         pushes.insert(record.entry_id.clone(), record.clone());
         Ok(record)
     }
 }
 
-/// Whether the group still assigns `partition` of the input to this member.
-fn owns(consumer: &StreamConsumer<GroupMember>, partition: i32) -> bool {
-    consumer.assignment().is_ok_and(|assignment| {
-        assignment
-            .find_partition(topics::REWARDS_BY_ADVOCATE, partition)
-            .is_some()
-    })
+/// The store credit stage as the consume loop runs it: per input partition, the pushes restored
+/// from `tributary.store_credits`.
+struct Pusher<'a>(&'a StoreCreditStage);
+
+impl Stage for Pusher<'_> {
+    const NAME: &'static str = STAGE;
+    /// Two members never move the same money: every attempt first checks the partition is still
+    /// this member's (the new owner settles any doubt from the account).
+    const EXCLUSIVE: bool = true;
+    type State = Pushes;
+
+    async fn restore(
+        &mut self,
+        _member: &Member,
+        partitions: Vec<i32>,
+    ) -> Result<Vec<(i32, Pushes)>, StageError> {
+        let records: HashMap<i32, Vec<StoreCreditPush>> = read_changelog(
+            &self.0.brokers.bootstrap_servers,
+            topics::STORE_CREDITS,
+            partitions,
+        )
+        .await?;
+        let states: Vec<(i32, Pushes)> = records
+            .into_iter()
+            .map(|(partition, records)| {
+                let pushes = records
+                    .into_iter()
+                    .map(|p| (p.entry_id.clone(), p))
+                    .collect();
+                (partition, pushes)
+            })
+            .collect();
+        tracing::info!(
+            partitions = ?states.iter().map(|(p, _)| p).collect::<Vec<_>>(),
+            pushes = states.iter().map(|(_, s)| s.len()).sum::<usize>(),
+            "store credit state restored"
+        );
+        Ok(states)
+    }
+
+    async fn process(
+        &mut self,
+        message: &BorrowedMessage<'_>,
+        pushes: &mut Pushes,
+        out: &mut Outbox,
+    ) -> Result<(), Failure> {
+        self.0.handle(message, pushes, out).await
+    }
 }
 
 #[cfg(test)]

@@ -22,19 +22,16 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use lru::LruCache;
-use rdkafka::consumer::StreamConsumer;
-use rdkafka::message::OwnedMessage;
-use rdkafka::producer::FutureProducer;
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::message::{BorrowedMessage, OwnedMessage};
+use rdkafka::Message;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
-use tributary_schemas::control::Control;
-use tributary_schemas::kafka::{
-    commit_offsets, producer_config, received_or_warn, send_dead_letter, Brokers, CommitWhen,
-    GroupMember, PausedMember, TopicError,
-};
-use tributary_schemas::secrets::MasterKey;
+use tributary_runtime::control::Control;
+use tributary_runtime::kafka::TopicError;
+use tributary_runtime::member::Brokers;
+use tributary_runtime::secrets::MasterKey;
+use tributary_runtime::stage::{self, FlushError, Input, Member, Outbox, Stage, StageError};
 use tributary_schemas::{topics, Attribution, AvroRecord, Outcome, StoreStatus};
 use tributary_shopify::operations::{
     order_gid, ORDER_NOTE_AND_TAGS, ORDER_UPDATE_NOTE, TAGS_ADD, TAGS_REMOVE,
@@ -77,14 +74,6 @@ impl Default for WritebackConfig {
             applied_cache_orders: NonZeroUsize::new(100_000).expect("non-zero"),
         }
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum WritebackError {
-    #[error("kafka: {0}")]
-    Kafka(#[from] rdkafka::error::KafkaError),
-    #[error(transparent)]
-    Topic(#[from] TopicError),
 }
 
 /// The first line of tributary's block in an order note.
@@ -247,146 +236,25 @@ impl WritebackSink {
         }
     }
 
+    /// Consumes `tributary.attributions` until `shutdown`; see [`stage::run`] for the loop and
+    /// the module doc for the offset contract.
     pub async fn run(
         &self,
         ready: Arc<AtomicBool>,
         shutdown: CancellationToken,
-    ) -> Result<(), WritebackError> {
-        let consumer = self
-            .brokers
-            .member(&self.config.group_id, topics::ATTRIBUTIONS, ready)?;
-        let producer: FutureProducer =
-            producer_config(&self.brokers.bootstrap_servers, Duration::from_secs(30)).create()?;
-        let mut batch: HashMap<(String, u64), Pending> = HashMap::new();
-        let mut offsets: HashMap<i32, i64> = HashMap::new();
-        let mut tick = tokio::time::interval(Duration::from_millis(self.config.batch_ms));
-        loop {
-            tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => break,
-                _ = tick.tick() => {
-                    if !self.flush(&consumer, &producer, &mut batch, &mut offsets, &shutdown, CommitWhen::Running).await? {
-                        break;
-                    }
-                }
-                received = consumer.recv() => {
-                    let Some(message) = received_or_warn(received) else {
-                        continue;
-                    };
-                    match message.payload().map(Attribution::from_avro) {
-                        // Only the newest revision of an order in a batch matters.
-                        Some(Ok(record)) => {
-                            batch.insert((record.shop_domain.clone(), record.order_id), Pending { record, message: message.detach() });
-                        }
-                        // Never skipped: what came before it is written and committed, then the
-                        // stage stops before it.
-                        Some(Err(error)) => {
-                            let error = TopicError::unreadable(topics::ATTRIBUTIONS, &message, error);
-                            self.flush(&consumer, &producer, &mut batch, &mut offsets, &shutdown, CommitWhen::Stopping).await?;
-                            return Err(error.into());
-                        }
-                        None => {}
-                    }
-                    offsets.insert(message.partition(), message.offset() + 1);
-                    if batch.len() >= self.config.batch_records
-                        && !self.flush(&consumer, &producer, &mut batch, &mut offsets, &shutdown, CommitWhen::Running).await?
-                    {
-                        break;
-                    }
-                }
-            }
-        }
-        self.flush(
-            &consumer,
-            &producer,
-            &mut batch,
-            &mut offsets,
-            &shutdown,
-            CommitWhen::Stopping,
-        )
-        .await?;
-        Ok(())
-    }
-
-    /// Makes the batch's writes, then commits its offsets. Returns false when it stopped for
-    /// shutdown with writes still to make (their offsets stay uncommitted).
-    async fn flush(
-        &self,
-        consumer: &Arc<StreamConsumer<GroupMember>>,
-        producer: &FutureProducer,
-        batch: &mut HashMap<(String, u64), Pending>,
-        offsets: &mut HashMap<i32, i64>,
-        shutdown: &CancellationToken,
-        when: CommitWhen,
-    ) -> Result<bool, WritebackError> {
-        let mut pause = Duration::from_millis(500);
-        // While a batch is retried its partitions are paused and the consumer polled, so the
-        // group keeps this member however long Shopify refuses.
-        let mut paused: Option<PausedMember<'_, GroupMember>> = None;
-        while !batch.is_empty() {
-            // Owned items: a stream over borrowed ones does not make a `Send` future.
-            let work: Vec<((String, u64), Attribution)> = batch
-                .iter()
-                .map(|(key, pending)| (key.clone(), pending.record.clone()))
-                .collect();
-            let writes = futures::stream::iter(work)
-                .map(|(key, record)| async move {
-                    let outcome = self.write_order(&record).await;
-                    (key, outcome)
-                })
-                .buffer_unordered(self.config.concurrency.max(1))
-                .collect::<Vec<((String, u64), Result<(), Failure>)>>();
-            // A stop abandons the batch uncommitted: every write is safe to make again.
-            let outcomes = tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => return Ok(false),
-                outcomes = writes => outcomes,
-            };
-            let mut retry = false;
-            for (key, outcome) in outcomes {
-                match outcome {
-                    Ok(()) => {
-                        batch.remove(&key);
-                    }
-                    Err(Failure::DeadLetter(reason)) => {
-                        if let Some(pending) = batch.remove(&key) {
-                            send_dead_letter(producer, &pending.message, "writeback", &reason)
-                                .await?;
-                        }
-                    }
-                    Err(Failure::Retry(reason)) => {
-                        tracing::warn!(
-                            shop = key.0,
-                            order = key.1,
-                            reason,
-                            "writeback failed; the batch is retried"
-                        );
-                        retry = true;
-                    }
-                }
-            }
-            if retry {
-                if shutdown.is_cancelled() {
-                    return Ok(false);
-                }
-                paused
-                    .get_or_insert_with(|| PausedMember::pause(consumer))
-                    .wait(pause)
-                    .await;
-                pause = (pause * 2).min(Duration::from_secs(30));
-            }
-        }
-        if !offsets.is_empty() {
-            let mut list = TopicPartitionList::new();
-            for (partition, next) in offsets.drain() {
-                list.add_partition_offset(topics::ATTRIBUTIONS, partition, Offset::Offset(next))?;
-            }
-            commit_offsets(consumer, list, when).await;
-        }
-        if let Some(paused) = paused {
-            paused.resume();
-        }
-        Ok(true)
+    ) -> Result<(), StageError> {
+        let mut stage = Writer {
+            sink: self,
+            batch: HashMap::new(),
+        };
+        let input = Input {
+            brokers: &self.brokers,
+            group: &self.config.group_id,
+            topic: topics::ATTRIBUTIONS,
+            commit_interval: Duration::from_millis(self.config.batch_ms),
+            max_in_flight: usize::MAX,
+        };
+        stage::run(&mut stage, input, ready, shutdown).await
     }
 
     /// Brings one order in Shopify to what its record says; a no-op when it is there already.
@@ -518,6 +386,91 @@ impl WritebackSink {
             }),
         };
         Ok(Some((sealed_token, wanted)))
+    }
+}
+
+/// Writeback as a stage: `process` keeps each order's newest record of the batch, `flush` makes
+/// the batch's writes.
+struct Writer<'a> {
+    sink: &'a WritebackSink,
+    batch: HashMap<(String, u64), Pending>,
+}
+
+impl Stage for Writer<'_> {
+    const NAME: &'static str = "writeback";
+    type State = ();
+
+    async fn restore(
+        &mut self,
+        _member: &Member,
+        partitions: Vec<i32>,
+    ) -> Result<Vec<(i32, ())>, StageError> {
+        Ok(partitions.into_iter().map(|p| (p, ())).collect())
+    }
+
+    async fn process(
+        &mut self,
+        message: &BorrowedMessage<'_>,
+        _state: &mut (),
+        _out: &mut Outbox,
+    ) -> Result<(), stage::Failure> {
+        match message.payload().map(Attribution::from_avro) {
+            // Only the newest revision of an order in a batch matters.
+            Some(Ok(record)) => {
+                let key = (record.shop_domain.clone(), record.order_id);
+                let message = message.detach();
+                self.batch.insert(key, Pending { record, message });
+            }
+            // Never skipped: what came before it is written and committed, then the stage
+            // stops before it.
+            Some(Err(error)) => {
+                return Err(TopicError::unreadable(topics::ATTRIBUTIONS, message, error).into())
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    fn wants_flush(&self) -> bool {
+        self.batch.len() >= self.sink.config.batch_records
+    }
+
+    /// Makes the batch's writes, `concurrency` orders at once; an order that can never be
+    /// written is dead-lettered, and one that Shopify keeps failing keeps the batch for a retry
+    /// (the orders already written are not written again).
+    async fn flush(&mut self, out: &mut Outbox) -> Result<(), FlushError> {
+        // Owned items: a stream over borrowed ones does not make a `Send` future.
+        let work: Vec<((String, u64), Attribution)> = self
+            .batch
+            .iter()
+            .map(|(key, pending)| (key.clone(), pending.record.clone()))
+            .collect();
+        let sink = self.sink;
+        let outcomes = futures::stream::iter(work)
+            .map(|(key, record)| async move { (key, sink.write_order(&record).await) })
+            .buffer_unordered(sink.config.concurrency.max(1))
+            .collect::<Vec<((String, u64), Result<(), Failure>)>>()
+            .await;
+        let mut retry = None;
+        for (key, outcome) in outcomes {
+            match outcome {
+                Ok(()) => {
+                    self.batch.remove(&key);
+                }
+                Err(Failure::DeadLetter(reason)) => {
+                    if let Some(pending) = self.batch.remove(&key) {
+                        out.dead_letter(&pending.message, &reason).await?;
+                    }
+                }
+                Err(Failure::Retry(reason)) => {
+                    retry = Some(format!("{} order {}: {reason}", key.0, key.1));
+                }
+            }
+        }
+        match retry {
+            Some(reason) => Err(FlushError::Retry(reason)),
+            None => Ok(()),
+        }
     }
 }
 

@@ -12,12 +12,12 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::oneshot;
 
-use crate::codec::AvroRecord;
 use crate::kafka::{client_config, partitions_of, TopicError};
-use crate::{Advocate, AdvocateStatus, Store, StoreStatus};
+use tributary_schemas::AvroRecord;
+use tributary_schemas::{Advocate, AdvocateStatus, Store, StoreStatus};
 
-/// Reads `topic` from the beginning and calls `apply(key, record)` for each record (`None` for a
-/// tombstone). A record that does not decode is never taken for a deletion: the table keeps the
+/// Reads `topic` from the beginning and calls `apply(key, record, offset)` for each record (`None`
+/// for a tombstone). A record that does not decode is never taken for a deletion: the table keeps the
 /// last value it could read for that key, and the record is logged and counted
 /// (`tributary_control_unreadable_total`). `caught_up` fires once every partition has been read up
 /// to its high watermark at start. Runs until the task is dropped.
@@ -29,7 +29,7 @@ pub async fn follow<T, F>(
 ) -> Result<(), TopicError>
 where
     T: AvroRecord,
-    F: FnMut(&str, Option<T>),
+    F: FnMut(&str, Option<T>, i64),
 {
     let consumer: StreamConsumer = client_config(bootstrap_servers)
         .set("group.id", "tributary-control-reader")
@@ -48,8 +48,8 @@ where
         let message = consumer.recv().await?;
         let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
         match message.payload().map(T::from_avro) {
-            None => apply(&key, None),
-            Some(Ok(record)) => apply(&key, Some(record)),
+            None => apply(&key, None, message.offset()),
+            Some(Ok(record)) => apply(&key, Some(record), message.offset()),
             Some(Err(error)) => {
                 metrics::counter!("tributary_control_unreadable_total", "topic" => topic.to_owned())
                     .increment(1);
@@ -153,16 +153,33 @@ impl ShopAdvocates {
 #[derive(Debug, Default)]
 pub struct Control {
     stores: HashMap<String, Store>,
+    /// The `tributary.stores` offset each store's value came from (a key is always in one
+    /// partition): a record the follower reads after this process wrote a newer one itself never
+    /// takes the newer one back.
+    store_offsets: HashMap<String, i64>,
     advocates: HashMap<String, ShopAdvocates>,
     empty: ShopAdvocates,
 }
 
 impl Control {
-    pub fn apply_store(&mut self, key: &str, store: Option<Store>) {
+    /// Applies the store record at `offset` of `tributary.stores` (`None`: a tombstone), unless
+    /// the table holds one from a later offset already (written by this process and applied at
+    /// once, see [`Self::apply_store`]'s callers). Returns whether it applied.
+    pub fn apply_store(&mut self, key: &str, store: Option<Store>, offset: i64) -> bool {
+        let key = key.to_ascii_lowercase();
+        if self
+            .store_offsets
+            .get(&key)
+            .is_some_and(|&held| offset <= held)
+        {
+            return false;
+        }
+        self.store_offsets.insert(key.clone(), offset);
         match store {
-            Some(store) => self.stores.insert(key.to_ascii_lowercase(), store),
-            None => self.stores.remove(&key.to_ascii_lowercase()),
+            Some(store) => self.stores.insert(key, store),
+            None => self.stores.remove(&key),
         };
+        true
     }
 
     /// Applies an advocate record; a tombstone's key is `<shop>/<advocate id>`.

@@ -1,23 +1,19 @@
-//! How every component reaches Kafka: client settings, the embedded broker, topic provisioning and
-//! the dead-letter headers.
+//! How every component reaches Kafka: client settings, the embedded broker, topic provisioning,
+//! whole-topic reads and group offset resets.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
-};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
-use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use rdkafka::{Message, Offset, TopicPartitionList};
 
-use crate::topics::{self, Cleanup};
+use tributary_schemas::topics::{self, Cleanup};
 
 /// Settings common to every client.
 pub fn client_config(bootstrap_servers: &str) -> ClientConfig {
@@ -67,218 +63,6 @@ pub fn consumer_config(bootstrap_servers: &str, group: &str) -> ClientConfig {
         // ten idle fetches a second.
         .set("fetch.wait.max.ms", "100");
     config
-}
-
-/// The consumer context of a group member: it is ready once the group has given it its first
-/// assignment (possibly empty), and it notes revoked partitions so their owner can drop state.
-pub struct GroupMember {
-    group: String,
-    ready: Arc<AtomicBool>,
-    revoked: Mutex<Vec<i32>>,
-}
-
-impl GroupMember {
-    pub fn new(group: &str, ready: Arc<AtomicBool>) -> Self {
-        Self {
-            group: group.to_owned(),
-            ready,
-            revoked: Mutex::new(Vec::new()),
-        }
-    }
-
-    /// Partitions revoked since the last call.
-    pub fn take_revoked(&self) -> Vec<i32> {
-        std::mem::take(&mut *self.revoked.lock().unwrap_or_else(PoisonError::into_inner))
-    }
-}
-
-impl ClientContext for GroupMember {}
-
-impl ConsumerContext for GroupMember {
-    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(partitions) = rebalance {
-            // Counted per group: a member evicted for not polling shows here.
-            metrics::counter!("tributary_group_revoked_partitions_total", "group" => self.group.clone())
-                .increment(partitions.count() as u64);
-            self.revoked
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .extend(partitions.elements().iter().map(|e| e.partition()));
-        }
-    }
-
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(_) = rebalance {
-            self.ready.store(true, Ordering::SeqCst);
-        }
-    }
-
-    fn commit_callback(
-        &self,
-        result: rdkafka::error::KafkaResult<()>,
-        _offsets: &TopicPartitionList,
-    ) {
-        // Harmless: the records after the last successful commit are replayed.
-        if let Err(error) = result {
-            tracing::warn!(%error, "offset commit failed; uncommitted records will be replayed");
-        }
-    }
-}
-
-/// How a service's consumers take part in their groups (from `[kafka]` in the config file).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Membership {
-    /// Static group membership (Kafka's KIP-345, `group.instance.id`): a member that restarts
-    /// under the same id gets its partitions back at once, instead of after its predecessor's
-    /// session times out. Each group's member id is `<instance_id>.<group>`, so the id must be
-    /// unique per running process (a host or pod name) and stable across its restarts. `None`:
-    /// dynamic membership.
-    pub instance_id: Option<String>,
-    /// librdkafka's `max.poll.interval.ms`: a member that does not poll for this long leaves its
-    /// group. The stages keep polling while they retry, so it bounds only a stuck process.
-    /// `None`: librdkafka's default (300,000).
-    pub max_poll_interval_ms: Option<u64>,
-}
-
-/// The Kafka cluster a stage works with: where it is, and how the stage's consumers join their
-/// groups.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Brokers {
-    pub bootstrap_servers: String,
-    pub membership: Membership,
-}
-
-impl Brokers {
-    /// A cluster joined with dynamic membership and librdkafka's defaults.
-    pub fn new(bootstrap_servers: &str) -> Self {
-        Self {
-            bootstrap_servers: bootstrap_servers.to_owned(),
-            membership: Membership::default(),
-        }
-    }
-
-    /// A member of `group` subscribed to `topic`; `ready` turns true once the group has given
-    /// it its partitions (possibly none).
-    pub fn member(
-        &self,
-        group: &str,
-        topic: &str,
-        ready: Arc<AtomicBool>,
-    ) -> rdkafka::error::KafkaResult<Arc<StreamConsumer<GroupMember>>> {
-        let mut config = consumer_config(&self.bootstrap_servers, group);
-        if let Some(instance) = &self.membership.instance_id {
-            config.set("group.instance.id", format!("{instance}.{group}"));
-        }
-        if let Some(interval) = self.membership.max_poll_interval_ms {
-            config.set("max.poll.interval.ms", interval.to_string());
-        }
-        let consumer: StreamConsumer<GroupMember> =
-            config.create_with_context(GroupMember::new(group, ready))?;
-        consumer.subscribe(&[topic])?;
-        Ok(Arc::new(consumer))
-    }
-}
-
-/// A member's partitions paused while its stage retries (ClickHouse down, Shopify throttling):
-/// the stage keeps polling through [`PausedMember::wait`], so the group never takes the member
-/// for wedged and evicts it (`max.poll.interval.ms`) while it still works on its partitions.
-/// Records that were already fetched arrive anyway; they are dropped and each partition is
-/// rewound to its first dropped record on [`PausedMember::resume`], so nothing is skipped.
-pub struct PausedMember<'a, C: ConsumerContext + 'static> {
-    consumer: &'a StreamConsumer<C>,
-    paused: TopicPartitionList,
-    /// The first record dropped per (topic, partition).
-    rewind: std::collections::HashMap<(String, i32), i64>,
-}
-
-impl<'a, C: ConsumerContext + 'static> PausedMember<'a, C> {
-    /// Pauses every partition assigned to `consumer`.
-    pub fn pause(consumer: &'a StreamConsumer<C>) -> Self {
-        let paused = consumer.assignment().unwrap_or_default();
-        if let Err(error) = consumer.pause(&paused) {
-            tracing::warn!(%error, "pausing partitions failed; records read while retrying are rewound");
-        }
-        Self {
-            consumer,
-            paused,
-            rewind: std::collections::HashMap::new(),
-        }
-    }
-
-    /// Waits `duration` while polling the consumer.
-    pub async fn wait(&mut self, duration: Duration) {
-        let sleep = tokio::time::sleep(duration);
-        tokio::pin!(sleep);
-        loop {
-            tokio::select! {
-                _ = &mut sleep => return,
-                received = self.consumer.recv() => {
-                    if let Some(message) = received_or_warn(received) {
-                        self.rewind
-                            .entry((message.topic().to_owned(), message.partition()))
-                            .or_insert(message.offset());
-                    }
-                }
-            }
-        }
-    }
-
-    /// Resumes the paused partitions and rewinds those that delivered records meanwhile.
-    pub fn resume(self) {
-        if let Err(error) = self.consumer.resume(&self.paused) {
-            tracing::warn!(%error, "resuming partitions failed");
-        }
-        for ((topic, partition), offset) in self.rewind {
-            if let Err(error) = self.consumer.seek(
-                &topic,
-                partition,
-                Offset::Offset(offset),
-                Duration::from_secs(10),
-            ) {
-                // Only a partition revoked meanwhile cannot be rewound; its new owner reads it
-                // from the last commit.
-                tracing::warn!(%topic, partition, offset, %error, "rewinding a partition failed");
-            }
-        }
-    }
-}
-
-/// Whether a consumer loop is running or stopping when it commits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CommitWhen {
-    /// In the background: a blocking commit inside the loop can wait without end on a group
-    /// coordinator that is busy, and stop the loop with it. The result is logged by
-    /// [`GroupMember`].
-    Running,
-    /// Synchronously, but at most ten seconds, so that a clean stop replays nothing.
-    Stopping,
-}
-
-/// Commits `offsets` for the consumer's group.
-pub async fn commit_offsets<C: ConsumerContext + 'static>(
-    consumer: &Arc<StreamConsumer<C>>,
-    offsets: TopicPartitionList,
-    when: CommitWhen,
-) {
-    let result = match when {
-        CommitWhen::Running => consumer.commit(&offsets, CommitMode::Async),
-        CommitWhen::Stopping => {
-            let consumer = consumer.clone();
-            let commit =
-                tokio::task::spawn_blocking(move || consumer.commit(&offsets, CommitMode::Sync));
-            match tokio::time::timeout(Duration::from_secs(10), commit).await {
-                Ok(Ok(result)) => result,
-                _ => {
-                    tracing::warn!("the final offset commit did not finish; the next run replays a little more");
-                    Ok(())
-                }
-            }
-        }
-    };
-    // A commit refused after a rebalance is harmless: the new owner replays from the last commit.
-    if let Err(error) = result {
-        tracing::warn!(%error, "offset commit refused; uncommitted records will be replayed");
-    }
 }
 
 /// librdkafka's in-process mock cluster: real Kafka protocol on loopback ports, nothing on disk.
@@ -348,88 +132,6 @@ pub async fn provision_topics(
     Ok(created)
 }
 
-/// Header names on dead-letter records; the same facts are in the [`DeadLetter`](crate::DeadLetter) value.
-pub mod dlq_headers {
-    pub const ERROR: &str = "tributary.error";
-    pub const STAGE: &str = "tributary.stage";
-    pub const SOURCE_TOPIC: &str = "tributary.source.topic";
-    pub const SOURCE_PARTITION: &str = "tributary.source.partition";
-    pub const SOURCE_OFFSET: &str = "tributary.source.offset";
-}
-
-/// A record of the dead-letter topic for a message a stage could not handle: the message itself,
-/// the reason, and where it came from (also in headers, to read without decoding).
-pub struct DeadLetterRecord {
-    pub key: Vec<u8>,
-    pub payload: Vec<u8>,
-    pub headers: rdkafka::message::OwnedHeaders,
-}
-
-impl DeadLetterRecord {
-    pub fn new(message: &impl Message, stage: &str, error: &str) -> Self {
-        use rdkafka::message::Header;
-        metrics::counter!("tributary_dead_letters_total", "stage" => stage.to_owned()).increment(1);
-        tracing::warn!(topic = message.topic(), partition = message.partition(), offset = message.offset(), stage, %error, "record dead-lettered");
-        let record = crate::DeadLetter {
-            stage: stage.to_owned(),
-            error: error.to_owned(),
-            source_topic: message.topic().to_owned(),
-            source_partition: message.partition(),
-            source_offset: message.offset(),
-            source_key: message.key().map(<[u8]>::to_vec),
-            payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-            failed_at_ms: now_ms(),
-        };
-        let headers = rdkafka::message::OwnedHeaders::new()
-            .insert(Header {
-                key: dlq_headers::ERROR,
-                value: Some(error),
-            })
-            .insert(Header {
-                key: dlq_headers::STAGE,
-                value: Some(stage),
-            })
-            .insert(Header {
-                key: dlq_headers::SOURCE_TOPIC,
-                value: Some(message.topic()),
-            })
-            .insert(Header {
-                key: dlq_headers::SOURCE_PARTITION,
-                value: Some(&message.partition().to_string()),
-            })
-            .insert(Header {
-                key: dlq_headers::SOURCE_OFFSET,
-                value: Some(&message.offset().to_string()),
-            });
-        Self {
-            key: message.key().map(<[u8]>::to_vec).unwrap_or_default(),
-            payload: crate::AvroRecord::to_avro(&record).unwrap_or_default(),
-            headers,
-        }
-    }
-}
-
-/// Dead-letters `message` for `stage` with the reason, and waits for the broker to have it.
-pub async fn send_dead_letter(
-    producer: &rdkafka::producer::FutureProducer,
-    message: &impl Message,
-    stage: &str,
-    reason: &str,
-) -> Result<(), rdkafka::error::KafkaError> {
-    let letter = DeadLetterRecord::new(message, stage, reason);
-    producer
-        .send(
-            rdkafka::producer::FutureRecord::to(crate::topics::DEAD_LETTERS)
-                .key(&letter.key)
-                .payload(&letter.payload)
-                .headers(letter.headers),
-            Duration::from_secs(30),
-        )
-        .await
-        .map_err(|(error, _)| error)?;
-    Ok(())
-}
-
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -446,7 +148,7 @@ pub enum TopicError {
     #[error("group {0} has other members (given {1} of {2} partitions); stop its services first")]
     GroupActive(String, usize, usize),
     #[error("encoding: {0}")]
-    Codec(#[from] crate::CodecError),
+    Codec(#[from] tributary_schemas::CodecError),
     #[error("a blocking Kafka task failed: {0}")]
     Task(String),
     /// A record this binary cannot decode, where skipping it would lose data: the stage stops
@@ -456,14 +158,18 @@ pub enum TopicError {
         topic: String,
         partition: i32,
         offset: i64,
-        error: crate::CodecError,
+        error: tributary_schemas::CodecError,
     },
 }
 
 impl TopicError {
     /// The error for `message`, which did not decode; counted in
     /// `tributary_unreadable_records_total{topic}`.
-    pub fn unreadable(topic: &str, message: &impl Message, error: crate::CodecError) -> Self {
+    pub fn unreadable(
+        topic: &str,
+        message: &impl Message,
+        error: tributary_schemas::CodecError,
+    ) -> Self {
         metrics::counter!("tributary_unreadable_records_total", "topic" => topic.to_owned())
             .increment(1);
         tracing::error!(topic, partition = message.partition(), offset = message.offset(), %error,
@@ -477,15 +183,16 @@ impl TopicError {
     }
 }
 
-/// Encodes `record` and produces it under `key`, returning once the broker has it.
-pub async fn publish_record<T: crate::AvroRecord>(
+/// Encodes `record` and produces it under `key`, returning once the broker has it: its
+/// (partition, offset).
+pub async fn publish_record<T: tributary_schemas::AvroRecord>(
     producer: &rdkafka::producer::FutureProducer,
     topic: &str,
     key: &str,
     record: &T,
-) -> Result<(), TopicError> {
+) -> Result<(i32, i64), TopicError> {
     let payload = record.to_avro()?;
-    producer
+    let delivered = producer
         .send(
             rdkafka::producer::FutureRecord::to(topic)
                 .key(key)
@@ -494,7 +201,7 @@ pub async fn publish_record<T: crate::AvroRecord>(
         )
         .await
         .map_err(|(error, _)| error)?;
-    Ok(())
+    Ok((delivered.partition, delivered.offset))
 }
 
 /// The partition ids of `topic`.
@@ -737,16 +444,4 @@ fn offset_for_time(
         }
     })?;
     Ok(first_at_or_after.unwrap_or(high).max(low))
-}
-
-/// The message a consumer received, or `None` after logging its error: consumer errors are
-/// transient (a broker away, a rebalance), and the loop goes on.
-pub fn received_or_warn<M>(received: rdkafka::error::KafkaResult<M>) -> Option<M> {
-    match received {
-        Ok(message) => Some(message),
-        Err(error) => {
-            tracing::warn!(%error, "consumer error; continuing");
-            None
-        }
-    }
 }

@@ -3,9 +3,9 @@
 use std::collections::HashMap;
 
 use crate::kafka::{read_partitions, TopicError};
-use crate::AvroRecord;
 use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::Message;
+use tributary_schemas::AvroRecord;
 
 /// The partitions of `topic` assigned to `consumer` that have no state yet, with `partition`
 /// (the one a record just came from): all of them are restored in one pass.
