@@ -168,6 +168,8 @@ impl Config {
                 .filter(|key| key.as_str().contains("__"))
                 .split("__"),
         );
-        Ok(figment.extract()?)
+        let config: Config = figment.extract()?;
+        config.ingest.validate().map_err(anyhow::Error::msg)?;
+        Ok(config)
     }
 }

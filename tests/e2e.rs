@@ -875,6 +875,66 @@ async fn poison_records_go_to_the_dead_letter_topic_while_the_rest_flows() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_poison_too_big_to_dead_letter_whole_never_stops_the_pipeline_and_large_orders_get_in() {
+    let p = Pipeline::start("sizes", |_| {}).await;
+    // Signed by Shopify, not JSON, and (as a dead letter, with the reason) beyond librdkafka's
+    // default 1,000,000-byte record: it once stopped the processor for good.
+    let mut poison =
+        Order::new(3_100_000_000_001, "5.00").delivery("orders/create", "w-poison", "e-poison");
+    let mut body = b"not json ".to_vec();
+    body.resize(999_830, b'x');
+    poison.body = body;
+    accepted(&p.webhook_url, &poison).await;
+    // A genuine large order: 1.6 MB of line items.
+    let mut large = Order::new(3_100_000_000_002, "1200.00");
+    large.codes = vec!["ANNA10"];
+    let mut large = large.delivery("orders/create", "w-large", "e-large");
+    let mut order: serde_json::Value = serde_json::from_slice(&large.body).unwrap();
+    order["line_items"] = (0..3_200)
+        .map(|i| serde_json::json!({"id": i, "title": "x".repeat(440), "quantity": 1, "price": "0.37"}))
+        .collect();
+    large.body = serde_json::to_vec(&order).unwrap();
+    assert!(large.body.len() > 1_500_000);
+    accepted(&p.webhook_url, &large).await;
+    // Beyond the body limit: refused for good, with a 4xx that says so.
+    let mut huge =
+        Order::new(3_100_000_000_003, "5.00").delivery("orders/create", "w-huge", "e-huge");
+    huge.body = vec![b' '; p.config.ingest.max_body_bytes + 1];
+    assert_eq!(post(&p.webhook_url, &huge).await, 413);
+    // And an ordinary order behind them all.
+    let mut fine = Order::new(3_100_000_000_004, "7.00");
+    fine.codes = vec!["ANNA10"];
+    accepted(
+        &p.webhook_url,
+        &fine.delivery("orders/create", "w-fine", "e-fine"),
+    )
+    .await;
+
+    let ch = p.clickhouse();
+    eventually_orders(&ch, "2").await;
+    assert_eq!(
+        order_row(&ch, 3_100_000_000_002).await,
+        "ATTRIBUTED,Discount Code,anna,1200"
+    );
+    assert_eq!(
+        order_row(&ch, 3_100_000_000_004).await,
+        "ATTRIBUTED,Discount Code,anna,7"
+    );
+    let mut letters = Vec::new();
+    read_topic(&p.bootstrap, topics::DEAD_LETTERS, |m| {
+        letters.push(DeadLetter::from_avro(m.payload().unwrap()).unwrap());
+    })
+    .unwrap();
+    assert_eq!(letters.len(), 1, "only the poison is dead-lettered");
+    assert_eq!(letters[0].stage, "normalize");
+    assert!(
+        letters[0].payload.len() > 999_830,
+        "the whole envelope is kept: {} bytes",
+        letters[0].payload.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn clickhouse_down_for_a_while_then_back_loses_nothing() {
     let switch = clickhouse_switch().await;
     let url = switch.url.clone();

@@ -15,6 +15,12 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 
 use tributary_schemas::topics::{self, Cleanup};
 
+/// The largest record (key, value and headers, uncompressed) tributary produces and provisions its
+/// topics for, in bytes. Ingest's body limit is checked against it at start, and a dead letter is
+/// cut to fit it (see [`crate::dead_letter`]). 4 MiB: an order with hundreds of line items is
+/// about 1 MB of JSON.
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
 /// Settings common to every client.
 pub fn client_config(bootstrap_servers: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
@@ -40,7 +46,9 @@ pub fn producer_config(bootstrap_servers: &str, delivery_timeout: Duration) -> C
             "message.timeout.ms",
             delivery_timeout.as_millis().to_string(),
         )
-        .set("queue.buffering.max.messages", "500000");
+        .set("queue.buffering.max.messages", "500000")
+        // librdkafka refuses a larger record before sending it; the topics take as much.
+        .set("message.max.bytes", MAX_MESSAGE_BYTES.to_string());
     config
 }
 
@@ -109,11 +117,14 @@ pub async fn provision_topics(
             )
         })
         .collect();
+    let max_message_bytes = (MAX_MESSAGE_BYTES + 64 * 1024).to_string();
     let new_topics: Vec<NewTopic> = specs
         .iter()
         .map(|(name, parts, cleanup)| {
             NewTopic::new(name, *parts, TopicReplication::Fixed(replication))
                 .set("cleanup.policy", cleanup)
+                // A record batch's framing on top of the largest record.
+                .set("max.message.bytes", &max_message_bytes)
         })
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));

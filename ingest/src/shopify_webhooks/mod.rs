@@ -6,7 +6,7 @@
 //!
 //! | status | when |
 //! |---|---|
-//! | 413 | the body is larger than `max_body_bytes` |
+//! | 413 | the body is larger than `max_body_bytes`, or the delivery with its headers is larger than the event log takes (`MAX_MESSAGE_BYTES`); Shopify's retries cannot help |
 //! | 400 | `X-Shopify-Shop-Domain` is missing |
 //! | 404 | the shop is not a connected store (unknown or disconnected): nothing is produced, and Shopify's retries give a store that is being connected a second chance |
 //! | 401 | the signature is missing, not base64, or matches none of the store's secrets |
@@ -30,9 +30,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::{Deserialize, Serialize};
-use tributary_runtime::kafka::now_ms;
+use tributary_runtime::kafka::{now_ms, MAX_MESSAGE_BYTES};
 use tributary_schemas::time::parse_rfc3339_ms;
 use tributary_schemas::{topics, AvroRecord, WebhookEnvelope};
 
@@ -46,7 +47,9 @@ pub struct Config {
     /// Address the receiver listens on.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
-    /// Largest body accepted, in bytes; a larger one gets 413.
+    /// Largest body accepted, in bytes; a larger one gets 413. At most
+    /// [`MAX_BODY_BYTES_LIMIT`], so that every body taken fits in `shopify.webhooks` with its
+    /// headers (checked by [`Config::validate`]).
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
     /// How long to wait for Kafka's acknowledgement before answering 503. Shopify gives up on a
@@ -63,6 +66,23 @@ fn default_max_body_bytes() -> usize {
 }
 fn default_produce_timeout_ms() -> u64 {
     2500
+}
+
+/// The largest `max_body_bytes` allowed: a Kafka record with room for the envelope's headers.
+pub const MAX_BODY_BYTES_LIMIT: usize = MAX_MESSAGE_BYTES - 64 * 1024;
+
+impl Config {
+    /// Refuses a body limit the event log could not take: a body accepted by the limit must never
+    /// meet a refusal from Kafka (which would be answered 503, and retried by Shopify forever).
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_body_bytes > MAX_BODY_BYTES_LIMIT {
+            return Err(format!(
+                "ingest.max_body_bytes = {} is larger than the event log's records can hold; at most {MAX_BODY_BYTES_LIMIT}",
+                self.max_body_bytes
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for Config {
@@ -136,6 +156,9 @@ async fn receive(
             format!("encoding envelope: {e}"),
         )
     })?;
+    if payload.len() + key.len() > MAX_MESSAGE_BYTES {
+        return Err(too_large(payload.len() + key.len()));
+    }
     produce(&receiver, &key, &payload).await?;
     metrics::counter!("tributary_webhooks_total", "status" => "200").increment(1);
     metrics::histogram!("tributary_webhook_ack_seconds").record(started.elapsed().as_secs_f64());
@@ -171,9 +194,32 @@ fn envelope(
     })
 }
 
-/// Produces and waits for the broker's acknowledgement, at most `produce_timeout`.
+/// A delivery the event log can never take, however often Shopify retries it.
+fn too_large(bytes: usize) -> Rejection {
+    tracing::error!(
+        bytes,
+        "a signed delivery is larger than the event log's records; refused with 413"
+    );
+    reject(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("the delivery is {bytes} bytes with its headers; the event log takes at most {MAX_MESSAGE_BYTES}"),
+    )
+}
+
+/// Produces and waits for the broker's acknowledgement, at most `produce_timeout`. A record
+/// Kafka refuses for its size gets 413 (it never will be taken); anything else 503.
 async fn produce(receiver: &Receiver, key: &str, payload: &[u8]) -> Result<(), Rejection> {
-    let unavailable = |why: String| {
+    let refused = |error: KafkaError| {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge) {
+            return too_large(payload.len() + key.len());
+        }
+        tracing::warn!(%error, "kafka did not take a webhook; answering 503 so Shopify retries");
+        reject(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "event log unavailable, retry later",
+        )
+    };
+    let unavailable = |why: &str| {
         tracing::warn!(%why, "kafka did not take a webhook; answering 503 so Shopify retries");
         reject(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -184,12 +230,12 @@ async fn produce(receiver: &Receiver, key: &str, payload: &[u8]) -> Result<(), R
     let delivery = receiver
         .producer
         .send_result(record)
-        .map_err(|(e, _)| unavailable(e.to_string()))?;
+        .map_err(|(e, _)| refused(e))?;
     match tokio::time::timeout(receiver.produce_timeout, delivery).await {
         Ok(Ok(Ok(_))) => Ok(()),
-        Ok(Ok(Err((e, _)))) => Err(unavailable(e.to_string())),
-        Ok(Err(_canceled)) => Err(unavailable("producer shut down".into())),
-        Err(_elapsed) => Err(unavailable("acknowledgement timed out".into())),
+        Ok(Ok(Err((e, _)))) => Err(refused(e)),
+        Ok(Err(_canceled)) => Err(unavailable("producer shut down")),
+        Err(_elapsed) => Err(unavailable("acknowledgement timed out")),
     }
 }
 
