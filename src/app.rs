@@ -37,11 +37,16 @@ pub struct Readiness(Arc<RwLock<ReadyFlags>>);
 impl Readiness {
     pub fn flag(&self, service: &'static str) -> Arc<AtomicBool> {
         let flag = Arc::new(AtomicBool::new(false));
+        self.track(service, flag.clone());
+        flag
+    }
+
+    /// Counts `flag` (a control topic follower's health, say) among what must be true.
+    pub fn track(&self, service: &'static str, flag: Arc<AtomicBool>) {
         self.0
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .push((service, flag.clone()));
-        flag
+            .push((service, flag));
     }
 
     /// Whether `service` has registered and is ready.
@@ -127,7 +132,7 @@ pub async fn follow_control<T, F>(
     topic: &'static str,
     shutdown: &CancellationToken,
     apply: F,
-) -> anyhow::Result<()>
+) -> anyhow::Result<Arc<AtomicBool>>
 where
     T: tributary_schemas::AvroRecord + 'static,
     F: FnMut(&str, Option<T>, i64) + Send + 'static,
@@ -135,28 +140,33 @@ where
     let (tx, rx) = oneshot::channel();
     let bootstrap = bootstrap.to_owned();
     let shutdown = shutdown.clone();
+    let healthy = Arc::new(AtomicBool::new(false));
+    let health = healthy.clone();
     tokio::spawn(async move {
         tokio::select! {
             _ = shutdown.cancelled() => {}
-            Err(error) = follow::<T, F>(&bootstrap, topic, apply, tx) => {
-                tracing::error!(topic, %error, "control topic reader stopped");
+            Err(error) = follow::<T, F>(&bootstrap, topic, apply, tx, health) => {
+                tracing::error!(topic, %error, "control topic reader could not start");
             }
         }
     });
     tokio::time::timeout(Duration::from_secs(60), rx)
         .await
         .with_context(|| format!("reading {topic} timed out"))?
-        .with_context(|| format!("reading {topic} failed"))
+        .with_context(|| format!("reading {topic} failed"))?;
+    Ok(healthy)
 }
 
-/// Stores and advocates, followed in the background; returns once both have caught up.
+/// Stores and advocates, followed in the background; returns once both have caught up. Both
+/// followers count in `readiness`.
 pub async fn follow_stores_and_advocates(
     bootstrap: &str,
     shutdown: &CancellationToken,
+    readiness: &Readiness,
 ) -> anyhow::Result<Arc<RwLock<Control>>> {
     let control = Arc::new(RwLock::new(Control::default()));
     let stores = control.clone();
-    follow_control::<Store, _>(
+    let stores_followed = follow_control::<Store, _>(
         bootstrap,
         topics::STORES,
         shutdown,
@@ -168,8 +178,9 @@ pub async fn follow_stores_and_advocates(
         },
     )
     .await?;
+    readiness.track("stores topic", stores_followed);
     let advocates = control.clone();
-    follow_control::<Advocate, _>(
+    let advocates_followed = follow_control::<Advocate, _>(
         bootstrap,
         topics::ADVOCATES,
         shutdown,
@@ -181,6 +192,7 @@ pub async fn follow_stores_and_advocates(
         },
     )
     .await?;
+    readiness.track("advocates topic", advocates_followed);
     Ok(control)
 }
 
@@ -196,13 +208,15 @@ pub async fn run_ingest(
     let master_key = MasterKey::load(&config.secrets.master_key_file)?;
     let stores = StoreSecrets::default();
     let table = stores.clone();
-    follow_control::<Store, _>(
+    let followed = follow_control::<Store, _>(
         bootstrap,
         topics::STORES,
         &shutdown,
         move |key, store, _| table.apply(key, store, &master_key),
     )
     .await?;
+    // A receiver whose broker is gone answers every delivery 503: not ready.
+    readiness.track("stores topic", followed);
     let timeout = Duration::from_millis(config.ingest.produce_timeout_ms);
     let producer: FutureProducer = producer_config(bootstrap, timeout).create()?;
     let router = shopify_webhooks::router(&config.ingest, producer, stores)
@@ -218,7 +232,7 @@ pub async fn run_processor(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let ready = readiness.flag("processor");
-    let control = follow_stores_and_advocates(bootstrap, &shutdown).await?;
+    let control = follow_stores_and_advocates(bootstrap, &shutdown, &readiness).await?;
     Processor::new(
         &config.kafka.brokers(bootstrap),
         config.processor.clone(),
@@ -268,7 +282,7 @@ pub async fn run_writeback(
     let ready = readiness.flag("writeback");
     let store_credit_ready = readiness.flag("store-credit");
     let master_key = MasterKey::load(&config.secrets.master_key_file)?;
-    let control = follow_stores_and_advocates(bootstrap, &shutdown).await?;
+    let control = follow_stores_and_advocates(bootstrap, &shutdown, &readiness).await?;
     let admin = Arc::new(AdminClient::new(config.shopify.clone())?);
     let auto_mint = auto_mint(
         config,

@@ -307,7 +307,12 @@ impl ControlPlane {
     ) -> anyhow::Result<Self> {
         // First: without its key the control plane cannot seal what it is given.
         let master_key = MasterKey::load(&config.secrets.master_key_file)?;
-        let control = crate::app::follow_stores_and_advocates(bootstrap, shutdown).await?;
+        let control = crate::app::follow_stores_and_advocates(
+            bootstrap,
+            shutdown,
+            &crate::app::Readiness::default(),
+        )
+        .await?;
         let teams = Arc::new(RwLock::new(HashMap::new()));
         let table = teams.clone();
         crate::app::follow_control::<Team, _>(

@@ -794,7 +794,8 @@ async fn codes(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let bootstrap = bootstrap(config)?;
-    let control = app::follow_stores_and_advocates(&bootstrap, &shutdown).await?;
+    let control =
+        app::follow_stores_and_advocates(&bootstrap, &shutdown, &app::Readiness::default()).await?;
     match command {
         CodesCommand::Stats { shop } => {
             let control = control.read().unwrap_or_else(|p| p.into_inner());

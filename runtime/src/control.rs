@@ -6,6 +6,8 @@
 //! before it handles traffic, so a restart never runs on half-loaded control data.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -16,36 +18,74 @@ use crate::kafka::{client_config, partitions_of, TopicError};
 use tributary_schemas::AvroRecord;
 use tributary_schemas::{Advocate, AdvocateStatus, Store, StoreStatus};
 
+/// How often a follower checks that the broker answers while its topic is quiet.
+const PROBE_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Reads `topic` from the beginning and calls `apply(key, record, offset)` for each record (`None`
 /// for a tombstone). A record that does not decode is never taken for a deletion: the table keeps the
 /// last value it could read for that key, and the record is logged and counted
 /// (`tributary_control_unreadable_total`). `caught_up` fires once every partition has been read up
-/// to its high watermark at start. Runs until the task is dropped.
+/// to its high watermark at start.
+///
+/// Runs until the task is dropped; it returns only if it cannot start. A consumer error (a broker
+/// away) never stops it: it is logged and counted (`tributary_control_follower_errors_total`),
+/// `healthy` turns false, and the follower goes on where it was once the broker answers. `healthy`
+/// is true after a record or a successful probe of the broker (every 5 s) and false after an
+/// error, so readiness can show a table that may be stale.
 pub async fn follow<T, F>(
     bootstrap_servers: &str,
     topic: &str,
     mut apply: F,
     caught_up: oneshot::Sender<()>,
+    healthy: Arc<AtomicBool>,
 ) -> Result<(), TopicError>
 where
     T: AvroRecord,
     F: FnMut(&str, Option<T>, i64),
 {
-    let consumer: StreamConsumer = client_config(bootstrap_servers)
-        .set("group.id", "tributary-control-reader")
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .create()?;
+    let consumer: Arc<StreamConsumer> = Arc::new(
+        client_config(bootstrap_servers)
+            .set("group.id", "tributary-control-reader")
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .create()?,
+    );
     let (assignment, mut remaining) = start_positions(&consumer, topic)?;
     consumer.assign(&assignment)?;
+    let probed = assignment.elements().first().map(|e| e.partition());
     let mut caught_up = Some(caught_up);
+    let mut probe = tokio::time::interval(PROBE_INTERVAL);
     loop {
         if remaining.is_empty() {
             if let Some(tx) = caught_up.take() {
+                healthy.store(true, Ordering::SeqCst);
                 let _ = tx.send(());
             }
         }
-        let message = consumer.recv().await?;
+        let received = tokio::select! {
+            received = consumer.recv() => received,
+            _ = probe.tick() => {
+                if caught_up.is_none() {
+                    let answered = broker_answers(&consumer, topic, probed).await;
+                    healthy.store(answered, Ordering::SeqCst);
+                }
+                continue;
+            }
+        };
+        let message = match received {
+            Ok(message) => message,
+            Err(error) => {
+                healthy.store(false, Ordering::SeqCst);
+                metrics::counter!("tributary_control_follower_errors_total", "topic" => topic.to_owned())
+                    .increment(1);
+                tracing::warn!(topic, %error, "control topic follower: consumer error; going on once the broker answers");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        if caught_up.is_none() {
+            healthy.store(true, Ordering::SeqCst);
+        }
         let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
         match message.payload().map(T::from_avro) {
             None => apply(&key, None, message.offset()),
@@ -63,6 +103,25 @@ where
             }
         }
     }
+}
+
+/// Whether the broker answers a watermark query for `partition` of `topic` within 3 s.
+async fn broker_answers(
+    consumer: &Arc<StreamConsumer>,
+    topic: &str,
+    partition: Option<i32>,
+) -> bool {
+    let Some(partition) = partition else {
+        return true;
+    };
+    let (consumer, topic) = (consumer.clone(), topic.to_owned());
+    tokio::task::spawn_blocking(move || {
+        consumer
+            .fetch_watermarks(&topic, partition, Duration::from_secs(3))
+            .is_ok()
+    })
+    .await
+    .unwrap_or(false)
 }
 
 /// Assigns every partition at the beginning; returns the partitions that hold records, with their

@@ -93,6 +93,17 @@ impl EmbeddedBroker {
     pub fn bootstrap_servers(&self) -> String {
         self.cluster.bootstrap_servers()
     }
+
+    /// Takes broker `id` (1-based) down: its connections close and it refuses new ones, as a
+    /// killed broker would. For outage tests.
+    pub fn broker_down(&self, id: i32) -> Result<(), rdkafka::error::KafkaError> {
+        self.cluster.broker_down(id)
+    }
+
+    /// Brings broker `id` back after [`Self::broker_down`], with everything it held.
+    pub fn broker_up(&self, id: i32) -> Result<(), rdkafka::error::KafkaError> {
+        self.cluster.broker_up(id)
+    }
 }
 
 /// Creates every topic of the contract that does not exist yet. Partitioned topics get
