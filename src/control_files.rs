@@ -17,13 +17,17 @@
 //! `advocates.csv` columns: `shop_domain,id,identifier,first_name,email,status,codes`, with
 //! `status` `active` or `inactive` and `codes` separated by `;`.
 
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
 use rdkafka::producer::FutureProducer;
+use rdkafka::Message;
 use serde::Deserialize;
-use tributary_runtime::kafka::{now_ms, producer_config, publish_record};
+use tributary_runtime::control::{normalize_code, normalize_identifier};
+use tributary_runtime::kafka::{now_ms, producer_config, publish_record, read_topic};
 use tributary_runtime::secrets::{access_token_purpose, webhook_secret_purpose, MasterKey};
 use tributary_schemas::topics::{self, advocate_key, store_key};
 use tributary_schemas::{
@@ -252,15 +256,140 @@ pub async fn publish_stores(
     publish(bootstrap, topics::STORES, &records).await
 }
 
+/// Publishes an advocates file, after [`check_advocates`] against the stores and advocates already
+/// in their topics; nothing is published if any line is refused.
 pub async fn load_advocates(bootstrap: &str, path: &Path) -> anyhow::Result<usize> {
-    let records: Vec<(String, Advocate)> = read_advocates(path)?
-        .iter()
-        .map(|line| {
-            let record = advocate_record(line);
-            (advocate_key(&record.shop_domain, &record.id), record)
-        })
+    let loaded: Vec<Advocate> = read_advocates(path)?.iter().map(advocate_record).collect();
+    let (stores, current) = read_stores_and_advocates(bootstrap).await?;
+    if let Err(problems) = check_advocates(&stores, &current, &loaded) {
+        anyhow::bail!(
+            "{} refused, nothing published:\n  {}",
+            path.display(),
+            problems.join("\n  ")
+        );
+    }
+    let records: Vec<(String, Advocate)> = loaded
+        .into_iter()
+        .map(|record| (advocate_key(&record.shop_domain, &record.id), record))
         .collect();
     publish(bootstrap, topics::ADVOCATES, &records).await
+}
+
+/// The stores and advocates their control topics hold now (the newest record per key).
+async fn read_stores_and_advocates(
+    bootstrap: &str,
+) -> anyhow::Result<(HashMap<String, Store>, Vec<Advocate>)> {
+    let bootstrap = bootstrap.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut stores = HashMap::new();
+        read_topic(&bootstrap, topics::STORES, |m| {
+            let key = String::from_utf8_lossy(m.key().unwrap_or_default()).to_ascii_lowercase();
+            match m.payload().map(Store::from_avro) {
+                Some(Ok(store)) => {
+                    stores.insert(key, store);
+                }
+                None => {
+                    stores.remove(&key);
+                }
+                Some(Err(_)) => {}
+            }
+        })?;
+        let mut advocates = HashMap::new();
+        read_topic(&bootstrap, topics::ADVOCATES, |m| {
+            let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+            match m.payload().map(Advocate::from_avro) {
+                Some(Ok(advocate)) => {
+                    advocates.insert(key, advocate);
+                }
+                None => {
+                    advocates.remove(&key);
+                }
+                Some(Err(_)) => {}
+            }
+        })?;
+        Ok((stores, advocates.into_values().collect()))
+    })
+    .await?
+}
+
+/// Refuses what would make a store's advocates ambiguous or unusable, naming every problem: a
+/// line for a store that is not in the stores topic; an active advocate with a code the store
+/// excludes (no order with it could ever be attributed); and a code or identifier held by two
+/// active advocates of a store, counting those already loaded (a line replaces the loaded
+/// advocate with its id), with both advocates named. Codes compare as attribution compares them
+/// (trimmed, any case); identifiers in any case.
+pub fn check_advocates(
+    stores: &HashMap<String, Store>,
+    current: &[Advocate],
+    loaded: &[Advocate],
+) -> Result<(), Vec<String>> {
+    let mut problems = Vec::new();
+    let replaced: HashSet<(&str, &str)> = loaded
+        .iter()
+        .map(|a| (a.shop_domain.as_str(), a.id.as_str()))
+        .collect();
+    let kept = current
+        .iter()
+        .filter(|a| !replaced.contains(&(a.shop_domain.as_str(), a.id.as_str())));
+    // (shop, "code"/"identifier", value) → the first active advocate holding it.
+    let mut holders: HashMap<(&str, &str, String), &Advocate> = HashMap::new();
+    for advocate in kept.chain(loaded) {
+        if advocate.status != AdvocateStatus::Active {
+            continue;
+        }
+        let shop = advocate.shop_domain.as_str();
+        let claims = advocate
+            .codes
+            .iter()
+            .map(|c| ("code", normalize_code(c)))
+            .chain([("identifier", normalize_identifier(&advocate.identifier))]);
+        for (kind, value) in claims {
+            match holders.entry((shop, kind, value)) {
+                Entry::Occupied(held) if held.get().id != advocate.id => {
+                    let ((_, _, value), other) = (held.key(), held.get());
+                    problems.push(format!(
+                        "{shop}: {kind} {value} is both advocate {} ({}) and advocate {} ({})'s; one {kind} belongs to one active advocate",
+                        other.id, other.identifier, advocate.id, advocate.identifier
+                    ));
+                }
+                Entry::Occupied(_) => {}
+                Entry::Vacant(slot) => {
+                    slot.insert(advocate);
+                }
+            }
+        }
+    }
+    for advocate in loaded {
+        let shop = advocate.shop_domain.as_str();
+        let Some(store) = stores.get(shop) else {
+            problems.push(format!(
+                "advocate {}: store {shop} is not loaded (`tributary stores load` or connect it first)",
+                advocate.id
+            ));
+            continue;
+        };
+        if advocate.status != AdvocateStatus::Active {
+            continue;
+        }
+        for code in &advocate.codes {
+            let code = normalize_code(code);
+            if store
+                .excluded_codes
+                .iter()
+                .any(|excluded| normalize_code(excluded) == code)
+            {
+                problems.push(format!(
+                    "{shop}: advocate {}'s code {code} is one of the store's excluded codes; no order with it would be attributed",
+                    advocate.id
+                ));
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems)
+    }
 }
 
 /// Queues operators' commands (manual attributions, reward approvals), (shop, command) each:

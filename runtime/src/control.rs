@@ -5,7 +5,7 @@
 //! `GlobalKTable`). A component waits until it has caught up to the high watermarks seen at start
 //! before it handles traffic, so a restart never runs on half-loaded control data.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -152,40 +152,50 @@ pub fn normalize_identifier(identifier: &str) -> String {
     identifier.trim().to_lowercase()
 }
 
+/// One store's advocates, by id, code and identifier.
+///
+/// The indexes keep every advocate that claims a code or identifier, not only the last one
+/// written: updating or removing one advocate never unmaps what another still holds (a code
+/// moved from ALICE to BOB stays BOB's whichever record comes last). Loading refuses one code on
+/// two active advocates (`tributary advocates load`); should the topic hold such a pair anyway,
+/// the lookup answers the active claimant with the smallest id, the same in every process.
 #[derive(Debug, Default)]
 pub struct ShopAdvocates {
     by_id: HashMap<String, Advocate>,
-    id_by_code: HashMap<String, String>,
-    id_by_identifier: HashMap<String, String>,
+    ids_by_code: HashMap<String, BTreeSet<String>>,
+    ids_by_identifier: HashMap<String, BTreeSet<String>>,
 }
 
 impl ShopAdvocates {
     fn upsert(&mut self, advocate: Advocate) {
         self.remove(&advocate.id.clone());
         for code in &advocate.codes {
-            self.id_by_code
-                .insert(normalize_code(code), advocate.id.clone());
+            claim(&mut self.ids_by_code, normalize_code(code), &advocate.id);
         }
-        self.id_by_identifier.insert(
-            normalize_identifier(&advocate.identifier),
-            advocate.id.clone(),
-        );
+        let identifier = normalize_identifier(&advocate.identifier);
+        claim(&mut self.ids_by_identifier, identifier, &advocate.id);
         self.by_id.insert(advocate.id.clone(), advocate);
     }
 
     fn remove(&mut self, id: &str) {
         if let Some(old) = self.by_id.remove(id) {
             for code in &old.codes {
-                self.id_by_code.remove(&normalize_code(code));
+                release(&mut self.ids_by_code, &normalize_code(code), id);
             }
-            self.id_by_identifier
-                .remove(&normalize_identifier(&old.identifier));
+            release(
+                &mut self.ids_by_identifier,
+                &normalize_identifier(&old.identifier),
+                id,
+            );
         }
     }
 
-    fn active(&self, id: Option<&String>) -> Option<&Advocate> {
-        id.and_then(|id| self.by_id.get(id))
-            .filter(|a| a.status == AdvocateStatus::Active)
+    /// The first active advocate among `ids`.
+    fn active(&self, ids: Option<&BTreeSet<String>>) -> Option<&Advocate> {
+        ids.into_iter()
+            .flatten()
+            .filter_map(|id| self.by_id.get(id))
+            .find(|a| a.status == AdvocateStatus::Active)
     }
 
     /// The advocate with this id, active or not.
@@ -200,12 +210,28 @@ impl ShopAdvocates {
 
     /// The active advocate owning `code` (any case, surrounding spaces ignored).
     pub fn by_code(&self, code: &str) -> Option<&Advocate> {
-        self.active(self.id_by_code.get(&normalize_code(code)))
+        self.active(self.ids_by_code.get(&normalize_code(code)))
     }
 
     /// The active advocate whose identifier is `identifier` (any case).
     pub fn by_identifier(&self, identifier: &str) -> Option<&Advocate> {
-        self.active(self.id_by_identifier.get(&normalize_identifier(identifier)))
+        self.active(
+            self.ids_by_identifier
+                .get(&normalize_identifier(identifier)),
+        )
+    }
+}
+
+fn claim(index: &mut HashMap<String, BTreeSet<String>>, value: String, id: &str) {
+    index.entry(value).or_default().insert(id.to_owned());
+}
+
+fn release(index: &mut HashMap<String, BTreeSet<String>>, value: &str, id: &str) {
+    if let Some(ids) = index.get_mut(value) {
+        ids.remove(id);
+        if ids.is_empty() {
+            index.remove(value);
+        }
     }
 }
 
@@ -278,5 +304,53 @@ impl Control {
 
     pub fn advocates(&self, domain: &str) -> &ShopAdvocates {
         self.advocates.get(domain).unwrap_or(&self.empty)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn advocate(id: &str, identifier: &str, codes: &[&str]) -> Advocate {
+        Advocate {
+            shop_domain: "shop.myshopify.com".into(),
+            id: id.into(),
+            identifier: identifier.into(),
+            first_name: id.into(),
+            email: format!("{identifier}@example.org"),
+            status: AdvocateStatus::Active,
+            codes: codes.iter().map(|c| c.to_string()).collect(),
+            updated_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn a_code_moved_to_another_advocate_stays_with_them_whatever_comes_last() {
+        let mut control = Control::default();
+        let key = |id: &str| format!("shop.myshopify.com/{id}");
+        control.apply_advocate(&key("1"), Some(advocate("1", "alice", &["SPRING10"])));
+        // The reproduction: BOB takes the code (first row), ALICE loses it (second row).
+        control.apply_advocate(&key("2"), Some(advocate("2", "bob", &["spring10"])));
+        control.apply_advocate(&key("1"), Some(advocate("1", "alice", &[])));
+        let shop = control.advocates("shop.myshopify.com");
+        assert_eq!(shop.by_code("SPRING10").map(|a| a.id.as_str()), Some("2"));
+        assert_eq!(
+            shop.by_identifier("ALICE").map(|a| a.id.as_str()),
+            Some("1")
+        );
+
+        // Removing an advocate leaves what another holds; a tombstone removes only its own.
+        control.apply_advocate(&key("3"), Some(advocate("3", "bob", &["SPRING10"])));
+        control.apply_advocate(&key("2"), None);
+        let shop = control.advocates("shop.myshopify.com");
+        assert_eq!(shop.by_code("spring10").map(|a| a.id.as_str()), Some("3"));
+        assert_eq!(shop.by_identifier("bob").map(|a| a.id.as_str()), Some("3"));
+
+        // An inactive claimant never hides an active one.
+        let mut inactive = advocate("0", "old", &["SPRING10"]);
+        inactive.status = AdvocateStatus::Inactive;
+        control.apply_advocate(&key("0"), Some(inactive));
+        let shop = control.advocates("shop.myshopify.com");
+        assert_eq!(shop.by_code("SPRING10").map(|a| a.id.as_str()), Some("3"));
     }
 }
