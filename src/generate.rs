@@ -260,7 +260,9 @@ pub fn plan(
     let mut expected = Expected::default();
     let mut planned = Vec::new();
     let mut commands = Vec::new();
-    let start_ms = 1_764_316_800_000 + (seed as i64 % 1000) * 86_400_000; // 2025-11-28 + seed days
+    // 2025-11-28 minus seed days: always in the past, since the processor takes an event time
+    // far ahead of its receive time as the receive time.
+    let start_ms = 1_764_316_800_000 - (seed as i64 % 1000) * 86_400_000;
     for (store_index, store) in stores.iter().enumerate() {
         let secret = store
             .webhook_secrets

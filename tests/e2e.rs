@@ -716,6 +716,56 @@ async fn rewards_are_requested_approved_reversed_by_refunds_and_follow_a_moved_o
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_event_time_far_ahead_of_its_receipt_never_moves_the_watermark() {
+    let p = Pipeline::start("future", |c| {
+        c.kafka.partitions = 1;
+        c.processor.idle_tick_ms = 300;
+    })
+    .await;
+    // Orders placed now at the store that waits 10 minutes for upsells.
+    let now_minute = (tributary_runtime::kafka::now_ms() - 1_764_331_200_000) / 60_000;
+    let order = |id: u64| {
+        let mut order = Order::new(id, "10.00");
+        (order.shop, order.secret, order.created_minute) = (UPSELL_SHOP, UPSELL_SECRET, now_minute);
+        order.codes = vec!["kemi"];
+        order
+    };
+    let mut forged = order(7_100_000_000_001).delivery("orders/create", "f-create", "f-create");
+    forged.triggered_at_ms = 253_402_300_799_000; // 9999-12-31T23:59:59Z
+    accepted(&p.webhook_url, &forged).await;
+    accepted(
+        &p.webhook_url,
+        &order(7_100_000_000_002).delivery("orders/create", "n-create", "n-create"),
+    )
+    .await;
+    // Idle ticks (every 300 ms) carry the present: both stay held for their 10 minutes. Had the
+    // forged time moved the watermark to 9999, both would have settled at once.
+    let metrics_url = format!("http://{}/metrics", p.config.ingest.listen);
+    let mut seen = false;
+    for _ in 0..50 {
+        let text = reqwest::get(&metrics_url)
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if text.contains("tributary_processor_future_event_times_total") {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(seen, "the processor read the forged delivery");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    eventually(
+        &p.clickhouse(),
+        "SELECT toString(count()) FROM attributions_current",
+        "0",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn held_orders_merge_upsells_settle_on_event_time_and_survive_a_restart() {
     let mut p = Pipeline::start("settle", |c| {
         c.kafka.partitions = 1;

@@ -58,6 +58,14 @@ pub struct Config {
     /// whose log does not outlive the process).
     #[serde(default)]
     pub state_dir: Option<std::path::PathBuf>,
+    /// The furthest an event time (`X-Shopify-Triggered-At`) may lie ahead of the time ingest
+    /// received the delivery, in ms. A record beyond it is taken as happening when it was received
+    /// (`tributary_processor_future_event_times_total`): it settles like any record of that time,
+    /// and a wrong clock or a forged header can never move a partition's watermark into the future
+    /// (which would settle every later order at once). A watermark committed beyond now plus this
+    /// (by a release without the rule) is brought back to now on restore.
+    #[serde(default = "default_max_event_time_ahead_ms")]
+    pub max_event_time_ahead_ms: u64,
 }
 
 fn default_group() -> String {
@@ -72,6 +80,9 @@ fn default_max_in_flight() -> usize {
 fn default_idle_tick_ms() -> u64 {
     10_000
 }
+fn default_max_event_time_ahead_ms() -> u64 {
+    10 * 60_000
+}
 
 impl Default for Config {
     fn default() -> Self {
@@ -81,6 +92,7 @@ impl Default for Config {
             max_in_flight: default_max_in_flight(),
             idle_tick_ms: default_idle_tick_ms(),
             state_dir: None,
+            max_event_time_ahead_ms: default_max_event_time_ahead_ms(),
         }
     }
 }
@@ -186,7 +198,18 @@ impl Processor {
         let states: HashMap<i32, PartitionState> = settled
             .into_iter()
             .map(|(partition, settled)| {
+                let ahead = i64::try_from(self.config.max_event_time_ahead_ms).unwrap_or(i64::MAX);
                 let watermark = watermarks.get(&partition).copied().unwrap_or_default();
+                let watermark = if watermark > now_ms().saturating_add(ahead) {
+                    tracing::warn!(
+                        partition,
+                        watermark,
+                        "committed watermark lies in the future; brought back to now"
+                    );
+                    now_ms()
+                } else {
+                    watermark
+                };
                 (partition, PartitionState::with_settled(settled, watermark))
             })
             .collect();
@@ -199,6 +222,23 @@ impl Processor {
         Ok(states)
     }
 
+    /// Takes an event time too far ahead of the receive time as the receive time (see
+    /// [`Config::max_event_time_ahead_ms`]).
+    fn bound_event_time(&self, envelope: &mut WebhookEnvelope) {
+        let ahead = i64::try_from(self.config.max_event_time_ahead_ms).unwrap_or(i64::MAX);
+        if envelope.triggered_at_ms > envelope.received_at_ms.saturating_add(ahead) {
+            metrics::counter!("tributary_processor_future_event_times_total").increment(1);
+            tracing::warn!(
+                shop = %envelope.shop_domain,
+                webhook_id = %envelope.webhook_id,
+                triggered_at_ms = envelope.triggered_at_ms,
+                received_at_ms = envelope.received_at_ms,
+                "event time far ahead of its receive time; taken as the receive time"
+            );
+            envelope.triggered_at_ms = envelope.received_at_ms;
+        }
+    }
+
     /// Everything one input record produces: its own outputs, then the attributions of every held
     /// order the watermark has now passed. Control data is read once per record.
     fn process(
@@ -206,13 +246,14 @@ impl Processor {
         message: &BorrowedMessage<'_>,
         state: &mut PartitionState,
     ) -> Result<Vec<Output>, StateStoreError> {
-        let envelope = match message.payload().map(WebhookEnvelope::from_avro) {
+        let mut envelope = match message.payload().map(WebhookEnvelope::from_avro) {
             Some(Ok(envelope)) => envelope,
             Some(Err(error)) => {
                 return Ok(vec![dead_letter(message, "decode", &error.to_string())])
             }
             None => return Ok(vec![dead_letter(message, "decode", "record has no value")]),
         };
+        self.bound_event_time(&mut envelope);
         let control = self.control.read().unwrap_or_else(|p| p.into_inner());
         let mut outputs = if envelope.is_idle_tick() {
             Vec::new()
