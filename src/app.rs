@@ -111,18 +111,91 @@ pub fn ops_router(readiness: Readiness, metrics: PrometheusHandle) -> Router {
         )
 }
 
-pub async fn serve(
+/// What any of tributary's HTTP endpoints allows one client, so that stalled or slow clients can
+/// never exhaust the process (file descriptors, memory) and starve the rest, `/healthz` included.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpLimits {
+    /// Connections served at once; further ones wait in the listen backlog until one closes.
+    /// Keep it well below the process's file descriptor limit (`ulimit -n`, often 1,024).
+    pub max_connections: usize,
+    /// A connection whose request headers are not complete this long after it opened (or after
+    /// its previous request) is closed, in ms.
+    pub header_read_timeout_ms: u64,
+    /// A request not answered this long after its headers arrived (a body that stalls, say) gets
+    /// 408 and its connection is closed, in ms.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 512,
+            header_read_timeout_ms: 10_000,
+            request_timeout_ms: 30_000,
+        }
+    }
+}
+
+/// Serves `router` on `listen` with `limits` until `shutdown`, then lets requests in progress
+/// finish (at most 10 s).
+pub async fn serve_with(
     listen: std::net::SocketAddr,
     router: Router,
+    limits: &HttpLimits,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
-    tracing::info!(%listen, "serving http");
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await?;
+    tracing::info!(%listen, ?limits, "serving http");
+    let router = router.layer(tower_http::timeout::TimeoutLayer::with_status_code(
+        axum::http::StatusCode::REQUEST_TIMEOUT,
+        Duration::from_millis(limits.request_timeout_ms),
+    ));
+    let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms));
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            permit = permits.clone().acquire_owned() => permit?,
+        };
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // Out of file descriptors, say: wait instead of spinning.
+                    tracing::warn!(%listen, %error, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let connection = http.serve_connection(
+            TokioIo::new(stream),
+            TowerToHyperService::new(router.clone()),
+        );
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            // Errors here are one client's (a timeout, a reset): nothing to do but close.
+            let _ = connection.await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(%listen, "connections still open after 10 s; closing them");
+    }
     Ok(())
 }
 
@@ -222,7 +295,7 @@ pub async fn run_ingest(
     let router = shopify_webhooks::router(&config.ingest, producer, stores)
         .merge(ops_router(readiness, metrics));
     ready.store(true, Ordering::SeqCst);
-    serve(config.ingest.listen, router, shutdown).await
+    serve_with(config.ingest.listen, router, &config.http, shutdown).await
 }
 
 pub async fn run_processor(

@@ -37,6 +37,10 @@ pub struct Config {
     pub secrets: SecretsConfig,
     #[serde(default)]
     pub ops: OpsConfig,
+    /// `[http]`: limits of every HTTP endpoint the process serves (webhooks, the control plane's
+    /// API, ops): connections at once and read timeouts.
+    #[serde(default)]
+    pub http: crate::app::HttpLimits,
 }
 
 /// `[kafka]`

@@ -848,5 +848,11 @@ pub async fn run_control(
             }
         }
     });
-    crate::app::serve(config.connections.listen, router(plane), shutdown).await
+    crate::app::serve_with(
+        config.connections.listen,
+        router(plane),
+        &config.http,
+        shutdown,
+    )
+    .await
 }

@@ -670,9 +670,9 @@ async fn broker_or_embedded(config: &Config) -> anyhow::Result<(Option<EmbeddedB
 fn serve_ops(config: &Config, shutdown: CancellationToken) -> anyhow::Result<Readiness> {
     let readiness = Readiness::default();
     let router = app::ops_router(readiness.clone(), app::install_metrics()?);
-    let listen = config.ops.listen;
+    let (listen, limits) = (config.ops.listen, config.http.clone());
     tokio::spawn(async move {
-        if let Err(error) = app::serve(listen, router, shutdown).await {
+        if let Err(error) = app::serve_with(listen, router, &limits, shutdown).await {
             tracing::error!(%error, "ops server stopped");
         }
     });
