@@ -283,19 +283,9 @@ pub fn api_key_digest(key: &str) -> String {
 }
 
 fn normalize_domain(domain: &str) -> Result<String, ConnectionError> {
-    let domain = domain.trim().to_ascii_lowercase();
-    let valid = domain.ends_with(".myshopify.com")
-        && domain.len() > ".myshopify.com".len()
-        && domain
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
-    if valid {
-        Ok(domain)
-    } else {
-        Err(ConnectionError::Invalid(
-            "domain must be the store's <name>.myshopify.com".into(),
-        ))
-    }
+    tributary_schemas::topics::shop_domain(domain).ok_or_else(|| {
+        ConnectionError::Invalid("domain must be the store's <name>.myshopify.com".into())
+    })
 }
 
 impl ControlPlane {

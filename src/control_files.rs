@@ -109,11 +109,91 @@ fn default_tag_prefix() -> String {
 }
 
 impl StoresFile {
+    /// Reads and parses `path`. A parse error names the line and column and what is wrong, but
+    /// never quotes the file: its lines hold webhook secrets and Admin tokens, and the error goes
+    /// to terminals and CI logs.
     pub fn read(path: &Path) -> anyhow::Result<Self> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+        Self::parse(&text).map_err(|error| anyhow::anyhow!("parsing {}: {error}", path.display()))
     }
+
+    /// The longest settle delay a store may set: a week, in minutes.
+    pub const MAX_SETTLE_DELAY_MINUTES: i32 = 7 * 24 * 60;
+
+    /// Every problem that makes the file unfit to load, by store: a domain that is not a
+    /// `<name>.myshopify.com` (see [`topics::shop_domain`]) or appears twice, no webhook secret
+    /// or a blank one, a settle delay outside 0 to a week, a blank Admin token, or a code pattern
+    /// that [`codes::validate`](tributary_sinks::shopify::codes::validate) refuses. Never quotes a
+    /// secret.
+    pub fn check(&self) -> Result<(), Vec<String>> {
+        let mut problems = Vec::new();
+        let mut seen = HashSet::new();
+        for (index, entry) in self.store.iter().enumerate() {
+            let name = format!("store {} ({})", index + 1, entry.domain.trim());
+            match topics::shop_domain(&entry.domain) {
+                None => problems.push(format!(
+                    "{name}: the domain must be the store's <name>.myshopify.com"
+                )),
+                Some(domain) if !seen.insert(domain.clone()) => {
+                    problems.push(format!("{name}: {domain} appears twice"))
+                }
+                Some(_) => {}
+            }
+            if entry.webhook_secrets.is_empty()
+                || entry.webhook_secrets.iter().any(|s| s.trim().is_empty())
+            {
+                problems.push(format!(
+                    "{name}: webhook_secrets needs at least one secret, none blank"
+                ));
+            }
+            if !(0..=Self::MAX_SETTLE_DELAY_MINUTES).contains(&entry.settle_delay_minutes) {
+                problems.push(format!(
+                    "{name}: settle_delay_minutes must be 0 to {} (a week), not {}",
+                    Self::MAX_SETTLE_DELAY_MINUTES,
+                    entry.settle_delay_minutes
+                ));
+            }
+            if let Some(admin) = &entry.admin {
+                if admin.access_token.trim().is_empty() {
+                    problems.push(format!("{name}: admin.access_token is blank"));
+                }
+                if let Some(pattern) = &admin.code_pattern {
+                    if let Err(error) = tributary_sinks::shopify::codes::validate(pattern) {
+                        problems.push(format!("{name}: admin.code_pattern: {error}"));
+                    }
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// Parses the text of a stores file; errors as [`StoresFile::read`] describes them.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|error: toml::de::Error| {
+            let at = error.span().map_or_else(String::new, |span| {
+                let before = &text[..span.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                format!("line {line}, column {column}: ")
+            });
+            format!("{at}{}", redact_quoted(error.message()))
+        })
+    }
+}
+
+/// `message` with every double-quoted part replaced by `"…"`: serde quotes the offending value
+/// (`invalid type: string "…", expected a sequence`), which may be a secret.
+fn redact_quoted(message: &str) -> String {
+    let mut redacted = String::with_capacity(message.len());
+    for (index, part) in message.split('"').enumerate() {
+        redacted.push_str(if index % 2 == 1 { "\"…\"" } else { part });
+    }
+    redacted
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -237,7 +317,15 @@ pub async fn load_stores(
     path: &Path,
     master_key: &MasterKey,
 ) -> anyhow::Result<usize> {
-    publish_stores(bootstrap, &StoresFile::read(path)?.store, master_key).await
+    let file = StoresFile::read(path)?;
+    if let Err(problems) = file.check() {
+        anyhow::bail!(
+            "{} refused, nothing published:\n  {}",
+            path.display(),
+            problems.join("\n  ")
+        );
+    }
+    publish_stores(bootstrap, &file.store, master_key).await
 }
 
 /// Publishes store entries to the stores control topic, their secrets sealed with `master_key`.
@@ -446,4 +534,53 @@ pub async fn start_fake_shopify(
         }
     }
     Ok(fake)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_malformed_stores_file_never_quotes_its_secrets() {
+        let text =
+            "[[store]]\ndomain = \"a.myshopify.com\"\nwebhook_secrets = \"PLANTED-SECRET\"\n";
+        let error = StoresFile::parse(text).expect_err("a string is not a list");
+        assert!(!error.contains("PLANTED-SECRET"), "{error}");
+        assert!(error.contains("expected a sequence"), "{error}");
+        assert!(error.starts_with("line 3, column 19: "), "{error}");
+    }
+
+    #[test]
+    fn a_stores_file_with_foreign_domains_no_secrets_or_a_negative_delay_is_refused() {
+        let text = r#"
+[[store]]
+domain = "evil.com"
+webhook_secrets = ["s"]
+[[store]]
+domain = "a.myshopify.com"
+webhook_secrets = []
+settle_delay_minutes = -5
+[[store]]
+domain = "A.myshopify.com"
+webhook_secrets = ["s"]
+admin = { access_token = "t", code_pattern = "SAME-FOR-ALL" }
+"#;
+        let problems = StoresFile::parse(text).unwrap().check().unwrap_err();
+        assert_eq!(
+            problems,
+            vec![
+                "store 1 (evil.com): the domain must be the store's <name>.myshopify.com",
+                "store 2 (a.myshopify.com): webhook_secrets needs at least one secret, none blank",
+                "store 2 (a.myshopify.com): settle_delay_minutes must be 0 to 10080 (a week), not -5",
+                "store 3 (A.myshopify.com): a.myshopify.com appears twice",
+                "store 3 (A.myshopify.com): admin.code_pattern: the code pattern has no {{advocate_identifier}} and no random variable: advocates would share codes",
+            ]
+        );
+        let demo = StoresFile::read(Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/deploy/demo/stores.toml"
+        )))
+        .unwrap();
+        assert_eq!(demo.check(), Ok(()));
+    }
 }

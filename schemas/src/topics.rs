@@ -135,6 +135,20 @@ pub fn customer_key(shop_domain: &str, customer_id: Option<u64>, order_id: u64) 
     }
 }
 
+/// A store's domain as every key and record holds it: `<name>.myshopify.com`, lowercased and
+/// trimmed, where `<name>` is one DNS label (1 to 63 letters, digits and hyphens, not starting or
+/// ending with a hyphen), as Shopify assigns them. `None` for anything else (`evil.com`,
+/// `x..myshopify.com`, a 5,000-character label).
+pub fn shop_domain(input: &str) -> Option<String> {
+    let domain = input.trim().to_ascii_lowercase();
+    let name = domain.strip_suffix(".myshopify.com")?;
+    let valid = (1..=63).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    valid.then_some(domain)
+}
+
 pub fn store_key(shop_domain: &str) -> String {
     shop_domain.to_owned()
 }
@@ -172,6 +186,28 @@ pub fn webhook_key(shopify_topic: &str, shop_domain: &str, body: &[u8]) -> Strin
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_shop_domain_is_one_label_under_myshopify_com() {
+        assert_eq!(
+            super::shop_domain(" Demo-Outdoors.myshopify.com "),
+            Some("demo-outdoors.myshopify.com".into())
+        );
+        for bad in [
+            "evil.com",
+            "x..myshopify.com",
+            "a.b.myshopify.com",
+            ".myshopify.com",
+            "-a.myshopify.com",
+        ] {
+            assert_eq!(super::shop_domain(bad), None, "{bad}");
+        }
+        assert_eq!(
+            super::shop_domain(&format!("{}.myshopify.com", "a".repeat(5_000))),
+            None
+        );
+    }
+
     use super::*;
 
     #[test]

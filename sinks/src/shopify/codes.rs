@@ -32,6 +32,10 @@ pub enum CodeError {
     UnknownVariable(String),
     #[error("the code pattern has an unclosed {{{{")]
     Unclosed,
+    #[error("the code pattern has no {{{{advocate_identifier}}}} and no random variable: advocates would share codes")]
+    NotPerAdvocate,
+    #[error("the code pattern holds a control or bidirectional formatting character (U+{0:04X})")]
+    ControlCharacter(u32),
     #[error("the code pattern gives an empty code for advocate {0}")]
     Empty(String),
     #[error("Shopify refused the code for advocate {advocate}: {reason}")]
@@ -51,13 +55,30 @@ pub struct AdvocateNames<'a> {
     pub first_name: &'a str,
 }
 
-/// Checks a pattern once, before any code is minted: every variable known, every `{{` closed.
+/// Checks a pattern once, before any code is minted: every variable known, every `{{` closed, at
+/// least one variable that differs per advocate (`advocate_identifier` or a random one), and no
+/// control or bidirectional formatting characters (which could make a code read other than it
+/// is).
 pub fn validate(pattern: &str) -> Result<(), CodeError> {
+    let bidi = |c: char| matches!(c, '\u{200E}' | '\u{200F}' | '\u{061C}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}');
+    if let Some(c) = pattern.chars().find(|&c| c.is_control() || bidi(c)) {
+        return Err(CodeError::ControlCharacter(u32::from(c)));
+    }
+    let per_advocate = ["advocate_identifier", "random_"].iter().any(|name| {
+        pattern
+            .split("{{")
+            .skip(1)
+            .any(|variable| variable.trim_start().starts_with(name))
+    });
     let names = AdvocateNames {
         identifier: "x",
         first_name: "x",
     };
-    render(pattern, names, &mut rand::rngs::mock::StepRng::new(0, 1)).map(|_| ())
+    render(pattern, names, &mut rand::rngs::mock::StepRng::new(0, 1))?;
+    if !per_advocate {
+        return Err(CodeError::NotPerAdvocate);
+    }
+    Ok(())
 }
 
 /// One code from `pattern`: merged, uppercased, only `A-Z`, `0-9`, `-` and `_` kept.
@@ -397,6 +418,15 @@ mod tests {
         );
         assert_eq!(validate("SAVE{{random_hex_4"), Err(CodeError::Unclosed));
         assert_eq!(validate("%%"), Err(CodeError::Empty("x".into())));
+        assert_eq!(validate("SPRING10"), Err(CodeError::NotPerAdvocate));
+        assert_eq!(
+            validate("{{advocate_first_name}}"),
+            Err(CodeError::NotPerAdvocate)
+        );
+        assert_eq!(
+            validate("{{advocate_identifier}}\u{202E}01"),
+            Err(CodeError::ControlCharacter(0x202E))
+        );
         assert_eq!(
             validate("{{advocate_identifier}}{{random_integer_4}}"),
             Ok(())
