@@ -985,6 +985,53 @@ async fn a_poison_too_big_to_dead_letter_whole_never_stops_the_pipeline_and_larg
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ids_and_times_beyond_the_contract_get_one_dead_letter_each_and_the_rest_flows() {
+    let p = Pipeline::start("edges", |_| {}).await;
+    // An id in [2^63, 2^64): Avro's long cannot carry it.
+    let huge_id = Order::new(9_223_372_036_854_775_813, "5.00");
+    accepted(
+        &p.webhook_url,
+        &huge_id.delivery("orders/create", "w-huge-id", "e-huge-id"),
+    )
+    .await;
+    // Year 9999: ClickHouse's DateTime would write it as 0000-00-00 00:00:00.
+    let mut far =
+        Order::new(3_500_000_000_001, "5.00").delivery("orders/create", "w-9999", "e-9999");
+    far.body = String::from_utf8(far.body)
+        .unwrap()
+        .replace(
+            "\"created_at\":\"2025-11-28T12:00:00.000Z\"",
+            "\"created_at\":\"9999-12-31T23:59:59Z\"",
+        )
+        .into_bytes();
+    assert!(String::from_utf8_lossy(&far.body).contains("9999-12-31"));
+    accepted(&p.webhook_url, &far).await;
+    let mut fine = Order::new(3_500_000_000_002, "7.00");
+    fine.codes = vec!["ANNA10"];
+    accepted(
+        &p.webhook_url,
+        &fine.delivery("orders/create", "w-edge-fine", "e-edge-fine"),
+    )
+    .await;
+
+    let ch = p.clickhouse();
+    eventually_orders(&ch, "1").await;
+    assert_eq!(
+        order_row(&ch, 3_500_000_000_002).await,
+        "ATTRIBUTED,Discount Code,anna,7"
+    );
+    let reasons = dead_letter_reasons(&p.bootstrap, 2).await;
+    assert_eq!(
+        reasons,
+        vec![
+            "normalize: created_at \"9999-12-31T23:59:59Z\" is outside 1970-01-01 to 2106-02-07, the times the analysts' tables hold".to_owned(),
+            "normalize: order id 9223372036854775813 is out of range: ids are at most 2^63 - 1 (Avro's long)".to_owned(),
+        ],
+        "one dead letter each"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn clickhouse_down_for_a_while_then_back_loses_nothing() {
     let switch = clickhouse_switch().await;
     let url = switch.url.clone();

@@ -29,6 +29,39 @@ pub enum NormalizeError {
     CommandJson { topic: String, message: String },
     #[error("unknown operator command {0}")]
     UnknownCommand(String),
+    #[error("{field} {value} is out of range: ids are at most 2^63 - 1 (Avro's long)")]
+    IdOutOfRange { field: &'static str, value: u64 },
+    #[error("{field} {value:?} is outside 1970-01-01 to 2106-02-07, the times the analysts' tables hold")]
+    TimeOutOfRange { field: &'static str, value: String },
+}
+
+/// The largest id the topic contract carries: records encode ids as Avro `long`, which is
+/// signed. Shopify's ids are far below it.
+pub const MAX_ID: u64 = i64::MAX as u64;
+/// The latest time ClickHouse's `DateTime` holds (2106-02-07T06:28:15Z), in ms.
+pub const MAX_TIME_MS: i64 = u32::MAX as i64 * 1_000;
+
+/// `value` of `field` if the contract can carry it.
+fn id(field: &'static str, value: u64) -> Result<u64, NormalizeError> {
+    if value > MAX_ID {
+        return Err(NormalizeError::IdOutOfRange { field, value });
+    }
+    Ok(value)
+}
+
+/// An RFC 3339 time of `field`, in ms, within what the analysts' tables hold.
+fn time(field: &'static str, value: &str) -> Result<i64, NormalizeError> {
+    let ms = parse_rfc3339_ms(value).ok_or_else(|| NormalizeError::Time {
+        field,
+        value: value.to_owned(),
+    })?;
+    if !(0..=MAX_TIME_MS).contains(&ms) {
+        return Err(NormalizeError::TimeOutOfRange {
+            field,
+            value: value.to_owned(),
+        });
+    }
+    Ok(ms)
 }
 
 #[derive(Debug, PartialEq)]
@@ -91,12 +124,12 @@ pub fn normalize(envelope: &WebhookEnvelope) -> Result<Normalized, NormalizeErro
     };
     let order: ShopifyOrder =
         serde_json::from_slice(&envelope.body).map_err(|e| NormalizeError::Json(e.to_string()))?;
-    let time = |field: &'static str, value: &str| {
-        parse_rfc3339_ms(value).ok_or_else(|| NormalizeError::Time {
-            field,
-            value: value.to_owned(),
-        })
-    };
+    let order_id = id("order id", order.id)?;
+    let customer_id = order
+        .customer
+        .as_ref()
+        .map(|c| id("customer id", c.id))
+        .transpose()?;
     let shop_money = order
         .current_total_price_set
         .as_ref()
@@ -114,7 +147,7 @@ pub fn normalize(envelope: &WebhookEnvelope) -> Result<Normalized, NormalizeErro
     Ok(Normalized::Order(Box::new(OrderEvent {
         kind,
         shop_domain: envelope.shop_domain.clone(),
-        order_id: order.id,
+        order_id,
         webhook_id: envelope.webhook_id.clone(),
         event_id: envelope.event_id.clone(),
         triggered_at_ms: envelope.triggered_at_ms,
@@ -125,7 +158,7 @@ pub fn normalize(envelope: &WebhookEnvelope) -> Result<Normalized, NormalizeErro
             .email
             .or(order.contact_email)
             .or(order.customer.as_ref().and_then(|c| c.email.clone())),
-        customer_id: order.customer.as_ref().map(|c| c.id),
+        customer_id,
         current_total_price,
         presentment_currency: presentment
             .map(|m| m.currency_code.clone())
@@ -194,8 +227,8 @@ fn normalize_refund(envelope: &WebhookEnvelope) -> Result<Normalized, NormalizeE
         .sum();
     Ok(Normalized::Refund(RefundEvent {
         shop_domain: envelope.shop_domain.clone(),
-        order_id: refund.order_id,
-        refund_id: refund.id,
+        order_id: id("order id", refund.order_id)?,
+        refund_id: id("refund id", refund.id)?,
         amount,
         webhook_id: envelope.webhook_id.clone(),
         triggered_at_ms: envelope.triggered_at_ms,
