@@ -364,7 +364,7 @@ pub async fn load_advocates(bootstrap: &str, path: &Path) -> anyhow::Result<usiz
 }
 
 /// The stores and advocates their control topics hold now (the newest record per key).
-async fn read_stores_and_advocates(
+pub async fn read_stores_and_advocates(
     bootstrap: &str,
 ) -> anyhow::Result<(HashMap<String, Store>, Vec<Advocate>)> {
     let bootstrap = bootstrap.to_owned();
@@ -488,6 +488,15 @@ pub async fn publish_commands(
     bootstrap: &str,
     commands: &[(String, OperatorCommand)],
 ) -> anyhow::Result<usize> {
+    let (stores, _) = read_stores_and_advocates(bootstrap).await?;
+    for (shop, _) in commands {
+        if !stores
+            .get(shop)
+            .is_some_and(|s| s.status != tributary_schemas::StoreStatus::Disconnected)
+        {
+            anyhow::bail!("store {shop} is not connected; nothing was queued");
+        }
+    }
     let now = now_ms();
     let records: Vec<(String, WebhookEnvelope)> = commands
         .iter()

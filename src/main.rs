@@ -134,10 +134,10 @@ enum Command {
     Generate(GenerateArgs),
     /// Print per-advocate revenue from ClickHouse.
     Report,
-    /// Replay a topic for a consumer group from the beginning, a time or an offset (or skip to
-    /// the end). Stop the group's services first; start them again and, with --follow, watch
-    /// the group work through the topic. Groups: tributary-processor on shopify.webhooks,
-    /// tributary-sink-clickhouse, tributary-writeback on tributary.attributions.
+    /// Replay a topic for a consumer group from the beginning, a time or per-partition offsets
+    /// (or skip to the end). Stop the group's services first; start them again and, with
+    /// --follow, watch the group work through the topic. Only the groups of the config's stages
+    /// are taken, each on the topic it reads (see the error for the list).
     Replay {
         #[arg(long)]
         group: String,
@@ -149,9 +149,11 @@ enum Command {
         /// From the first record produced at or after this time (RFC 3339).
         #[arg(long, group = "to")]
         from_time: Option<String>,
-        /// From this offset in every partition.
-        #[arg(long, group = "to")]
-        from_offset: Option<i64>,
+        /// From this offset of one partition, as `PARTITION:OFFSET` (repeat it for more); the
+        /// partitions not named keep their committed offsets, so one poison record can be skipped
+        /// alone.
+        #[arg(long, group = "to", value_parser = parse_partition_offset)]
+        from_offset: Vec<(i32, i64)>,
         /// Skip everything not yet processed.
         #[arg(long, group = "to")]
         to_end: bool,
@@ -294,6 +296,22 @@ enum LoadCommand {
     Load { file: PathBuf },
 }
 
+/// `PARTITION:OFFSET`, as `replay --from-offset` takes it.
+fn parse_partition_offset(value: &str) -> Result<(i32, i64), String> {
+    let (partition, offset) = value
+        .split_once(':')
+        .ok_or_else(|| format!("{value:?} is not PARTITION:OFFSET"))?;
+    let partition = partition
+        .trim()
+        .parse()
+        .map_err(|e| format!("partition {partition:?}: {e}"))?;
+    let offset = offset
+        .trim()
+        .parse()
+        .map_err(|e| format!("offset {offset:?}: {e}"))?;
+    Ok((partition, offset))
+}
+
 #[derive(Subcommand)]
 enum DlqCommand {
     /// List dead letters with their reason and source.
@@ -304,9 +322,10 @@ enum DlqCommand {
         /// First dead-letter offset to replay.
         #[arg(long, default_value_t = 0)]
         from_offset: i64,
-        /// Only letters of this stage (decode, normalize, refund, manual, encode).
+        /// Only letters of this stage: decode, normalize, refund, manual, approval, encode,
+        /// writeback, store-credit, events, events-repartition, sink-clickhouse.
         #[arg(long)]
-        stage: Option<String>,
+        stage: Option<tributary_runtime::dead_letter::DeadLetterStage>,
     },
 }
 
@@ -552,12 +571,21 @@ async fn run() -> anyhow::Result<()> {
             command: DlqCommand::Replay { from_offset, stage },
         } => {
             let report =
-                replay::replay_dead_letters(&bootstrap(&config)?, from_offset, stage.as_deref())
-                    .await?;
+                replay::replay_dead_letters(&bootstrap(&config)?, from_offset, stage).await?;
             println!(
-                "replayed {} dead letter(s), skipped {}; next time: --from-offset {}",
-                report.replayed, report.skipped, report.next_offset
+                "replayed {} dead letter(s), skipped {}",
+                report.replayed, report.skipped
             );
+            if report.cut > 0 {
+                println!("{} letter(s) not replayable: their payload was cut to fit; each names its source record", report.cut);
+            }
+            match stage {
+                Some(stage) => println!(
+                    "next time for {stage}: --stage {stage} --from-offset {} (letters of other stages are not covered by it)",
+                    report.next_offset
+                ),
+                None => println!("next time: --from-offset {}", report.next_offset),
+            }
             Ok(())
         }
         Command::Replay {
@@ -575,12 +603,23 @@ async fn run() -> anyhow::Result<()> {
                     tributary_schemas::time::parse_rfc3339_ms(&time)
                         .with_context(|| format!("{time} is not an RFC 3339 time"))?,
                 ),
-                (_, _, Some(offset), _) => ResetTo::Offset(offset),
+                (_, _, offsets, _) if !offsets.is_empty() => ResetTo::Offsets(offsets),
                 (.., true) => ResetTo::End,
                 _ => anyhow::bail!(
                     "say where to: --from-beginning, --from-time, --from-offset or --to-end"
                 ),
             };
+            let readers = replay::groups_reading(&config, &topic);
+            if !readers.contains(&group.as_str()) {
+                anyhow::bail!(
+                    "no stage of this config reads {topic} as group {group:?}; its groups: {}",
+                    if readers.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        readers.join(", ")
+                    }
+                );
+            }
             let bootstrap = bootstrap(&config)?;
             for (partition, offset) in replay::reset(&bootstrap, &group, &topic, to).await? {
                 println!("{group} on {topic} [{partition}]: next offset {offset}");

@@ -5,10 +5,27 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use rdkafka::message::Headers;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Message;
+use tributary_runtime::dead_letter::{dlq_headers, DeadLetterStage};
 use tributary_runtime::kafka::{producer_config, read_topic, reset_group, GroupProgress, ResetTo};
 use tributary_schemas::{topics, AvroRecord, DeadLetter};
+
+/// The consumer groups of `config`'s stages that read `topic`: the only groups a replay moves.
+pub fn groups_reading<'c>(config: &'c crate::config::Config, topic: &str) -> Vec<&'c str> {
+    match topic {
+        topics::WEBHOOKS => vec![config.processor.group_id.as_str()],
+        topics::ATTRIBUTIONS => vec![
+            config.clickhouse.group_id.as_str(),
+            config.writeback.group_id.as_str(),
+            config.events.repartition_group_id.as_str(),
+        ],
+        topics::ORDERS_BY_CUSTOMER => vec![config.events.group_id.as_str()],
+        topics::REWARDS_BY_ADVOCATE => vec![config.store_credit.group_id.as_str()],
+        _ => Vec::new(),
+    }
+}
 
 /// Moves `group`'s offsets on `topic` (the group must be stopped) and returns the new offsets.
 pub async fn reset(
@@ -81,6 +98,9 @@ pub async fn caught_up(
 pub struct DeadLetterReplay {
     pub replayed: usize,
     pub skipped: usize,
+    /// Letters whose payload was cut to fit (`tributary.payload.truncated`): replaying them would
+    /// send a broken record; their reason names the source record.
+    pub cut: usize,
     /// Where the next replay should start (`--from-offset`): the dead-letter topic's end as read.
     pub next_offset: i64,
 }
@@ -92,16 +112,22 @@ pub struct DeadLetterReplay {
 pub async fn replay_dead_letters(
     bootstrap: &str,
     from_offset: i64,
-    stage: Option<&str>,
+    stage: Option<DeadLetterStage>,
 ) -> anyhow::Result<DeadLetterReplay> {
     let letters = {
         let bootstrap = bootstrap.to_owned();
         tokio::task::spawn_blocking(move || {
             let mut letters = Vec::new();
             read_topic(&bootstrap, topics::DEAD_LETTERS, |message| {
+                let cut = message.headers().is_some_and(|headers| {
+                    headers
+                        .iter()
+                        .any(|h| h.key == dlq_headers::PAYLOAD_TRUNCATED)
+                });
                 letters.push((
                     message.offset(),
                     message.payload().map(DeadLetter::from_avro),
+                    cut,
                 ));
             })?;
             anyhow::Ok(letters)
@@ -111,7 +137,7 @@ pub async fn replay_dead_letters(
     let producer: FutureProducer = producer_config(bootstrap, Duration::from_secs(30)).create()?;
     let bar = indicatif::ProgressBar::new(letters.len() as u64);
     let mut report = DeadLetterReplay::default();
-    for (offset, letter) in letters {
+    for (offset, letter, cut) in letters {
         bar.inc(1);
         report.next_offset = offset + 1;
         let letter = match letter {
@@ -121,10 +147,15 @@ pub async fn replay_dead_letters(
                 continue;
             }
         };
+        if cut {
+            report.cut += 1;
+            report.skipped += 1;
+            continue;
+        }
         // A writeback letter's source is the attributions changelog: producing an old revision
         // there again would make it the order's newest. Such letters are redone by replaying the
         // writeback group instead (docs/decisions.md, Writeback).
-        if stage.is_some_and(|stage| stage != letter.stage)
+        if stage.is_some_and(|stage| stage.as_str() != letter.stage)
             || letter.source_topic == topics::ATTRIBUTIONS
         {
             report.skipped += 1;

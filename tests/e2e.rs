@@ -359,9 +359,13 @@ async fn refunds_reverse_by_amount_count_once_and_an_unknown_order_is_dead_lette
     let stranger_row = row.replace(&order.id.to_string(), &stranger.id.to_string());
     eventually(&ch, &stranger_row, "0,10,NONE").await;
     for _ in 0..2 {
-        let replayed = tributary::replay::replay_dead_letters(&p.bootstrap, 0, Some("refund"))
-            .await
-            .unwrap();
+        let replayed = tributary::replay::replay_dead_letters(
+            &p.bootstrap,
+            0,
+            Some(tributary_runtime::dead_letter::DeadLetterStage::Refund),
+        )
+        .await
+        .unwrap();
         assert_eq!((replayed.replayed, replayed.next_offset), (1, 1));
         eventually(&ch, &stranger_row, "5,5,PARTIAL").await;
     }
@@ -1032,6 +1036,91 @@ async fn ids_and_times_beyond_the_contract_get_one_dead_letter_each_and_the_rest
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn operator_commands_that_cannot_act_say_so_and_do_nothing() {
+    let p = Pipeline::start("operator_refusals", |_| {}).await;
+    let command = |order_id| {
+        OperatorCommand::Attribute(ManualAttribution {
+            order_id,
+            advocate_identifier: "anna".into(),
+            requested_by: "ops".into(),
+        })
+    };
+    // For a store that is not connected, `attribute` queues nothing and says why.
+    let refused = tributary::control_files::publish_commands(
+        &p.bootstrap,
+        &[("nowhere.myshopify.com".into(), command(1))],
+    )
+    .await
+    .expect_err("refused");
+    assert!(refused.to_string().contains("not connected"), "{refused}");
+    // One queued before its store went away is dead-lettered with the reason, not dropped.
+    let envelope = tributary_schemas::WebhookEnvelope::operator_command(
+        "gone.myshopify.com",
+        &command(2),
+        tributary_runtime::kafka::now_ms(),
+    );
+    let producer: FutureProducer = producer_config(&p.bootstrap, Duration::from_secs(5))
+        .create()
+        .unwrap();
+    producer
+        .send(
+            FutureRecord::to(topics::WEBHOOKS)
+                .key("gone")
+                .payload(&envelope.to_avro().unwrap()),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        dead_letter_reasons(&p.bootstrap, 1).await,
+        vec!["manual: store gone.myshopify.com is not connected; the command was not applied"]
+    );
+    // A replay of a group nothing uses, or of letters of a stage that does not exist, is refused
+    // before it touches anything.
+    let cli = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_tributary"))
+            .args(args)
+            .env("TRIBUTARY_KAFKA__BOOTSTRAP_SERVERS", &p.bootstrap)
+            .output()
+            .expect("run tributary");
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (ok, stderr) = cli(&[
+        "replay",
+        "--group",
+        "tributary-procesor",
+        "--topic",
+        topics::WEBHOOKS,
+        "--from-beginning",
+    ]);
+    assert!(
+        !ok && stderr.contains("its groups: tributary-processor"),
+        "{stderr}"
+    );
+    let (ok, stderr) = cli(&["dlq", "replay", "--stage", "nonsense"]);
+    assert!(
+        !ok && stderr.contains("no dead-letter stage \"nonsense\""),
+        "{stderr}"
+    );
+    let (ok, stderr) = cli(&[
+        "replay",
+        "--group",
+        "tributary-processor",
+        "--topic",
+        topics::WEBHOOKS,
+        "--from-offset",
+        "3",
+    ]);
+    assert!(
+        !ok && stderr.contains("is not PARTITION:OFFSET"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn clickhouse_down_for_a_while_then_back_loses_nothing() {
     let switch = clickhouse_switch().await;
     let url = switch.url.clone();
@@ -1068,7 +1157,7 @@ async fn clickhouse_down_for_a_while_then_back_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_resets_to_a_time_an_offset_or_the_end() {
-    let broker = tributary_runtime::kafka::EmbeddedBroker::start(1, 1).unwrap();
+    let broker = tributary_runtime::kafka::EmbeddedBroker::start(1, 2).unwrap();
     let bootstrap = broker.bootstrap_servers();
     let producer: FutureProducer = producer_config(&bootstrap, Duration::from_secs(5))
         .create()
@@ -1081,6 +1170,7 @@ async fn a_group_resets_to_a_time_an_offset_or_the_end() {
                     .send(
                         FutureRecord::to(topics::WEBHOOKS)
                             .key("k")
+                            .partition(0)
                             .payload(&i.to_string()),
                         Duration::from_secs(5),
                     )
@@ -1098,13 +1188,28 @@ async fn a_group_resets_to_a_time_an_offset_or_the_end() {
     let group = "operators-test";
     let reset = |to| tributary::replay::reset(&bootstrap, group, topics::WEBHOOKS, to);
     // The embedded broker answers no time lookup; the partition is scanned instead.
-    assert_eq!(reset(ResetTo::Time(cut)).await.unwrap(), vec![(0, 5)]);
+    assert_eq!(
+        reset(ResetTo::Time(cut)).await.unwrap(),
+        vec![(0, 5), (1, 0)]
+    );
     let progress =
         tributary_runtime::kafka::GroupProgress::new(&bootstrap, group, topics::WEBHOOKS).unwrap();
     assert_eq!(progress.committed_and_end().unwrap(), (5, 9));
-    assert_eq!(reset(ResetTo::Offset(3)).await.unwrap(), vec![(0, 3)]);
-    assert_eq!(reset(ResetTo::Offset(99)).await.unwrap(), vec![(0, 9)]);
-    assert_eq!(reset(ResetTo::Beginning).await.unwrap(), vec![(0, 0)]);
-    assert_eq!(reset(ResetTo::End).await.unwrap(), vec![(0, 9)]);
+    // Offsets are per partition: the one named moves, the other keeps its commit.
+    assert_eq!(
+        reset(ResetTo::Offsets(vec![(0, 3)])).await.unwrap(),
+        vec![(0, 3), (1, 0)]
+    );
+    assert_eq!(
+        reset(ResetTo::Offsets(vec![(0, 99)])).await.unwrap(),
+        vec![(0, 9), (1, 0)]
+    );
+    assert!(reset(ResetTo::Offsets(vec![(7, 1)])).await.is_err());
+    assert_eq!(progress.committed_and_end().unwrap(), (9, 9));
+    assert_eq!(
+        reset(ResetTo::Beginning).await.unwrap(),
+        vec![(0, 0), (1, 0)]
+    );
+    assert_eq!(reset(ResetTo::End).await.unwrap(), vec![(0, 9), (1, 0)]);
     assert_eq!(progress.committed_and_end().unwrap(), (9, 9));
 }

@@ -31,6 +31,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tributary_runtime::changelog::read_changelog;
+use tributary_runtime::dead_letter::DeadLetterStage;
 use tributary_runtime::kafka::TopicError;
 use tributary_runtime::member::Brokers;
 use tributary_runtime::stage::{self, Failure, Input, Member, Outbox, Output, Stage, StageError};
@@ -235,6 +236,7 @@ struct Repartition;
 
 impl Stage for Repartition {
     const NAME: &'static str = "events-repartition";
+    const DEAD_LETTERS: DeadLetterStage = DeadLetterStage::EventsRepartition;
     type State = ();
 
     async fn restore(
@@ -260,6 +262,7 @@ struct Emit<'a>(&'a Brokers);
 
 impl Stage for Emit<'_> {
     const NAME: &'static str = "events";
+    const DEAD_LETTERS: DeadLetterStage = DeadLetterStage::Events;
     type State = CustomerEvents;
 
     /// Rebuilds the state of `partitions` from `tributary.events`, in one pass.

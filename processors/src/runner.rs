@@ -19,7 +19,7 @@ use rdkafka::{Message, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tributary_runtime::changelog::read_changelog;
-use tributary_runtime::dead_letter::DeadLetterRecord;
+use tributary_runtime::dead_letter::{DeadLetterRecord, DeadLetterStage};
 use tributary_runtime::kafka::{now_ms, read_partitions_from, TopicError};
 use tributary_runtime::member::{Brokers, CommitWhen};
 use tributary_runtime::stage::{self, Failure, Input, Member, Outbox, Output, Stage, StageError};
@@ -249,9 +249,19 @@ impl Processor {
         let mut envelope = match message.payload().map(WebhookEnvelope::from_avro) {
             Some(Ok(envelope)) => envelope,
             Some(Err(error)) => {
-                return Ok(vec![dead_letter(message, "decode", &error.to_string())])
+                return Ok(vec![dead_letter(
+                    message,
+                    DeadLetterStage::Decode,
+                    &error.to_string(),
+                )])
             }
-            None => return Ok(vec![dead_letter(message, "decode", "record has no value")]),
+            None => {
+                return Ok(vec![dead_letter(
+                    message,
+                    DeadLetterStage::Decode,
+                    "record has no value",
+                )])
+            }
         };
         self.bound_event_time(&mut envelope);
         let control = self.control.read().unwrap_or_else(|p| p.into_inner());
@@ -300,6 +310,7 @@ struct Processing<'a> {
 
 impl Stage for Processing<'_> {
     const NAME: &'static str = "processor";
+    const DEAD_LETTERS: DeadLetterStage = DeadLetterStage::Encode;
     type State = Partition;
 
     async fn restore(
@@ -426,9 +437,29 @@ fn process_envelope(
     let normalized = match normalize(envelope) {
         Ok(Normalized::Skipped) => return Ok(Vec::new()),
         Ok(normalized) => normalized,
-        Err(error) => return Ok(vec![dead_letter(message, "normalize", &error.to_string())]),
+        Err(error) => {
+            return Ok(vec![dead_letter(
+                message,
+                DeadLetterStage::Normalize,
+                &error.to_string(),
+            )])
+        }
     };
     let Some(store) = control.active_store(&envelope.shop_domain) else {
+        // An operator's command is never dropped without a word; a webhook of a store that
+        // was disconnected is simply not counted.
+        let stage = match &normalized {
+            Normalized::Manual(_) => Some(DeadLetterStage::Manual),
+            Normalized::Approval(_) => Some(DeadLetterStage::Approval),
+            _ => None,
+        };
+        if let Some(stage) = stage {
+            let reason = format!(
+                "store {} is not connected; the command was not applied",
+                envelope.shop_domain
+            );
+            return Ok(vec![dead_letter(message, stage, &reason)]);
+        }
         metrics::counter!("tributary_processor_skipped_total", "reason" => "store_not_connected")
             .increment(1);
         tracing::debug!(shop = %envelope.shop_domain, "record of a store that is not connected; skipped");
@@ -486,7 +517,7 @@ fn process_refund(
         Applied::Held | Applied::Refused(_) => Vec::new(),
         Applied::UnknownOrder => vec![dead_letter(
             message,
-            "refund",
+            DeadLetterStage::Refund,
             &format!(
                 "refund {} is for order {}, which this partition has not seen; replay it once the order is in",
                 refund.refund_id, refund.order_id
@@ -508,13 +539,13 @@ fn process_manual(
             "{} is not an active advocate of {}",
             command.body.advocate_identifier, command.shop_domain
         );
-        return Ok(vec![dead_letter(message, "manual", &reason)]);
+        return Ok(vec![dead_letter(message, DeadLetterStage::Manual, &reason)]);
     };
     let decision = manual(advocate, &command.body.requested_by, store);
     let applied = state.apply_manual(command, decision, message.offset())?;
     Ok(command_outputs(
         message,
-        "manual",
+        DeadLetterStage::Manual,
         &command.shop_domain,
         command.body.order_id,
         applied,
@@ -529,7 +560,7 @@ fn process_approval(
     let applied = state.apply_approval(command, message.offset())?;
     Ok(command_outputs(
         message,
-        "approval",
+        DeadLetterStage::Approval,
         &command.shop_domain,
         command.body.order_id,
         applied,
@@ -540,7 +571,7 @@ fn process_approval(
 /// letter that says why it did not apply.
 fn command_outputs(
     message: &BorrowedMessage<'_>,
-    stage: &str,
+    stage: DeadLetterStage,
     shop_domain: &str,
     order_id: u64,
     applied: Applied,
@@ -581,7 +612,7 @@ fn encoded(
             payload,
             headers: None,
         },
-        Err(error) => dead_letter(message, "encode", &error.to_string()),
+        Err(error) => dead_letter(message, DeadLetterStage::Encode, &error.to_string()),
     }
 }
 
@@ -696,7 +727,7 @@ fn restore_on_disk(
     }
 }
 
-fn dead_letter(message: &BorrowedMessage<'_>, stage: &str, error: &str) -> Output {
+fn dead_letter(message: &BorrowedMessage<'_>, stage: DeadLetterStage, error: &str) -> Output {
     let letter = DeadLetterRecord::new(message, stage, error);
     Output {
         topic: topics::DEAD_LETTERS,

@@ -22,6 +22,84 @@ pub mod dlq_headers {
     pub const PAYLOAD_TRUNCATED: &str = "tributary.payload.truncated";
 }
 
+/// Where a record was dead-lettered (`tributary.stage`): a stage, or for the processor, the step
+/// that refused the record. Parsed in one place ([`std::str::FromStr`]), so an operator's
+/// `--stage` is checked against the list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeadLetterStage {
+    /// The processor could not read the envelope.
+    Decode,
+    /// The envelope's body is not what its topic says (not an order, a bad time, an id out of
+    /// range).
+    Normalize,
+    /// A refund for an order the partition has not seen.
+    Refund,
+    /// A manual attribution that could not apply.
+    Manual,
+    /// A reward approval that could not apply.
+    Approval,
+    /// An output that could not be encoded.
+    Encode,
+    Writeback,
+    StoreCredit,
+    Events,
+    EventsRepartition,
+    SinkClickHouse,
+}
+
+impl DeadLetterStage {
+    pub const ALL: [DeadLetterStage; 11] = [
+        Self::Decode,
+        Self::Normalize,
+        Self::Refund,
+        Self::Manual,
+        Self::Approval,
+        Self::Encode,
+        Self::Writeback,
+        Self::StoreCredit,
+        Self::Events,
+        Self::EventsRepartition,
+        Self::SinkClickHouse,
+    ];
+
+    /// The name in the `tributary.stage` header and the [`DeadLetter`](tributary_schemas::DeadLetter)'s `stage`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Decode => "decode",
+            Self::Normalize => "normalize",
+            Self::Refund => "refund",
+            Self::Manual => "manual",
+            Self::Approval => "approval",
+            Self::Encode => "encode",
+            Self::Writeback => "writeback",
+            Self::StoreCredit => "store-credit",
+            Self::Events => "events",
+            Self::EventsRepartition => "events-repartition",
+            Self::SinkClickHouse => "sink-clickhouse",
+        }
+    }
+}
+
+impl std::fmt::Display for DeadLetterStage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for DeadLetterStage {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|stage| stage.as_str() == name)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::ALL.iter().map(|s| s.as_str()).collect();
+                format!("no dead-letter stage {name:?}; one of {}", names.join(", "))
+            })
+    }
+}
+
 /// The most of the source payload a dead letter keeps (bytes): the rest of the message is left
 /// for the reason, the key, the headers and the encoding.
 pub const MAX_PAYLOAD_BYTES: usize = MAX_MESSAGE_BYTES - 64 * 1024;
@@ -41,7 +119,8 @@ pub struct DeadLetterRecord {
 impl DeadLetterRecord {
     /// The letter for `message`, which `stage` could not take for `error`; counted in
     /// `tributary_dead_letters_total{stage}`.
-    pub fn new(message: &impl Message, stage: &str, error: &str) -> Self {
+    pub fn new(message: &impl Message, stage: DeadLetterStage, error: &str) -> Self {
+        let stage = stage.as_str();
         metrics::counter!("tributary_dead_letters_total", "stage" => stage.to_owned()).increment(1);
         let source = message.payload().unwrap_or_default();
         let mut error = cut_text(error, MAX_REASON_BYTES).to_owned();
@@ -138,8 +217,11 @@ mod tests {
     fn a_letter_always_fits_in_a_message_and_says_what_was_cut() {
         let huge = vec![b'x'; MAX_MESSAGE_BYTES * 2];
         let reason = "é".repeat(MAX_REASON_BYTES);
-        let letter =
-            DeadLetterRecord::new(&message(huge.clone(), huge.clone()), "normalize", &reason);
+        let letter = DeadLetterRecord::new(
+            &message(huge.clone(), huge.clone()),
+            DeadLetterStage::Normalize,
+            &reason,
+        );
         let size = letter.key.len()
             + letter.payload.len()
             + letter
@@ -163,7 +245,7 @@ mod tests {
 
         let small = DeadLetterRecord::new(
             &message(b"k".to_vec(), b"body".to_vec()),
-            "normalize",
+            DeadLetterStage::Normalize,
             "bad",
         );
         let record = tributary_schemas::DeadLetter::from_avro(&small.payload).expect("decodes");

@@ -173,6 +173,8 @@ pub enum TopicError {
     Codec(#[from] tributary_schemas::CodecError),
     #[error("a blocking Kafka task failed: {0}")]
     Task(String),
+    #[error("topic {0} has no partition {1}")]
+    NoPartition(String, i32),
     /// A record this binary cannot decode, where skipping it would lose data: the stage stops
     /// before it, and nothing at or after it is committed.
     #[error("{topic} [{partition}] offset {offset} cannot be read by this release: {error}")]
@@ -374,14 +376,15 @@ impl GroupProgress {
 }
 
 /// Where [`reset_group`] moves a consumer group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ResetTo {
     Beginning,
     End,
     /// The first record with a timestamp at or after this time (ms since the epoch).
     Time(i64),
-    /// This offset in every partition, kept within the partition's watermarks.
-    Offset(i64),
+    /// These offsets, per partition, each kept within its partition's watermarks; partitions not
+    /// named keep the group's committed offset (so one poison record can be skipped alone).
+    Offsets(Vec<(i32, i64)>),
 }
 
 /// Commits new offsets for `group` on `topic`, so that its next run replays from there (or skips
@@ -400,13 +403,37 @@ pub fn reset_group(
     let partitions = partitions_of(&consumer, topic)?;
     let mut offsets = TopicPartitionList::new();
     let mut chosen = Vec::new();
+    if let ResetTo::Offsets(named) = &to {
+        if let Some((unknown, _)) = named.iter().find(|(p, _)| !partitions.contains(p)) {
+            return Err(TopicError::NoPartition(topic.to_owned(), *unknown));
+        }
+    }
+    let mut committed = TopicPartitionList::new();
+    for &partition in &partitions {
+        committed.add_partition(topic, partition);
+    }
+    let committed = consumer.committed_offsets(committed, timeout)?;
     for &partition in &partitions {
         let (low, high) = consumer.fetch_watermarks(topic, partition, timeout)?;
-        let offset = match to {
+        let offset = match &to {
             ResetTo::Beginning => low,
             ResetTo::End => high,
-            ResetTo::Offset(offset) => offset.clamp(low, high),
-            ResetTo::Time(ms) => offset_for_time(
+            ResetTo::Offsets(named) => {
+                let chosen = named.iter().find(|(p, _)| *p == partition).map(|&(_, o)| o);
+                let kept = match committed
+                    .find_partition(topic, partition)
+                    .map(|e| e.offset())
+                {
+                    Some(Offset::Offset(offset)) => Some(offset),
+                    _ => None,
+                };
+                match chosen.or(kept) {
+                    Some(offset) => offset.clamp(low, high),
+                    // Never committed and not named: left as it is.
+                    None => continue,
+                }
+            }
+            &ResetTo::Time(ms) => offset_for_time(
                 bootstrap_servers,
                 &consumer,
                 topic,

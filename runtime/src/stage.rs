@@ -40,7 +40,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use crate::changelog::unrestored;
-use crate::dead_letter::DeadLetterRecord;
+use crate::dead_letter::{DeadLetterRecord, DeadLetterStage};
 use crate::kafka::{producer_config, TopicError};
 use crate::member::{commit_offsets, Brokers, CommitWhen, GroupMember, PausedMember};
 
@@ -50,8 +50,11 @@ pub type Member = Arc<StreamConsumer<GroupMember>>;
 /// What a stage does with its input topic. Implementations are short: the offset contract,
 /// assignment, retries and dead letters are [`run`]'s.
 pub trait Stage: Send {
-    /// The stage's name in metrics, logs and dead letters (`tributary.stage`).
+    /// The stage's name in metrics and logs.
     const NAME: &'static str;
+
+    /// The stage its dead letters name (`tributary.stage`).
+    const DEAD_LETTERS: DeadLetterStage;
 
     /// Whether every attempt at a record first checks that the group still assigns its partition
     /// to this member: for a stage whose side effects must have one writer (store credit).
@@ -213,12 +216,12 @@ pub struct Output {
 /// checkpoint, before the input offsets they cover are committed.
 pub struct Outbox {
     producer: FutureProducer,
-    stage: &'static str,
+    stage: DeadLetterStage,
     in_flight: Vec<DeliveryFuture>,
 }
 
 impl Outbox {
-    fn new(producer: FutureProducer, stage: &'static str) -> Self {
+    fn new(producer: FutureProducer, stage: DeadLetterStage) -> Self {
         Self {
             producer,
             stage,
@@ -333,7 +336,7 @@ pub async fn run<S: Stage>(
     let mut running = Running {
         stage,
         topic: input.topic,
-        outbox: Outbox::new(producer, S::NAME),
+        outbox: Outbox::new(producer, S::DEAD_LETTERS),
         states: HashMap::new(),
         done: HashMap::new(),
     };

@@ -17,6 +17,7 @@ use rdkafka::message::BorrowedMessage;
 use rdkafka::Message;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
+use tributary_runtime::dead_letter::DeadLetterStage;
 use tributary_runtime::kafka::TopicError;
 use tributary_runtime::member::Brokers;
 use tributary_runtime::stage::{
@@ -223,6 +224,7 @@ struct Writer {
 
 impl Stage for Writer {
     const NAME: &'static str = "sink-clickhouse";
+    const DEAD_LETTERS: DeadLetterStage = DeadLetterStage::SinkClickHouse;
     type State = ();
 
     async fn restore(

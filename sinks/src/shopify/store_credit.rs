@@ -36,6 +36,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tributary_runtime::changelog::read_changelog;
 use tributary_runtime::control::Control;
+use tributary_runtime::dead_letter::DeadLetterStage;
 use tributary_runtime::kafka::{now_ms, TopicError};
 use tributary_runtime::member::Brokers;
 use tributary_runtime::secrets::MasterKey;
@@ -48,9 +49,6 @@ use tributary_shopify::operations::{
     CUSTOMER_STORE_CREDIT, STORE_CREDIT_CREDIT, STORE_CREDIT_DEBIT,
 };
 use tributary_shopify::{AdminClient, AdminError, StoreAccess};
-
-/// The stage named in its dead letters.
-const STAGE: &str = "store-credit";
 
 /// `[store_credit]`: the stage that pushes rewards to Shopify store credit.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -613,7 +611,8 @@ impl StoreCreditStage {
 struct Pusher<'a>(&'a StoreCreditStage);
 
 impl Stage for Pusher<'_> {
-    const NAME: &'static str = STAGE;
+    const NAME: &'static str = "store-credit";
+    const DEAD_LETTERS: DeadLetterStage = DeadLetterStage::StoreCredit;
     /// Two members never move the same money: every attempt first checks the partition is still
     /// this member's (the new owner settles any doubt from the account).
     const EXCLUSIVE: bool = true;

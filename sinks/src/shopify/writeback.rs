@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tributary_runtime::control::Control;
+use tributary_runtime::dead_letter::DeadLetterStage;
 use tributary_runtime::kafka::TopicError;
 use tributary_runtime::member::Brokers;
 use tributary_runtime::secrets::MasterKey;
@@ -398,6 +399,7 @@ struct Writer<'a> {
 
 impl Stage for Writer<'_> {
     const NAME: &'static str = "writeback";
+    const DEAD_LETTERS: DeadLetterStage = DeadLetterStage::Writeback;
     type State = ();
 
     async fn restore(
