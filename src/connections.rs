@@ -110,7 +110,16 @@ pub enum ConnectionError {
     Shopify(AdminError),
     #[error("the control topics are unavailable: {0}")]
     Kafka(String),
+    /// A body the API cannot take: too large (413), not JSON by its content type (415), or not
+    /// the request's shape (400, 422).
+    #[error("{1}")]
+    Body(StatusCode, String),
 }
+
+/// The longest access token or app secret taken, in bytes: Shopify's are under 100.
+pub const MAX_CREDENTIAL_BYTES: usize = 512;
+/// The largest request body the admin API reads, in bytes.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 impl ConnectionError {
     fn status(&self) -> StatusCode {
@@ -122,6 +131,7 @@ impl ConnectionError {
             Self::TokenRefused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Shopify(_) => StatusCode::BAD_GATEWAY,
             Self::Kafka(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Body(status, _) => *status,
         }
     }
 }
@@ -397,10 +407,30 @@ impl ControlPlane {
         team: &str,
         request: ConnectRequest,
     ) -> Result<StoreView, ConnectionError> {
+        // Everything about the request is checked before anything is done in Shopify.
         let domain = normalize_domain(&request.domain)?;
         if request.access_token.trim().is_empty() || request.app_secret.trim().is_empty() {
             return Err(ConnectionError::Invalid(
                 "access_token and app_secret are required".into(),
+            ));
+        }
+        if request.access_token.len() > MAX_CREDENTIAL_BYTES
+            || request.app_secret.len() > MAX_CREDENTIAL_BYTES
+        {
+            return Err(ConnectionError::Invalid(format!(
+                "access_token and app_secret are at most {MAX_CREDENTIAL_BYTES} bytes"
+            )));
+        }
+        let access = StoreAccess {
+            shop_domain: &domain,
+            access_token: request.access_token.trim(),
+        };
+        // The token first: only a team holding the store's token learns whether another team
+        // has connected it.
+        let shop: ShopData = self.admin.run(access, &SHOP, json!({})).await?;
+        if !shop.shop.myshopify_domain.eq_ignore_ascii_case(&domain) {
+            return Err(ConnectionError::Invalid(
+                "the token belongs to a different store".into(),
             ));
         }
         let existing = self
@@ -421,16 +451,6 @@ impl ControlPlane {
             );
             return Err(ConnectionError::Conflict(
                 "the store is connected by another team".into(),
-            ));
-        }
-        let access = StoreAccess {
-            shop_domain: &domain,
-            access_token: request.access_token.trim(),
-        };
-        let shop: ShopData = self.admin.run(access, &SHOP, json!({})).await?;
-        if !shop.shop.myshopify_domain.eq_ignore_ascii_case(&domain) {
-            return Err(ConnectionError::Invalid(
-                "the token belongs to a different store".into(),
             ));
         }
         self.subscribe_webhooks(access).await?;
@@ -742,6 +762,7 @@ pub fn router(plane: Arc<ControlPlane>) -> Router {
         )
         .route("/api/stores/{domain}/health", post(store_health))
         .route("/healthz", get(|| async { "ok" }))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(plane)
 }
 
@@ -749,15 +770,24 @@ fn team(plane: &ControlPlane, headers: &HeaderMap) -> Result<String, ConnectionE
     let key = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| v.trim().split_once(' '))
+        // The scheme is case-insensitive (RFC 9110, section 11.1).
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, key)| key.trim())
         .ok_or(ConnectionError::Unauthorized)?;
     plane.team_for_key(key)
 }
 
 fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ConnectionError> {
     // The rejection's text names the problem (a missing field, bad JSON), never the values.
-    body.map(|Json(b)| b)
-        .map_err(|e| ConnectionError::Invalid(e.body_text()))
+    body.map(|Json(b)| b).map_err(|e| {
+        // 422 means a refused token in this API; a body of the wrong shape is a 400.
+        let status = match e.status() {
+            StatusCode::UNPROCESSABLE_ENTITY => StatusCode::BAD_REQUEST,
+            other => other,
+        };
+        ConnectionError::Body(status, e.body_text())
+    })
 }
 
 async fn list_stores(

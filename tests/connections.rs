@@ -213,12 +213,90 @@ async fn teams_connect_check_and_disconnect_only_their_own_stores_and_secrets_ne
         );
     }
     assert_eq!(api.call("GET", "/api/stores", b, None).await.1, json!([]));
+    // Without the store's token, team B cannot even learn that it is connected.
+    assert_eq!(
+        api.call("POST", "/api/stores", b, Some(connect("shpat_guess")))
+            .await
+            .0,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
     assert_eq!(
         api.call("POST", "/api/stores", b, Some(connect(NORTH_TOKEN)))
             .await
             .0,
         StatusCode::CONFLICT
     );
+
+    // What the API cannot take is refused before anything is done in Shopify, each with its
+    // status; the bearer scheme is matched in any case.
+    let subscriptions = p
+        .shopify
+        .writes(NORTH)
+        .get("webhookSubscriptionCreate")
+        .copied();
+    let raw = |content_type: &'static str, body: Vec<u8>, key: &str| {
+        api.http
+            .post(format!("{}/api/stores", api.base))
+            .header("authorization", format!("bearer {key}"))
+            .header("content-type", content_type)
+            .body(body)
+    };
+    // A 3 MB body is answered 413 once more than the limit has arrived.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(&listen).await.unwrap();
+        let head = format!("POST /api/stores HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key_a}\r\nContent-Type: application/json\r\nContent-Length: 3000000\r\n\r\n");
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let _ = stream.write_all(&[b' '; 70_000]).await;
+        let mut answer = vec![0u8; 64];
+        let n = stream.read(&mut answer).await.unwrap();
+        let answer = String::from_utf8_lossy(&answer[..n]);
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    }
+    let status = raw(
+        "text/plain",
+        serde_json::to_vec(&connect(NORTH_TOKEN)).unwrap(),
+        &key_a,
+    )
+    .send()
+    .await
+    .unwrap()
+    .status();
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let long_secret =
+        json!({"domain": NORTH, "access_token": NORTH_TOKEN, "app_secret": "s".repeat(40_000)});
+    let (status, body) = api.call("POST", "/api/stores", a, Some(long_secret)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    for domain in [
+        "x..myshopify.com",
+        "evil.com",
+        &format!("{}.myshopify.com", "a".repeat(5_000)),
+    ] {
+        let request =
+            json!({"domain": domain, "access_token": NORTH_TOKEN, "app_secret": NORTH_SECRET});
+        assert_eq!(
+            api.call("POST", "/api/stores", a, Some(request)).await.0,
+            StatusCode::BAD_REQUEST,
+            "{domain}"
+        );
+    }
+    assert_eq!(
+        p.shopify
+            .writes(NORTH)
+            .get("webhookSubscriptionCreate")
+            .copied(),
+        subscriptions,
+        "nothing was registered in Shopify"
+    );
+    let status = api
+        .http
+        .get(format!("{}/api/stores", api.base))
+        .header("authorization", format!("BEARER {key_a}"))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, StatusCode::OK);
     assert_eq!(
         newest_store(&p.bootstrap, NORTH).team_id.as_deref(),
         Some(team_a.team_id.as_str())
