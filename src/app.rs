@@ -292,7 +292,19 @@ pub async fn run_ingest(
     readiness.track("stores topic", followed);
     let timeout = Duration::from_millis(config.ingest.produce_timeout_ms);
     let producer: FutureProducer = producer_config(bootstrap, timeout).create()?;
-    let router = shopify_webhooks::router(&config.ingest, producer, stores)
+    // The embedded broker keeps about 5 MiB per partition (docs/decisions.md).
+    let embedded = config.kafka.bootstrap_servers.is_none();
+    let max_unread_bytes = config
+        .ingest
+        .max_unread_bytes
+        .or(embedded.then_some(4 * 1024 * 1024));
+    let backpressure = shopify_webhooks::Backpressure::watch(
+        bootstrap,
+        &config.processor.group_id,
+        max_unread_bytes,
+        shutdown.clone(),
+    );
+    let router = shopify_webhooks::router(&config.ingest, producer, stores, backpressure)
         .merge(ops_router(readiness, metrics));
     ready.store(true, Ordering::SeqCst);
     serve_with(config.ingest.listen, router, &config.http, shutdown).await

@@ -122,6 +122,9 @@ pub async fn run(mut config: Config, plan: BenchPlan) -> anyhow::Result<BenchRep
     // Separate database, embedded broker: the bench never touches an operator's data.
     config.clickhouse.database = "tributary_bench".into();
     config.kafka.bootstrap_servers = None;
+    // The ingest stage measures a backlog with nothing consuming, so ingest's backpressure is off;
+    // the bench compares ClickHouse with the generator and withholds its figures on a loss.
+    config.ingest.max_unread_bytes = Some(u64::MAX);
     // The embedded broker keeps only the newest 5 MiB of each partition (docs/decisions.md); the
     // backlog's attribution records, each carrying its reward ledger, need more than 6 partitions.
     config.kafka.partitions = config.kafka.partitions.max(12);

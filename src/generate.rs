@@ -771,10 +771,13 @@ pub async fn send_paced(
                                 break;
                             }
                             _ if attempt == 7 => order.failed += 1,
+                            // 0.2 s doubling to 5 s: about 16 s in all, time for a pipeline
+                            // that refuses while it catches up.
                             _ => {
-                                tokio::time::sleep(Duration::from_millis(
-                                    200 * u64::from(attempt + 1),
-                                ))
+                                tokio::time::sleep(
+                                    Duration::from_millis(200 << attempt)
+                                        .min(Duration::from_secs(5)),
+                                )
                                 .await
                             }
                         }

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tributary_runtime::changelog::read_changelog;
 use tributary_runtime::dead_letter::{DeadLetterRecord, DeadLetterStage};
-use tributary_runtime::kafka::{now_ms, read_partitions_from, TopicError};
+use tributary_runtime::kafka::{now_ms, read_partitions_from, TopicError, READ_METADATA};
 use tributary_runtime::member::{Brokers, CommitWhen};
 use tributary_runtime::stage::{self, Failure, Input, Member, Outbox, Output, Stage, StageError};
 use tributary_schemas::topics::{self, order_key};
@@ -354,7 +354,7 @@ impl Stage for Processing<'_> {
     /// with the watermark beside it.
     fn commit_position(&self, partition: &Partition, next: i64) -> (i64, String) {
         let (offset, watermark) = partition.orders.commit_position(next);
-        (offset, watermark_metadata(watermark))
+        (offset, watermark_metadata(watermark, next))
     }
 
     /// Writes the settled orders changed since the last checkpoint to the on-disk store with the
@@ -629,8 +629,11 @@ fn idle_tick(partition: i32) -> Output {
 }
 
 /// The commit metadata that carries a partition's watermark with its committed offset.
-fn watermark_metadata(watermark_ms: i64) -> String {
-    format!("watermark_ms={watermark_ms}")
+/// `watermark_ms=<ms>;read=<offset>`: the partition's watermark, and how far the processor has
+/// read (beyond the committed offset while orders are held), which ingest's backpressure reads
+/// as the group's position (see `tributary_runtime::kafka::PartitionProgress`).
+fn watermark_metadata(watermark_ms: i64, read: i64) -> String {
+    format!("watermark_ms={watermark_ms};{READ_METADATA}{read}")
 }
 
 /// The watermarks committed beside the group's offsets of `partitions`; missing ones read as 0.
@@ -655,7 +658,8 @@ fn committed_watermarks<C: ConsumerContext>(
         .filter_map(|element| {
             let watermark = element
                 .metadata()
-                .strip_prefix("watermark_ms=")?
+                .split(';')
+                .find_map(|field| field.strip_prefix("watermark_ms="))?
                 .parse()
                 .ok()?;
             Some((element.partition(), watermark))

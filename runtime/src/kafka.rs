@@ -375,6 +375,76 @@ impl GroupProgress {
     }
 }
 
+/// The commit metadata field (`read=<offset>`) in which a member that commits behind what it has
+/// read (the processor, while orders are held) says how far it has read.
+pub const READ_METADATA: &str = "read=";
+
+/// One partition of a group's progress: its committed offset (`None` if it never committed, when
+/// the group will start at the beginning), how far it has read if its commit says so
+/// ([`READ_METADATA`]), and the first and next offsets of the log the broker holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionProgress {
+    pub partition: i32,
+    pub committed: Option<i64>,
+    pub read: Option<i64>,
+    pub log_start: i64,
+    pub log_end: i64,
+}
+
+impl PartitionProgress {
+    /// Records the group has not read yet.
+    pub fn unread(&self) -> i64 {
+        let position = self.read.or(self.committed).unwrap_or(0);
+        (self.log_end - position).max(0)
+    }
+
+    /// Whether the group's position is in the oldest quarter of the log the broker still holds
+    /// while the group is behind: the broker's retention (size or time) is about to delete
+    /// records the group has not read.
+    pub fn near_retention(&self) -> bool {
+        let committed = self.committed.unwrap_or(0);
+        let held = self.log_end - self.log_start;
+        committed < self.log_end && self.log_start > 0 && committed - self.log_start < held / 4
+    }
+}
+
+impl GroupProgress {
+    /// Each partition's committed offset beside the log's bounds. Blocking.
+    pub fn partitions(&self) -> Result<Vec<PartitionProgress>, TopicError> {
+        let timeout = Duration::from_secs(10);
+        let mut wanted = TopicPartitionList::new();
+        for &partition in &self.partitions {
+            wanted.add_partition(&self.topic, partition);
+        }
+        let committed = self.consumer.committed_offsets(wanted, timeout)?;
+        self.partitions
+            .iter()
+            .map(|&partition| {
+                let (log_start, log_end) =
+                    self.consumer
+                        .fetch_watermarks(&self.topic, partition, timeout)?;
+                let element = committed.find_partition(&self.topic, partition);
+                let read = element.as_ref().and_then(|e| {
+                    e.metadata()
+                        .split(';')
+                        .find_map(|field| field.strip_prefix(READ_METADATA)?.parse().ok())
+                });
+                let committed = match element.map(|e| e.offset()) {
+                    Some(Offset::Offset(offset)) => Some(offset),
+                    _ => None,
+                };
+                Ok(PartitionProgress {
+                    partition,
+                    committed,
+                    read,
+                    log_start,
+                    log_end,
+                })
+            })
+            .collect()
+    }
+}
+
 /// Where [`reset_group`] moves a consumer group.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ResetTo {

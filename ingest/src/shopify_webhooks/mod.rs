@@ -11,12 +11,13 @@
 //! | 404 | the shop is not a connected store (unknown or disconnected): nothing is produced, and Shopify's retries give a store that is being connected a second chance |
 //! | 401 | the signature is missing, not base64, or matches none of the store's secrets |
 //! | 400 | a signed request lacks `X-Shopify-Topic`, `X-Shopify-Webhook-Id` or `X-Shopify-Api-Version`, or `X-Shopify-Triggered-At` is not an RFC 3339 time |
-//! | 503 | Kafka did not acknowledge within `produce_timeout_ms`; Shopify retries |
+//! | 503 | Kafka did not acknowledge within `produce_timeout_ms`, or the processor is so far behind that retention would delete what it has not read (see [`Backpressure`]); Shopify retries |
 //! | 200 | the delivery is in Kafka |
 //!
 //! A signed body that is not valid JSON is still accepted: it came from Shopify, and the normalizer
 //! sends it to the dead-letter topic with the parse error, where an operator can see and replay it.
 
+mod backlog;
 mod signature;
 mod stores;
 
@@ -37,6 +38,7 @@ use tributary_runtime::kafka::{now_ms, MAX_MESSAGE_BYTES};
 use tributary_schemas::time::parse_rfc3339_ms;
 use tributary_schemas::{topics, AvroRecord, WebhookEnvelope};
 
+pub use backlog::Backpressure;
 pub use signature::{sign, verify};
 pub use stores::StoreSecrets;
 
@@ -52,6 +54,13 @@ pub struct Config {
     /// headers (checked by [`Config::validate`]).
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
+    /// Refuse deliveries (503) while the processor's unread records in a partition of
+    /// `shopify.webhooks` exceed this many bytes (uncompressed, estimated from what ingest
+    /// produced); see [`Backpressure`]. Unset: 4 MiB with the embedded broker, whose partitions
+    /// keep about 5 MiB, and no budget with a real broker (whose retention is far larger; the
+    /// near-retention rule still applies).
+    #[serde(default)]
+    pub max_unread_bytes: Option<u64>,
     /// How long to wait for Kafka's acknowledgement before answering 503. Shopify gives up on a
     /// delivery after 5 s, so keep this well below.
     #[serde(default = "default_produce_timeout_ms")]
@@ -90,6 +99,7 @@ impl Default for Config {
         Self {
             listen: default_listen(),
             max_body_bytes: default_max_body_bytes(),
+            max_unread_bytes: None,
             produce_timeout_ms: default_produce_timeout_ms(),
         }
     }
@@ -100,14 +110,21 @@ struct Receiver {
     producer: FutureProducer,
     stores: StoreSecrets,
     produce_timeout: Duration,
+    backpressure: Backpressure,
 }
 
 /// The receiver's routes; the caller adds health and metrics routes and serves it.
-pub fn router(config: &Config, producer: FutureProducer, stores: StoreSecrets) -> Router {
+pub fn router(
+    config: &Config,
+    producer: FutureProducer,
+    stores: StoreSecrets,
+    backpressure: Backpressure,
+) -> Router {
     let receiver = Arc::new(Receiver {
         producer,
         stores,
         produce_timeout: Duration::from_millis(config.produce_timeout_ms),
+        backpressure,
     });
     Router::new()
         .route("/webhooks/shopify", post(receive))
@@ -148,6 +165,13 @@ async fn receive(
     if !verify(&secrets, &body, signature) {
         return Err(reject(StatusCode::UNAUTHORIZED, "invalid signature"));
     }
+    if receiver.backpressure.refusing() {
+        metrics::counter!("tributary_ingest_backpressure_refusals_total").increment(1);
+        return Err(reject(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the pipeline is behind; retry later",
+        ));
+    }
     let envelope = envelope(&headers, shop, body)?;
     let key = topics::webhook_key(&envelope.topic, &envelope.shop_domain, &envelope.body);
     let payload = envelope.to_avro().map_err(|e| {
@@ -160,6 +184,7 @@ async fn receive(
         return Err(too_large(payload.len() + key.len()));
     }
     produce(&receiver, &key, &payload).await?;
+    receiver.backpressure.produced(key.len() + payload.len());
     metrics::counter!("tributary_webhooks_total", "status" => "200").increment(1);
     metrics::histogram!("tributary_webhook_ack_seconds").record(started.elapsed().as_secs_f64());
     Ok(StatusCode::OK)
