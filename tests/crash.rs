@@ -12,7 +12,6 @@
 
 mod support;
 
-use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -61,27 +60,6 @@ impl Services {
     }
 }
 
-async fn start_broker(dir: &Path) -> (Child, String) {
-    let file = dir.join("bootstrap");
-    let child = Command::new(env!("CARGO_BIN_EXE_tributary"))
-        .args(["broker", "--bootstrap-file"])
-        .arg(&file)
-        .env("TRIBUTARY_KAFKA__PARTITIONS", "4")
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn broker");
-    for _ in 0..200 {
-        if let Ok(bootstrap) = std::fs::read_to_string(&file) {
-            if !bootstrap.is_empty() {
-                return (child, bootstrap);
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("broker did not start");
-}
-
 /// Polls `observe` until `done`, for as long as what it sees keeps changing: writeback and store
 /// credit share the store's cost bucket, so a long run takes a while, but a stall of 15 s fails.
 async fn while_progressing<T: PartialEq>(
@@ -106,7 +84,7 @@ async fn killing_ingest_processor_and_sink_at_random_keeps_totals_exact() {
     let dir = tempfile::tempdir().unwrap();
     let config = test_config("crash", dir.path());
     reset_database(&config).await;
-    let (_broker, bootstrap) = start_broker(dir.path()).await;
+    let (_broker, bootstrap) = broker_process(dir.path(), 4).await;
     load_demo_control(&config, &bootstrap).await;
     let shopify = start_demo_shopify().await;
     let services = Services {

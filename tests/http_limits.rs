@@ -9,27 +9,7 @@ use std::time::Duration;
 
 use support::*;
 use tokio::io::AsyncWriteExt;
-use tokio::process::{Child, Command};
-
-async fn start_broker(dir: &std::path::Path) -> (Child, String) {
-    let file = dir.join("bootstrap");
-    let child = Command::new(env!("CARGO_BIN_EXE_tributary"))
-        .args(["broker", "--bootstrap-file"])
-        .arg(&file)
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn broker");
-    for _ in 0..200 {
-        if let Ok(bootstrap) = std::fs::read_to_string(&file) {
-            if !bootstrap.is_empty() {
-                return (child, bootstrap);
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("broker did not start");
-}
+use tokio::process::Command;
 
 /// Whether `url` answers 200 within `within`.
 async fn answers(client: &reqwest::Client, url: &str, within: Duration) -> bool {
@@ -48,7 +28,7 @@ async fn answers(client: &reqwest::Client, url: &str, within: Duration) -> bool 
 async fn stalled_connections_never_exhaust_ingest() {
     let dir = tempfile::tempdir().unwrap();
     let config = test_config("http_limits", dir.path());
-    let (_broker, bootstrap) = start_broker(dir.path()).await;
+    let (_broker, bootstrap) = broker_process(dir.path(), 4).await;
     load_demo_control(&config, &bootstrap).await;
     let listen = config.ingest.listen;
     // 256 file descriptors, as a small container might give: without a limit, 1,100 stalled

@@ -212,6 +212,29 @@ pub async fn load_demo_control(config: &Config, bootstrap: &str) {
         .expect("advocates");
 }
 
+/// `tributary broker` in a process of its own (the embedded broker, `partitions` per topic), as
+/// services run as separate processes use it; returns the child and its bootstrap address.
+pub async fn broker_process(dir: &Path, partitions: i32) -> (tokio::process::Child, String) {
+    let file = dir.join("bootstrap");
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tributary"))
+        .args(["broker", "--bootstrap-file"])
+        .arg(&file)
+        .env("TRIBUTARY_KAFKA__PARTITIONS", partitions.to_string())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn broker");
+    for _ in 0..200 {
+        if let Ok(bootstrap) = std::fs::read_to_string(&file) {
+            if !bootstrap.is_empty() {
+                return (child, bootstrap);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("broker did not start");
+}
+
 pub async fn wait_ready(url: &str) {
     tributary::app::wait_ready(url, Duration::from_secs(30))
         .await
