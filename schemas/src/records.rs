@@ -380,7 +380,7 @@ pub struct StoreFeatures {
 pub struct Store {
     pub domain: String,
     pub status: StoreStatus,
-    /// AES-256-GCM sealed (see [`crate::secrets`]); current secret first.
+    /// AES-256-GCM sealed (see `tributary_runtime::secrets`); current secret first.
     pub webhook_secrets_sealed: Vec<String>,
     pub settle_delay_minutes: i32,
     pub excluded_channels: Vec<String>,
@@ -400,7 +400,7 @@ avro_record!(Store, "store");
 /// How tributary reaches a store's Admin API, and what it writes there.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoreAdmin {
-    /// AES-256-GCM sealed (see [`crate::secrets`]).
+    /// AES-256-GCM sealed (see `tributary_runtime::secrets`).
     pub access_token_sealed: String,
     pub tag_prefix: String,
     pub code_pattern: Option<String>,
