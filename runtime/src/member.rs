@@ -19,6 +19,9 @@ pub struct GroupMember {
     group: String,
     ready: Arc<AtomicBool>,
     revoked: Mutex<Vec<i32>>,
+    /// How often each partition has been revoked from this member: a partition taken away and
+    /// given back while a stage waited is not the same ownership, though `assignment()` shows it.
+    revocations: Mutex<std::collections::HashMap<i32, u64>>,
 }
 
 impl GroupMember {
@@ -27,12 +30,23 @@ impl GroupMember {
             group: group.to_owned(),
             ready,
             revoked: Mutex::new(Vec::new()),
+            revocations: Mutex::default(),
         }
     }
 
     /// Partitions revoked since the last call.
     pub fn take_revoked(&self) -> Vec<i32> {
         std::mem::take(&mut *self.revoked.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// How many times `partition` has been revoked from this member so far.
+    pub fn revocations(&self, partition: i32) -> u64 {
+        self.revocations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&partition)
+            .copied()
+            .unwrap_or(0)
     }
 }
 
@@ -89,6 +103,13 @@ impl ConsumerContext for GroupMember {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .extend(partitions.elements().iter().map(|e| e.partition()));
+            let mut revocations = self
+                .revocations
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            for element in partitions.elements() {
+                *revocations.entry(element.partition()).or_default() += 1;
+            }
         }
     }
 
@@ -198,16 +219,17 @@ impl Brokers {
 /// for wedged and evicts it (`max.poll.interval.ms`) while it still works on its partitions.
 /// Records that were already fetched arrive anyway; they are dropped and each partition is
 /// rewound to its first dropped record on [`PausedMember::resume`], so nothing is skipped.
-pub struct PausedMember<'a, C: ConsumerContext + 'static> {
-    consumer: &'a StreamConsumer<C>,
+pub struct PausedMember<'a> {
+    consumer: &'a StreamConsumer<GroupMember>,
     paused: TopicPartitionList,
-    /// The first record dropped per (topic, partition).
-    rewind: std::collections::HashMap<(String, i32), i64>,
+    /// The first record dropped per (topic, partition), with the partition's revocation count
+    /// when it was dropped.
+    rewind: std::collections::HashMap<(String, i32), (i64, u64)>,
 }
 
-impl<'a, C: ConsumerContext + 'static> PausedMember<'a, C> {
+impl<'a> PausedMember<'a> {
     /// Pauses every partition assigned to `consumer`.
-    pub fn pause(consumer: &'a StreamConsumer<C>) -> Self {
+    pub fn pause(consumer: &'a StreamConsumer<GroupMember>) -> Self {
         let paused = consumer.assignment().unwrap_or_default();
         if let Err(error) = consumer.pause(&paused) {
             tracing::warn!(%error, "pausing partitions failed; records read while retrying are rewound");
@@ -228,9 +250,16 @@ impl<'a, C: ConsumerContext + 'static> PausedMember<'a, C> {
                 _ = &mut sleep => return,
                 received = self.consumer.recv() => {
                     if let Some(message) = received_or_warn(received) {
-                        self.rewind
+                        let revocations = self.consumer.context().revocations(message.partition());
+                        let first = self
+                            .rewind
                             .entry((message.topic().to_owned(), message.partition()))
-                            .or_insert(message.offset());
+                            .or_insert((message.offset(), revocations));
+                        // Revoked and given back meanwhile: the new assignment starts at the
+                        // group's commit, and only what it delivered since is to be rewound.
+                        if first.1 != revocations {
+                            *first = (message.offset(), revocations);
+                        }
                     }
                 }
             }
@@ -242,7 +271,11 @@ impl<'a, C: ConsumerContext + 'static> PausedMember<'a, C> {
         if let Err(error) = self.consumer.resume(&self.paused) {
             tracing::warn!(%error, "resuming partitions failed");
         }
-        for ((topic, partition), offset) in self.rewind {
+        for ((topic, partition), (offset, revocations)) in self.rewind {
+            if self.consumer.context().revocations(partition) != revocations {
+                // Revoked since: its new assignment reads from the group's commit.
+                continue;
+            }
             if let Err(error) = self.consumer.seek(
                 &topic,
                 partition,

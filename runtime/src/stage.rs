@@ -166,6 +166,16 @@ pub enum StageError {
         position: i64,
         log_start: i64,
     },
+    /// The group's position in a partition lies past the log's end: the topic was recreated or
+    /// truncated under it.
+    #[error("{topic} [{partition}]: group {group} is at offset {position}, past the log's end at {log_end} (was the topic recreated?); choose where to resume with `tributary replay --group {group} ...`")]
+    PositionBeyondEnd {
+        group: String,
+        topic: String,
+        partition: i32,
+        position: i64,
+        log_end: i64,
+    },
     /// The stage's own failure (a state store, a database), as its crate defines it.
     #[error(transparent)]
     Stage(Box<dyn std::error::Error + Send + Sync>),
@@ -218,6 +228,9 @@ pub struct Outbox {
     producer: FutureProducer,
     stage: DeadLetterStage,
     in_flight: Vec<DeliveryFuture>,
+    /// The first delivery that failed: from then on nothing is committed, since a record whose
+    /// output was lost must be processed again.
+    failed: Option<String>,
 }
 
 impl Outbox {
@@ -226,6 +239,7 @@ impl Outbox {
             producer,
             stage,
             in_flight: Vec::new(),
+            failed: None,
         }
     }
 
@@ -240,7 +254,9 @@ impl Outbox {
     /// written before the stage acts on it. Returns its (partition, offset).
     pub async fn send_now(&mut self, output: Output) -> Result<(i32, i64), StageError> {
         let delivery = self.enqueue(&output).await?;
-        acknowledged(delivery).await
+        acknowledged(delivery).await.inspect_err(|error| {
+            self.failed.get_or_insert_with(|| error.to_string());
+        })
     }
 
     /// Enqueues a dead letter for `message` with the reason (see [`DeadLetterRecord`]).
@@ -266,11 +282,17 @@ impl Outbox {
     }
 
     /// Waits until everything enqueued is acknowledged.
+    /// Every delivery is awaited, also after one failed; after a failure this always fails.
     pub async fn drain(&mut self) -> Result<(), StageError> {
-        for delivery in self.in_flight.drain(..) {
-            acknowledged(delivery).await?;
+        for delivery in std::mem::take(&mut self.in_flight) {
+            if let Err(error) = acknowledged(delivery).await {
+                self.failed.get_or_insert_with(|| error.to_string());
+            }
         }
-        Ok(())
+        match &self.failed {
+            Some(reason) => Err(StageError::Delivery(reason.clone())),
+            None => Ok(()),
+        }
     }
 
     async fn enqueue(&mut self, output: &Output) -> Result<DeliveryFuture, StageError> {
@@ -289,7 +311,10 @@ impl Outbox {
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                     self.drain().await?;
                 }
-                Err((error, _)) => return Err(error.into()),
+                Err((error, _)) => {
+                    self.failed.get_or_insert_with(|| error.to_string());
+                    return Err(error.into());
+                }
             }
         }
     }
@@ -371,7 +396,15 @@ pub async fn run<S: Stage>(
                     }
                     Ok(Took::LeftForNewOwner) => {}
                     Ok(Took::Stopping) => break None,
-                    Err(error) => break Some(error),
+                    // An unreadable record stops before anything was done with it; any other
+                    // error may have left the partition's state half changed, so nothing more of
+                    // that partition is committed or written from it.
+                    Err(error @ StageError::Topic(TopicError::Unreadable { .. })) => break Some(error),
+                    Err(error) => {
+                        running.states.remove(&message.partition());
+                        running.done.remove(&message.partition());
+                        break Some(error);
+                    }
                 }
                 if running.stage.wants_flush() || running.outbox.in_flight() >= input.max_in_flight {
                     if let Err(error) = running.checkpoint(&member, &shutdown, CommitWhen::Running).await {
@@ -445,9 +478,15 @@ impl<S: Stage> Running<'_, S> {
             )));
         };
         let mut backoff = Backoff::default();
-        let mut paused: Option<PausedMember<'_, GroupMember>> = None;
+        let mut paused: Option<PausedMember<'_>> = None;
+        // Ownership is this assignment of the partition, not just being assigned it: revoked and
+        // given back meanwhile, another member may have acted on the record.
+        let (topic, revocations) = (self.topic, member.context().revocations(partition));
+        let still_owned = || {
+            owns(member, topic, partition) && member.context().revocations(partition) == revocations
+        };
         let took = loop {
-            if S::EXCLUSIVE && !owns(member, self.topic, partition) {
+            if S::EXCLUSIVE && !still_owned() {
                 tracing::warn!(
                     stage = S::NAME,
                     partition,
@@ -477,7 +516,7 @@ impl<S: Stage> Running<'_, S> {
                         .get_or_insert_with(|| PausedMember::pause(member))
                         .wait(backoff.next_pause())
                         .await;
-                    if !owns(member, self.topic, partition) {
+                    if !still_owned() {
                         tracing::warn!(
                             stage = S::NAME,
                             partition,
@@ -505,7 +544,7 @@ impl<S: Stage> Running<'_, S> {
         when: CommitWhen,
     ) -> Result<bool, StageError> {
         let mut backoff = Backoff::default();
-        let mut paused: Option<PausedMember<'_, GroupMember>> = None;
+        let mut paused: Option<PausedMember<'_>> = None;
         let flushed = loop {
             let flushed = match when {
                 CommitWhen::Running => tokio::select! {
@@ -621,10 +660,31 @@ async fn consumer_error(
                 tracing::error!(stage, %error, "stopping: records were deleted before they were read");
                 return Err(error);
             }
-            Some(_) => {}
+            Some(position) => {
+                // librdkafka stopped fetching the partition when it raised the error: start it
+                // again where it was, or stop if the position lies past the log's end (a topic
+                // recreated or truncated).
+                let (_, log_end) =
+                    member.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
+                if position > log_end {
+                    return Err(StageError::PositionBeyondEnd {
+                        group: group.to_owned(),
+                        topic: topic.to_owned(),
+                        partition,
+                        position,
+                        log_end,
+                    });
+                }
+                member.seek(
+                    topic,
+                    partition,
+                    Offset::Offset(position),
+                    Duration::from_secs(10),
+                )?;
+            }
         }
     }
-    tracing::warn!(stage, %error, "offset reset requested for a position still in the log; continuing");
+    tracing::warn!(stage, %error, "offset reset resolved; continuing");
     Ok(())
 }
 

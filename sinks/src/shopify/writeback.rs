@@ -460,8 +460,10 @@ impl Stage for Writer<'_> {
                     self.batch.remove(&key);
                 }
                 Err(Failure::DeadLetter(reason)) => {
-                    if let Some(pending) = self.batch.remove(&key) {
+                    // Out of the batch only once its letter is enqueued.
+                    if let Some(pending) = self.batch.get(&key) {
                         out.dead_letter(&pending.message, &reason).await?;
+                        self.batch.remove(&key);
                     }
                 }
                 Err(Failure::Retry(reason)) => {
