@@ -239,14 +239,6 @@ impl Stage for Repartition {
     const DEAD_LETTERS: DeadLetterStage = DeadLetterStage::EventsRepartition;
     type State = ();
 
-    async fn restore(
-        &mut self,
-        _member: &Member,
-        partitions: Vec<i32>,
-    ) -> Result<Vec<(i32, ())>, StageError> {
-        Ok(partitions.into_iter().map(|p| (p, ())).collect())
-    }
-
     async fn process(
         &mut self,
         message: &BorrowedMessage<'_>,

@@ -300,6 +300,15 @@ struct Partition {
     last_read: Instant,
 }
 
+impl Default for Partition {
+    fn default() -> Self {
+        Self {
+            orders: PartitionState::default(),
+            last_read: Instant::now(),
+        }
+    }
+}
+
 /// The processor as the consume loop runs it.
 struct Processing<'a> {
     processor: &'a Processor,

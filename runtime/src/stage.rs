@@ -61,15 +61,23 @@ pub trait Stage: Send {
     const EXCLUSIVE: bool = false;
 
     /// What the stage keeps per input partition; `()` for none.
-    type State: Send;
+    type State: Send + Default;
 
     /// The state of `partitions`, newly assigned to this member, before their first record: one
-    /// entry per partition asked for. Called with nothing of the stage's in flight.
+    /// entry per partition asked for. Called with nothing of the stage's in flight. Default: a
+    /// fresh state each, for a stage that keeps nothing across restarts.
     fn restore(
         &mut self,
         member: &Member,
         partitions: Vec<i32>,
-    ) -> impl Future<Output = Result<Vec<(i32, Self::State)>, StageError>> + Send;
+    ) -> impl Future<Output = Result<Vec<(i32, Self::State)>, StageError>> + Send {
+        let _ = member;
+        let fresh = partitions
+            .into_iter()
+            .map(|p| (p, Self::State::default()))
+            .collect();
+        async { Ok(fresh) }
+    }
 
     /// Takes one record, in offset order within its partition. Records sent through `out` are
     /// awaited before the record's offset is committed. A stop never interrupts `process`; a

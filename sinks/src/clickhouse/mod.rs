@@ -21,7 +21,7 @@ use tributary_runtime::dead_letter::DeadLetterStage;
 use tributary_runtime::kafka::TopicError;
 use tributary_runtime::member::Brokers;
 use tributary_runtime::stage::{
-    self, Backoff, Failure, FlushError, Input, Member, Outbox, Stage, StageError,
+    self, Backoff, Failure, FlushError, Input, Outbox, Stage, StageError,
 };
 use tributary_schemas::{topics, Attribution, AvroRecord};
 
@@ -226,14 +226,6 @@ impl Stage for Writer {
     const NAME: &'static str = "sink-clickhouse";
     const DEAD_LETTERS: DeadLetterStage = DeadLetterStage::SinkClickHouse;
     type State = ();
-
-    async fn restore(
-        &mut self,
-        _member: &Member,
-        partitions: Vec<i32>,
-    ) -> Result<Vec<(i32, ())>, StageError> {
-        Ok(partitions.into_iter().map(|p| (p, ())).collect())
-    }
 
     async fn process(
         &mut self,

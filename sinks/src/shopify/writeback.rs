@@ -32,7 +32,7 @@ use tributary_runtime::dead_letter::DeadLetterStage;
 use tributary_runtime::kafka::TopicError;
 use tributary_runtime::member::Brokers;
 use tributary_runtime::secrets::MasterKey;
-use tributary_runtime::stage::{self, FlushError, Input, Member, Outbox, Stage, StageError};
+use tributary_runtime::stage::{self, FlushError, Input, Outbox, Stage, StageError};
 use tributary_schemas::{topics, Attribution, AvroRecord, Outcome, StoreStatus};
 use tributary_shopify::operations::{
     order_gid, ORDER_NOTE_AND_TAGS, ORDER_UPDATE_NOTE, TAGS_ADD, TAGS_REMOVE,
@@ -401,14 +401,6 @@ impl Stage for Writer<'_> {
     const NAME: &'static str = "writeback";
     const DEAD_LETTERS: DeadLetterStage = DeadLetterStage::Writeback;
     type State = ();
-
-    async fn restore(
-        &mut self,
-        _member: &Member,
-        partitions: Vec<i32>,
-    ) -> Result<Vec<(i32, ())>, StageError> {
-        Ok(partitions.into_iter().map(|p| (p, ())).collect())
-    }
 
     async fn process(
         &mut self,
