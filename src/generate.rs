@@ -45,7 +45,7 @@ impl Delivery {
             webhook_id: self.webhook_id.clone(),
             event_id: Some(self.event_id.clone()),
             triggered_at_ms: self.triggered_at_ms,
-            api_version: "2025-10".to_owned(),
+            api_version: "2026-04".to_owned(),
             received_at_ms: tributary_runtime::kafka::now_ms(),
             body: self.body.clone(),
         }
@@ -64,7 +64,7 @@ impl Delivery {
                 "X-Shopify-Triggered-At",
                 format_rfc3339_ms(self.triggered_at_ms),
             )
-            .header("X-Shopify-Api-Version", "2025-10")
+            .header("X-Shopify-Api-Version", "2026-04")
             .body(self.body.clone())
     }
 }
@@ -260,9 +260,13 @@ pub fn plan(
     let mut expected = Expected::default();
     let mut planned = Vec::new();
     let mut commands = Vec::new();
-    // 2025-11-28 minus seed days: always in the past, since the processor takes an event time
-    // far ahead of its receive time as the receive time.
-    let start_ms = 1_764_316_800_000 - (seed as i64 % 1000) * 86_400_000;
+    // Midnight 150 to 349 days ago (by seed): the five stores' months end at least a month in the
+    // past, since the processor takes an event time far ahead of its receive time as the receive
+    // time, and the oldest order is inside the processor's default 400-day state horizon whatever
+    // day the plan is built (an idle tick carries today's time).
+    const DAY_MS: i64 = 86_400_000;
+    let today_ms = tributary_runtime::kafka::now_ms().div_euclid(DAY_MS) * DAY_MS;
+    let start_ms = today_ms - (150 + seed as i64 % 200) * DAY_MS;
     for (store_index, store) in stores.iter().enumerate() {
         let secret = store
             .webhook_secrets

@@ -174,7 +174,7 @@ async fn teams_connect_check_and_disconnect_only_their_own_stores_and_secrets_ne
             view["product_count"].as_i64(),
             view["api_version"].as_str()
         ),
-        (Some(true), Some("active"), Some(42), Some("2025-10"))
+        (Some(true), Some("active"), Some(42), Some("2026-04"))
     );
     assert!(view["last_synced_at"].is_string());
     assert!(

@@ -108,7 +108,7 @@ async fn receiver_answers_each_bad_request_clearly_and_produces_nothing() {
         .header("x-shopify-shop-domain", SHOP.to_uppercase())
         .header("x-shopify-webhook-id", "w-lower")
         .header("x-shopify-triggered-at", "2025-11-28T12:00:00Z")
-        .header("x-shopify-api-version", "2025-10")
+        .header("x-shopify-api-version", "2026-04")
         .body(good.body.clone());
     assert_eq!(lower.send().await.unwrap().status(), 200);
     assert_eq!(count_records(&p.bootstrap, topics::WEBHOOKS), 3);
@@ -765,6 +765,94 @@ async fn an_event_time_far_ahead_of_its_receipt_never_moves_the_watermark() {
         &p.clickhouse(),
         "SELECT toString(count()) FROM attributions_current",
         "0",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_order_unchanged_past_the_horizon_expires_with_a_tombstone_and_stays_counted_once() {
+    let mut p = Pipeline::start("expiry", |c| {
+        c.kafka.partitions = 1;
+        c.processor.expire_after_days = 2;
+        c.processor.state_dir = Some(c.secrets.master_key_file.with_file_name("processor-state"));
+    })
+    .await;
+    let ch = p.clickhouse();
+    let row = |id: u64| {
+        format!("SELECT concat(toString(gross), ',', toString(refunded), ',', toString(revision)) FROM attributions_current WHERE order_id = {id}")
+    };
+    // A is placed on 2025-11-28 and settles at once.
+    let mut a = Order::new(7_200_000_000_001, "80.00");
+    a.codes = vec!["ANNA10"];
+    accepted(
+        &p.webhook_url,
+        &a.delivery("orders/create", "a-create", "a-create"),
+    )
+    .await;
+    eventually(&ch, &row(a.id), "80,0,1").await;
+    // B, three days later, moves the watermark to 2025-12-01: the horizon is 2025-11-29 00:00,
+    // and A, unchanged since 2025-11-28, leaves the state with a tombstone.
+    let mut b = Order::new(7_200_000_000_002, "30.00");
+    b.created_minute = 3 * 1440;
+    accepted(
+        &p.webhook_url,
+        &b.delivery("orders/create", "b-create", "b-create"),
+    )
+    .await;
+    eventually(&ch, &row(b.id), "30,0,1").await;
+    let a_key = topics::order_key(SHOP, a.id);
+    let mut tombstones = 0;
+    for _ in 0..100 {
+        tombstones = 0;
+        read_topic(&p.bootstrap, topics::ATTRIBUTIONS, |m| {
+            if m.payload().is_none() && m.key() == Some(a_key.as_bytes()) {
+                tombstones += 1;
+            }
+        })
+        .unwrap();
+        if tombstones > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(tombstones, 1, "one tombstone for the expired order");
+
+    // A later version of A is refused with the reason, not counted again as a new order; a
+    // refund for it finds no order. ClickHouse keeps A's row as it was.
+    let mut a_late = a.clone();
+    a_late.total = "10.00";
+    a_late.updated_minute = 4 * 1440;
+    accepted(
+        &p.webhook_url,
+        &a_late.delivery("orders/updated", "a-late", "a-late"),
+    )
+    .await;
+    accepted(&p.webhook_url, &a.refund(21, "5.00")).await;
+    let reasons = dead_letter_reasons(&p.bootstrap, 2).await;
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(
+        reasons[0].starts_with(&format!("expired: order {} was created", a.id))
+            && reasons[0].contains("before the state's horizon"),
+        "{reasons:?}"
+    );
+    assert!(reasons[1].starts_with("refund: refund 21"), "{reasons:?}");
+
+    // After a restart (the store on disk and the changelog's tail, tombstone included), A is
+    // still gone: a second refund is refused the same way, and B is still known.
+    p.restart(|_| {}).await;
+    accepted(&p.webhook_url, &a.refund(22, "5.00")).await;
+    accepted(&p.webhook_url, &b.refund(23, "5.00")).await;
+    eventually(&ch, &row(b.id), "30,5,2").await;
+    let reasons = dead_letter_reasons(&p.bootstrap, 3).await;
+    assert!(
+        reasons.len() == 3 && reasons[2].starts_with("refund: refund 22"),
+        "{reasons:?}"
+    );
+    eventually(&ch, &row(a.id), "80,0,1").await;
+    eventually(
+        &ch,
+        "SELECT concat(toString(orders), ',', toString(gross)) FROM advocate_stats",
+        "1,80",
     )
     .await;
 }

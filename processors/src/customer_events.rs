@@ -311,7 +311,7 @@ fn repartition(message: &BorrowedMessage<'_>) -> Result<Vec<Output>, CodecError>
         topic,
         partition: None,
         key: key.into_bytes(),
-        payload: payload.to_vec(),
+        payload: Some(payload.to_vec()),
         headers: None,
     };
     let order = Attribution::from_avro(payload)?;
@@ -369,7 +369,7 @@ fn emit(
                     topic: topics::EVENTS,
                     partition: Some(message.partition()),
                     key: message.key().map(<[u8]>::to_vec).unwrap_or_default(),
-                    payload,
+                    payload: Some(payload),
                     headers: None,
                 }),
                 Err(error) => {
@@ -417,6 +417,7 @@ mod tests {
             recent_delivery_ids: vec![],
             input_offset: 0,
             rewards: vec![],
+            changed_at_ms: 0,
         }
     }
 

@@ -304,6 +304,7 @@ mod tests {
             recent_delivery_ids: vec![],
             input_offset: 0,
             rewards: vec![],
+            changed_at_ms: 0,
         }
     }
 

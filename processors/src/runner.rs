@@ -18,7 +18,7 @@ use rdkafka::message::BorrowedMessage;
 use rdkafka::{Message, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
-use tributary_runtime::changelog::read_changelog;
+use tributary_runtime::changelog::read_changes;
 use tributary_runtime::dead_letter::{DeadLetterRecord, DeadLetterStage};
 use tributary_runtime::kafka::{now_ms, read_partitions_from, TopicError, READ_METADATA};
 use tributary_runtime::member::{Brokers, CommitWhen};
@@ -29,7 +29,7 @@ use tributary_schemas::{Attribution, AvroRecord, OrderEvent, Store, WebhookEnvel
 use crate::attribution::{decide, manual};
 use crate::dedup::Verdict;
 use crate::normalize::{normalize, ApprovalCommand, ManualCommand, Normalized, RefundEvent};
-use crate::settled::{SettledOrders, StateStore, StateStoreError};
+use crate::settled::{SettledOrders, StateStore, StateStoreError, DAY_MS};
 use crate::state::{Applied, PartitionState};
 use tributary_runtime::control::Control;
 
@@ -66,6 +66,13 @@ pub struct Config {
     /// (by a release without the rule) is brought back to now on restore.
     #[serde(default = "default_max_event_time_ahead_ms")]
     pub max_event_time_ahead_ms: u64,
+    /// Days of event time an unchanged settled order is kept (default 400; 0 keeps every order
+    /// forever). An order whose last change lies before the watermark's day less this many days
+    /// leaves the state with a tombstone on `tributary.attributions`; ClickHouse keeps its rows.
+    /// A later record for an order created before that horizon is dead-lettered (stage
+    /// `expired`) rather than counted again as new.
+    #[serde(default = "default_expire_after_days")]
+    pub expire_after_days: u32,
 }
 
 fn default_group() -> String {
@@ -83,6 +90,9 @@ fn default_idle_tick_ms() -> u64 {
 fn default_max_event_time_ahead_ms() -> u64 {
     10 * 60_000
 }
+fn default_expire_after_days() -> u32 {
+    400
+}
 
 impl Default for Config {
     fn default() -> Self {
@@ -93,6 +103,7 @@ impl Default for Config {
             idle_tick_ms: default_idle_tick_ms(),
             state_dir: None,
             max_event_time_ahead_ms: default_max_event_time_ahead_ms(),
+            expire_after_days: default_expire_after_days(),
         }
     }
 }
@@ -185,14 +196,14 @@ impl Processor {
                 .await
                 .map_err(|e| TopicError::Task(e.to_string()))??
             }
-            None => read_changelog::<Attribution>(
+            None => read_changes::<Attribution>(
                 &self.brokers.bootstrap_servers,
                 topics::ATTRIBUTIONS,
                 partitions,
             )
             .await?
             .into_iter()
-            .map(|(partition, records)| (partition, SettledOrders::from_records(records)))
+            .map(|(partition, changes)| (partition, SettledOrders::from_changes(changes)))
             .collect(),
         };
         let states: HashMap<i32, PartitionState> = settled
@@ -210,7 +221,11 @@ impl Processor {
                 } else {
                     watermark
                 };
-                (partition, PartitionState::with_settled(settled, watermark))
+                let expire_after = (self.config.expire_after_days > 0)
+                    .then(|| i64::from(self.config.expire_after_days) * DAY_MS);
+                let state =
+                    PartitionState::with_settled(settled, watermark).expiring_after(expire_after);
+                (partition, state)
             })
             .collect();
         tracing::info!(
@@ -288,6 +303,27 @@ impl Processor {
                 key,
                 attribution.to_avro(),
             ));
+        }
+        // At a deterministic position (the first record of each day of watermark), so a replay
+        // expires the same orders at the same place.
+        let expired = state.expire_due()?;
+        if !expired.is_empty() {
+            metrics::counter!("tributary_processor_expired_orders_total")
+                .increment(expired.len() as u64);
+            tracing::info!(
+                partition = message.partition(),
+                orders = expired.len(),
+                "settled orders past the state's horizon expired"
+            );
+        }
+        for key in expired {
+            outputs.push(Output {
+                topic: topics::ATTRIBUTIONS,
+                partition: Some(message.partition()),
+                key: key.into_bytes(),
+                payload: None,
+                headers: None,
+            });
         }
         Ok(outputs)
     }
@@ -508,7 +544,8 @@ fn process_order(
             order_event(),
             encoded(message, topics::ATTRIBUTIONS, key(), attribution.to_avro()),
         ],
-        Applied::UnknownOrder | Applied::Refused(_) => Vec::new(),
+        Applied::Refused(reason) => vec![dead_letter(message, DeadLetterStage::Expired, &reason)],
+        Applied::UnknownOrder => Vec::new(),
     })
 }
 
@@ -618,7 +655,7 @@ fn encoded(
             topic,
             partition: Some(message.partition()),
             key,
-            payload,
+            payload: Some(payload),
             headers: None,
         },
         Err(error) => dead_letter(message, DeadLetterStage::Encode, &error.to_string()),
@@ -630,9 +667,11 @@ fn idle_tick(partition: i32) -> Output {
         topic: topics::WEBHOOKS,
         partition: Some(partition),
         key: b"idle-tick".to_vec(),
-        payload: WebhookEnvelope::idle_tick(partition, now_ms())
-            .to_avro()
-            .unwrap_or_default(),
+        payload: Some(
+            WebhookEnvelope::idle_tick(partition, now_ms())
+                .to_avro()
+                .unwrap_or_default(),
+        ),
         headers: None,
     }
 }
@@ -707,7 +746,11 @@ fn restore_on_disk(
                     Some(Err(error)) => {
                         Err(TopicError::unreadable(topics::ATTRIBUTIONS, message, error).into())
                     }
-                    None => Ok(()),
+                    None => {
+                        let key = message.key().unwrap_or_default();
+                        settled.absorb_tombstone(&String::from_utf8_lossy(key));
+                        Ok(())
+                    }
                 };
                 next = message.offset() + 1;
                 let flushed = match absorbed {
@@ -746,7 +789,7 @@ fn dead_letter(message: &BorrowedMessage<'_>, stage: DeadLetterStage, error: &st
         topic: topics::DEAD_LETTERS,
         partition: None,
         key: letter.key,
-        payload: letter.payload,
+        payload: Some(letter.payload),
         headers: Some(letter.headers),
     }
 }

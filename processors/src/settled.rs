@@ -10,6 +10,12 @@
 //! changelog after `changelog_next`; a missing or unreadable database is rebuilt from the whole
 //! changelog. The store never runs ahead of the changelog: only acknowledged records are written.
 //!
+//! **Expiry.** An order whose last change (`Attribution::last_changed_ms`, event time) lies before
+//! the processor's horizon leaves the state ([`SettledOrders::expire`]); the processor writes a
+//! tombstone for it on the changelog. On disk, an index by the day of each row's last change
+//! (`changed/<partition>`: (day, order key) → ()) lets expiry read only the days before the
+//! horizon, never the whole table; an entry whose row has changed since is stale and is dropped.
+//!
 //! redb, not RocksDB or fjall: pure Rust (no C++ build on a 2-core machine), a single file, ACID
 //! transactions with the offset committed beside the rows, and a bounded page cache.
 //!
@@ -17,11 +23,12 @@
 //! partition from the whole changelog. This is what the embedded broker uses: its log lives only
 //! as long as the process, so a store on disk would outlive the log it mirrors.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
 use redb::{Database, ReadableTableMetadata, TableDefinition};
+use tributary_runtime::changelog::Change;
 use tributary_schemas::topics::order_key;
 use tributary_schemas::{Attribution, AvroRecord, CodecError};
 
@@ -30,6 +37,14 @@ type Snapshot = redb::ReadOnlyTable<&'static str, &'static [u8]>;
 
 /// The changelog offset each partition's table reflects.
 const OFFSETS: TableDefinition<u32, i64> = TableDefinition::new("changelog_next");
+
+/// A day of event time, the unit of expiry.
+pub const DAY_MS: i64 = 86_400_000;
+
+/// The day an order last changed, as the expiry index files it.
+fn changed_day(record: &Attribution) -> i64 {
+    record.last_changed_ms().div_euclid(DAY_MS)
+}
 
 /// Page cache of the on-disk store, in bytes.
 const CACHE_BYTES: usize = 64 << 20;
@@ -108,6 +123,26 @@ impl StateStore {
         format!("settled/{partition}")
     }
 
+    fn index(partition: i32) -> String {
+        format!("changed/{partition}")
+    }
+
+    /// Keys the expiry index files under a day before `day` (stale entries included).
+    fn changed_before(&self, partition: i32, day: i64) -> Result<Vec<String>, StateStoreError> {
+        let name = Self::index(partition);
+        let tx = self.db.begin_read()?;
+        let index = match tx.open_table(TableDefinition::<(i64, &str), ()>::new(&name)) {
+            Ok(index) => index,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(error) => return Err(error.into()),
+        };
+        let mut keys = Vec::new();
+        for entry in index.range::<(i64, &str)>(..(day, ""))? {
+            keys.push(entry?.0.value().1.to_owned());
+        }
+        Ok(keys)
+    }
+
     /// The changelog offset the partition's table reflects; `None` for a partition never stored.
     pub fn changelog_next(&self, partition: i32) -> Result<Option<i64>, StateStoreError> {
         let tx = self.db.begin_read()?;
@@ -125,6 +160,10 @@ impl StateStore {
         let tx = self.db.begin_write()?;
         tx.delete_table(TableDefinition::<&str, &[u8]>::new(&name))
             .map_err(redb::Error::from)?;
+        tx.delete_table(TableDefinition::<(i64, &str), ()>::new(&Self::index(
+            partition,
+        )))
+        .map_err(redb::Error::from)?;
         tx.open_table(OFFSETS)?.remove(partition as u32)?;
         tx.commit()?;
         Ok(())
@@ -145,13 +184,17 @@ impl StateStore {
         }
     }
 
-    /// Writes `rows` and the changelog offset they reflect, in one transaction.
+    /// Writes `rows`, deletes `expired` and the index entries of days before `index_below`, and
+    /// records the changelog offset all this reflects, in one transaction.
     fn write(
         &self,
         partition: i32,
         rows: &HashMap<String, Attribution>,
+        expired: &HashSet<String>,
+        index_below: Option<i64>,
         changelog_next: i64,
     ) -> Result<(), StateStoreError> {
+        let index_name = Self::index(partition);
         let name = Self::table(partition);
         let mut tx = self.db.begin_write()?;
         // Written to the file without waiting for the disk (fsync): a killed process loses
@@ -160,8 +203,16 @@ impl StateStore {
         tx.set_durability(redb::Durability::Eventual);
         {
             let mut table = tx.open_table(TableDefinition::<&str, &[u8]>::new(&name))?;
+            let mut index = tx.open_table(TableDefinition::<(i64, &str), ()>::new(&index_name))?;
+            if let Some(day) = index_below {
+                index.retain_in::<(i64, &str), _>(..(day, ""), |_, _| false)?;
+            }
             for (key, record) in rows {
                 table.insert(key.as_str(), record.to_avro()?.as_slice())?;
+                index.insert((changed_day(record), key.as_str()), ())?;
+            }
+            for key in expired {
+                table.remove(key.as_str())?;
             }
             tx.open_table(OFFSETS)?
                 .insert(partition as u32, changelog_next)?;
@@ -191,6 +242,10 @@ const FLUSH_ORDERS: usize = 20_000;
 pub struct SettledOrders {
     /// Orders read or changed since the last flush; every settled order without a disk store.
     recent: HashMap<String, Attribution>,
+    /// Orders expired since the last flush, deleted from disk by the next one.
+    expired: HashSet<String>,
+    /// Index entries of days before this are dropped by the next flush.
+    index_below: Option<i64>,
     disk: Option<(StateStore, i32)>,
     /// What the store held at the last flush, read until the next one (`None`: not opened yet).
     snapshot: Option<Option<Snapshot>>,
@@ -201,6 +256,8 @@ impl Default for SettledOrders {
     fn default() -> Self {
         Self {
             recent: HashMap::new(),
+            expired: HashSet::new(),
+            index_below: None,
             disk: None,
             snapshot: None,
             flushed_at: std::time::Instant::now(),
@@ -218,17 +275,27 @@ impl std::fmt::Debug for SettledOrders {
 }
 
 impl SettledOrders {
-    /// In memory, from changelog records in offset order (the highest revision of each wins).
-    pub fn from_records(records: impl IntoIterator<Item = Attribution>) -> Self {
+    /// In memory, from changelog records in offset order (the highest revision of each wins; a
+    /// tombstone deletes).
+    pub fn from_changes(changes: impl IntoIterator<Item = Change<Attribution>>) -> Self {
         let mut settled = Self::default();
-        for record in records {
-            let key = order_key(&record.shop_domain, record.order_id);
-            if settled
-                .recent
-                .get(&key)
-                .is_none_or(|current| current.revision < record.revision)
-            {
-                settled.recent.insert(key, record);
+        for change in changes {
+            match change {
+                Change::Put(record) => {
+                    let key = order_key(&record.shop_domain, record.order_id);
+                    if settled
+                        .recent
+                        .get(&key)
+                        .is_none_or(|current| current.revision < record.revision)
+                    {
+                        settled.recent.insert(key, record);
+                    }
+                }
+                Change::Delete(key) => {
+                    settled
+                        .recent
+                        .remove(String::from_utf8_lossy(&key).as_ref());
+                }
             }
         }
         settled
@@ -254,26 +321,82 @@ impl SettledOrders {
         Ok(())
     }
 
+    /// Takes a tombstone read during a restore: the order has expired.
+    pub fn absorb_tombstone(&mut self, key: &str) {
+        self.recent.remove(key);
+        if self.disk.is_some() {
+            self.expired.insert(key.to_owned());
+        }
+    }
+
     /// The order's latest record, loaded from disk if needed, to read or change in place.
     pub fn get_mut(&mut self, key: &str) -> Result<Option<&mut Attribution>, StateStoreError> {
         if !self.recent.contains_key(key) {
-            let Some((store, partition)) = &self.disk else {
+            let Some(record) = self.stored(key)? else {
                 return Ok(None);
             };
-            if self.snapshot.is_none() {
-                self.snapshot = Some(store.snapshot(*partition)?);
-            }
-            let Some(Some(table)) = &self.snapshot else {
-                return Ok(None);
-            };
-            // Everything written since the snapshot is still in `recent`, so it is current.
-            let Some(row) = table.get(key)? else {
-                return Ok(None);
-            };
-            let record = Attribution::from_avro(row.value())?;
             self.recent.insert(key.to_owned(), record);
         }
         Ok(self.recent.get_mut(key))
+    }
+
+    /// The order's row on disk as of the last flush (`None` without a disk store, and for an
+    /// order expired since).
+    fn stored(&mut self, key: &str) -> Result<Option<Attribution>, StateStoreError> {
+        let Some((store, partition)) = &self.disk else {
+            return Ok(None);
+        };
+        if self.expired.contains(key) {
+            return Ok(None);
+        }
+        if self.snapshot.is_none() {
+            self.snapshot = Some(store.snapshot(*partition)?);
+        }
+        let Some(Some(table)) = &self.snapshot else {
+            return Ok(None);
+        };
+        // Everything written since the snapshot is still in `recent`, so it is current.
+        let Some(row) = table.get(key)? else {
+            return Ok(None);
+        };
+        Ok(Some(Attribution::from_avro(row.value())?))
+    }
+
+    /// Removes every order that last changed before `horizon_ms` (event time, the start of a
+    /// day) and returns their keys, sorted, for the changelog's tombstones. On disk, only the
+    /// index's days before the horizon are read; the rows go at the next flush.
+    pub fn expire(&mut self, horizon_ms: i64) -> Result<Vec<String>, StateStoreError> {
+        let mut gone: Vec<String> = self
+            .recent
+            .iter()
+            .filter(|(_, record)| record.last_changed_ms() < horizon_ms)
+            .map(|(key, _)| key.clone())
+            .collect();
+        if let Some((store, partition)) = self.disk.clone() {
+            let day = horizon_ms.div_euclid(DAY_MS);
+            for key in store.changed_before(partition, day)? {
+                // A row in memory is newer than its index entry, and was judged above.
+                if self.recent.contains_key(&key) {
+                    continue;
+                }
+                if self
+                    .stored(&key)?
+                    .is_some_and(|record| record.last_changed_ms() < horizon_ms)
+                {
+                    gone.push(key);
+                }
+            }
+            self.index_below = Some(day);
+        }
+        gone.sort_unstable();
+        gone.dedup();
+        for key in &gone {
+            self.recent.remove(key);
+            if self.disk.is_some() {
+                self.expired.insert(key.clone());
+            }
+        }
+        Ok(gone)
     }
 
     fn get(&mut self, key: &str) -> Result<Option<&Attribution>, StateStoreError> {
@@ -281,6 +404,7 @@ impl SettledOrders {
     }
 
     pub fn insert(&mut self, key: String, record: Attribution) {
+        self.expired.remove(&key);
         self.recent.insert(key, record);
     }
 
@@ -306,7 +430,7 @@ impl SettledOrders {
     /// the broker, so a flush is not made at every checkpoint).
     pub fn wants_flush(&self, stopping: bool) -> bool {
         self.disk.is_some()
-            && !self.recent.is_empty()
+            && !(self.recent.is_empty() && self.expired.is_empty())
             && (stopping
                 || self.recent.len() >= FLUSH_ORDERS
                 || self.flushed_at.elapsed() >= FLUSH_INTERVAL)
@@ -322,8 +446,16 @@ impl SettledOrders {
     pub fn flush(&mut self, changelog_next: i64) -> Result<(), StateStoreError> {
         if let Some((store, partition)) = &self.disk {
             self.snapshot = None;
-            store.write(*partition, &self.recent, changelog_next)?;
+            store.write(
+                *partition,
+                &self.recent,
+                &self.expired,
+                self.index_below,
+                changelog_next,
+            )?;
             self.recent.clear();
+            self.expired.clear();
+            self.index_below = None;
             self.flushed_at = std::time::Instant::now();
         }
         Ok(())
@@ -367,6 +499,7 @@ mod tests {
             recent_delivery_ids: Vec::new(),
             input_offset: 0,
             rewards: Vec::new(),
+            changed_at_ms: 0,
         }
     }
 
@@ -399,6 +532,74 @@ mod tests {
             (store.changelog_next(3).unwrap(), store.len(3).unwrap()),
             (None, 0)
         );
+    }
+
+    fn changed_on(order_id: u64, day: i64) -> Attribution {
+        Attribution {
+            changed_at_ms: day * DAY_MS + 1,
+            ..record(order_id, 1)
+        }
+    }
+
+    #[test]
+    fn expiry_reads_only_days_before_the_horizon_and_deletes_at_the_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        let mut settled = SettledOrders::on_disk(store.clone(), 0);
+        for (id, day) in [(1, 1), (2, 5), (3, 1)] {
+            settled.absorb(changed_on(id, day)).unwrap();
+        }
+        settled.flush(10).unwrap();
+        // Order 3 changes on day 9: its day-1 index entry is stale.
+        let key = |id| order_key("s.myshopify.com", id);
+        let three = settled.get_mut(&key(3)).unwrap().unwrap();
+        three.changed_at_ms = 9 * DAY_MS;
+        settled.flush(11).unwrap();
+
+        assert_eq!(settled.expire(3 * DAY_MS).unwrap(), vec![key(1)]);
+        assert!(
+            settled.get_mut(&key(1)).unwrap().is_none(),
+            "gone before the flush"
+        );
+        assert!(settled.wants_flush(true));
+        settled.flush(12).unwrap();
+        assert_eq!(store.len(0).unwrap(), 2);
+        assert!(
+            store.changed_before(0, 3).unwrap().is_empty(),
+            "index swept"
+        );
+        // Nothing more to expire at the same horizon; a later one takes order 2.
+        assert!(settled.expire(3 * DAY_MS).unwrap().is_empty());
+        assert_eq!(settled.expire(6 * DAY_MS).unwrap(), vec![key(2)]);
+        settled.flush(13).unwrap();
+        drop(settled);
+        let mut reopened = SettledOrders::on_disk(store.clone(), 0);
+        assert!(reopened.get_mut(&key(2)).unwrap().is_none());
+        assert_eq!(
+            reopened.get_mut(&key(3)).unwrap().map(|r| r.changed_at_ms),
+            Some(9 * DAY_MS)
+        );
+    }
+
+    #[test]
+    fn a_tombstone_deletes_in_memory_and_on_disk() {
+        let key = order_key("s.myshopify.com", 1);
+        let memory = SettledOrders::from_changes([
+            Change::Put(record(1, 1)),
+            Change::Delete(key.clone().into_bytes()),
+            Change::Put(record(2, 1)),
+        ]);
+        assert_eq!(memory.len(), 1);
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        let mut settled = SettledOrders::on_disk(store.clone(), 0);
+        settled.absorb(record(1, 1)).unwrap();
+        settled.flush(1).unwrap();
+        settled.absorb_tombstone(&key);
+        assert!(settled.get_mut(&key).unwrap().is_none());
+        settled.flush(2).unwrap();
+        assert_eq!(store.len(0).unwrap(), 0);
     }
 
     #[test]

@@ -15,10 +15,18 @@
 //!
 //! After settling, later versions update the order's latest facts (status, cancellation) but never
 //! its gross or its advocate, as the contract says.
+//!
+//! **Expiry.** With a horizon (`processor.expire_after_days`), a settled order that has not
+//! changed for that long in event time leaves the state with a tombstone on the changelog, and a
+//! record for an order created before the horizon that the partition no longer knows is refused
+//! (it would otherwise start the order over). The horizon starts at the beginning of the
+//! watermark's day, so every position within a day expires the same orders: a restart mid-day
+//! expires nothing the first run did not.
 
 use std::collections::{BTreeSet, HashMap};
 
 use rust_decimal::Decimal;
+use tributary_runtime::changelog::Change;
 use tributary_schemas::topics::order_key;
 use tributary_schemas::{Attribution, OrderEvent, Outcome, RefundStatus};
 
@@ -26,7 +34,7 @@ use crate::attribution::Decision;
 use crate::dedup::{self, Verdict};
 use crate::normalize::{ApprovalCommand, ManualCommand, RefundEvent};
 use crate::rewards;
-use crate::settled::{SettledOrders, StateStoreError};
+use crate::settled::{SettledOrders, StateStoreError, DAY_MS};
 
 #[derive(Debug, PartialEq)]
 pub enum Applied {
@@ -64,13 +72,18 @@ pub struct PartitionState {
     /// Held orders by (settle time, key): settling order is deterministic.
     due: BTreeSet<(i64, String)>,
     watermark_ms: i64,
+    /// How long an unchanged settled order is kept, in ms of event time (`None`: forever).
+    expire_after_ms: Option<i64>,
+    /// The horizon the last expiry ran to: expiry runs once per horizon (day).
+    expired_to_ms: Option<i64>,
 }
 
 impl PartitionState {
     /// Rebuilds from changelog records in offset order (the highest revision of each order wins)
     /// and the watermark committed with the input offset, in memory.
     pub fn restore(records: impl IntoIterator<Item = Attribution>, watermark_ms: i64) -> Self {
-        Self::with_settled(SettledOrders::from_records(records), watermark_ms)
+        let changes = records.into_iter().map(Change::Put);
+        Self::with_settled(SettledOrders::from_changes(changes), watermark_ms)
     }
 
     /// A partition over `settled` (restored by the caller), with the committed watermark.
@@ -80,6 +93,32 @@ impl PartitionState {
             watermark_ms,
             ..Self::default()
         }
+    }
+
+    /// Expires settled orders unchanged for `after_ms` of event time (see the module's doc).
+    pub fn expiring_after(mut self, after_ms: Option<i64>) -> Self {
+        self.expire_after_ms = after_ms;
+        self
+    }
+
+    /// The start of the state's horizon: the watermark's day, less the expiry period.
+    fn horizon_ms(&self) -> Option<i64> {
+        let after = self.expire_after_ms?;
+        let day_start = self.watermark_ms.div_euclid(DAY_MS) * DAY_MS;
+        Some(day_start.saturating_sub(after))
+    }
+
+    /// Once per day of watermark: removes settled orders that last changed before the horizon and
+    /// returns their keys, sorted, for the changelog's tombstones.
+    pub fn expire_due(&mut self) -> Result<Vec<String>, StateStoreError> {
+        let Some(horizon) = self.horizon_ms() else {
+            return Ok(Vec::new());
+        };
+        if self.expired_to_ms == Some(horizon) {
+            return Ok(Vec::new());
+        }
+        self.expired_to_ms = Some(horizon);
+        self.settled.expire(horizon)
     }
 
     /// The partition's settled orders.
@@ -134,8 +173,9 @@ impl PartitionState {
         decide: impl FnOnce() -> Decision,
     ) -> Result<Applied, StateStoreError> {
         let key = order_key(&event.shop_domain, event.order_id);
+        let now = self.watermark_ms.max(event.triggered_at_ms);
         if let Some(current) = self.settled.get_mut(&key)? {
-            return Ok(update_settled(current, event, input_offset));
+            return Ok(update_settled(current, event, input_offset, now));
         }
         if let Some(held) = self.held.get_mut(&key) {
             let verdict = dedup::judge(&held.recent_delivery_ids, held.newest.version(), event);
@@ -153,16 +193,23 @@ impl PartitionState {
                 _ => Applied::Unchanged(verdict),
             });
         }
+        if let Some(horizon) = self.horizon_ms().filter(|&h| event.created_at_ms < h) {
+            return Ok(Applied::Refused(format!(
+                "order {} was created at {} ms, before the state's horizon ({horizon} ms, processor.expire_after_days before the watermark's day): its state has expired or was never kept, and taking it up now would count it again",
+                event.order_id, event.created_at_ms
+            )));
+        }
         if settle_delay_ms <= 0 {
             let mut recent_delivery_ids = Vec::new();
             dedup::remember(&mut recent_delivery_ids, event);
-            let settled = settle(
+            let mut settled = settle(
                 event,
                 recent_delivery_ids,
                 decide(),
                 input_offset,
                 event.triggered_at_ms,
             );
+            settled.changed_at_ms = now;
             self.settled.insert(key, settled.clone());
             return Ok(Applied::Changed(Box::new(settled)));
         }
@@ -192,11 +239,13 @@ impl PartitionState {
     ) -> Result<Applied, StateStoreError> {
         let key = order_key(&refund.shop_domain, refund.order_id);
         let refund_id = refund.refund_id.to_string();
+        let now = self.watermark_ms.max(refund.triggered_at_ms);
         if let Some(current) = self.settled.get_mut(&key)? {
             if current.refund_ids.contains(&refund_id) {
                 return Ok(Applied::Unchanged(Verdict::DuplicateRefund));
             }
             current.revision += 1;
+            current.changed_at_ms = now;
             current.input_offset = input_offset;
             add_refund(current, refund);
             rewards::follow_refunds(current, refund.triggered_at_ms);
@@ -282,6 +331,7 @@ impl PartitionState {
         input_offset: i64,
         change: impl FnOnce(&mut Attribution) -> Result<(), String>,
     ) -> Result<Applied, StateStoreError> {
+        let now = self.watermark_ms;
         let Some(current) = self.settled.get_mut(key)? else {
             return Ok(Applied::UnknownOrder);
         };
@@ -292,6 +342,7 @@ impl PartitionState {
             return Ok(Applied::Refused(reason));
         }
         current.revision += 1;
+        current.changed_at_ms = now;
         current.input_offset = input_offset;
         dedup::remember_delivery(&mut current.recent_delivery_ids, command_id);
         Ok(Applied::Changed(Box::new(current.clone())))
@@ -339,7 +390,13 @@ impl PartitionState {
     }
 }
 
-fn update_settled(current: &mut Attribution, event: &OrderEvent, input_offset: i64) -> Applied {
+/// A new version of a settled order; `now` is the event time of the change.
+fn update_settled(
+    current: &mut Attribution,
+    event: &OrderEvent,
+    input_offset: i64,
+    now: i64,
+) -> Applied {
     let verdict = dedup::judge(
         &current.recent_delivery_ids,
         current.latest_version(),
@@ -349,6 +406,7 @@ fn update_settled(current: &mut Attribution, event: &OrderEvent, input_offset: i
         return Applied::Unchanged(verdict);
     }
     current.revision += 1;
+    current.changed_at_ms = now;
     current.latest_updated_at_ms = event.updated_at_ms;
     current.latest_triggered_at_ms = event.triggered_at_ms;
     current.financial_status = event.financial_status.clone();
@@ -426,6 +484,7 @@ fn settle(
         recent_delivery_ids,
         input_offset,
         rewards: Vec::new(),
+        changed_at_ms: at_ms,
     };
     if let Some(activity) = decision.reward.as_ref() {
         rewards::request(&mut record, activity, at_ms);
@@ -688,5 +747,24 @@ mod tests {
             ),
             (25.into(), 75.into(), vec!["7".to_owned()])
         );
+    }
+
+    #[test]
+    fn an_order_unchanged_past_the_horizon_expires_once_and_is_not_taken_up_again() {
+        let mut state = PartitionState::default().expiring_after(Some(2 * DAY_MS));
+        let created = event("w1", None, 10, 100);
+        state.apply(&created, 0, 0, decision).unwrap();
+        state.observe(10);
+        assert!(state.expire_due().unwrap().is_empty(), "inside the horizon");
+        // Three days on: the horizon is the start of day 1, and the order changed on day 0.
+        state.observe(3 * DAY_MS + 5);
+        let key = order_key("s", u64::MAX >> 1);
+        assert_eq!(state.expire_due().unwrap(), vec![key]);
+        assert!(state.expire_due().unwrap().is_empty(), "once per horizon");
+        let later = event("w2", None, 3 * DAY_MS, 80);
+        assert!(matches!(
+            state.apply(&later, 1, 0, decision).unwrap(),
+            Applied::Refused(reason) if reason.contains("before the state's horizon")
+        ));
     }
 }

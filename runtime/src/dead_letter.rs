@@ -34,6 +34,8 @@ pub enum DeadLetterStage {
     Normalize,
     /// A refund for an order the partition has not seen.
     Refund,
+    /// A record for an order created before the state's horizon (`processor.expire_after_days`).
+    Expired,
     /// A manual attribution that could not apply.
     Manual,
     /// A reward approval that could not apply.
@@ -48,10 +50,11 @@ pub enum DeadLetterStage {
 }
 
 impl DeadLetterStage {
-    pub const ALL: [DeadLetterStage; 11] = [
+    pub const ALL: [DeadLetterStage; 12] = [
         Self::Decode,
         Self::Normalize,
         Self::Refund,
+        Self::Expired,
         Self::Manual,
         Self::Approval,
         Self::Encode,
@@ -68,6 +71,7 @@ impl DeadLetterStage {
             Self::Decode => "decode",
             Self::Normalize => "normalize",
             Self::Refund => "refund",
+            Self::Expired => "expired",
             Self::Manual => "manual",
             Self::Approval => "approval",
             Self::Encode => "encode",

@@ -226,7 +226,8 @@ pub struct Output {
     /// `None`: by the key (the contract's partitioner).
     pub partition: Option<i32>,
     pub key: Vec<u8>,
-    pub payload: Vec<u8>,
+    /// `None`: a tombstone, which deletes the key from a compacted topic.
+    pub payload: Option<Vec<u8>>,
     pub headers: Option<OwnedHeaders>,
 }
 
@@ -278,7 +279,7 @@ impl Outbox {
             topic: tributary_schemas::topics::DEAD_LETTERS,
             partition: None,
             key: letter.key,
-            payload: letter.payload,
+            payload: Some(letter.payload),
             headers: Some(letter.headers),
         })
         .await
@@ -305,9 +306,10 @@ impl Outbox {
 
     async fn enqueue(&mut self, output: &Output) -> Result<DeliveryFuture, StageError> {
         loop {
-            let mut record = FutureRecord::to(output.topic)
-                .key(&output.key)
-                .payload(&output.payload);
+            let mut record = FutureRecord::<Vec<u8>, Vec<u8>>::to(output.topic).key(&output.key);
+            if let Some(payload) = &output.payload {
+                record = record.payload(payload);
+            }
             if let Some(partition) = output.partition {
                 record = record.partition(partition);
             }

@@ -270,6 +270,9 @@ pub struct Attribution {
     pub input_offset: i64,
     /// The order's reward ledger: every request, approval, reversal and void, in order.
     pub rewards: Vec<RewardEntry>,
+    /// The partition's watermark (event time, ms) when this revision was made: the clock of the
+    /// order's expiry (`processor.expire_after_days`). 0 in records written before it existed.
+    pub changed_at_ms: i64,
 }
 avro_record!(Attribution, "attribution");
 
@@ -340,6 +343,16 @@ impl Attribution {
         OrderVersion {
             updated_at_ms: self.latest_updated_at_ms,
             triggered_at_ms: self.latest_triggered_at_ms,
+        }
+    }
+
+    /// When the order last changed, in event time: `changed_at_ms`, or for a record written
+    /// before that field existed, its latest version's trigger time.
+    pub fn last_changed_ms(&self) -> i64 {
+        if self.changed_at_ms > 0 {
+            self.changed_at_ms
+        } else {
+            self.latest_triggered_at_ms
         }
     }
 }
@@ -745,6 +758,7 @@ mod tests {
                 reason: "Referral".into(),
                 at_ms: 4,
             }],
+            changed_at_ms: 5,
         });
         round_trip(Store {
             domain: "a.myshopify.com".into(),

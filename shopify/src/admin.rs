@@ -25,11 +25,18 @@ use tokio::time::Instant;
 use crate::bucket::{CostBucket, ThrottleStatus};
 use crate::operations::Operation;
 
+/// The Admin API version tributary is built and tested against.
+pub const API_VERSION: &str = "2026-04";
+
 /// How tributary reaches the Admin API.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
-    /// The Admin API version in every request's path, e.g. `2025-10`.
+    /// The Admin API version in every request's path (default `2026-04`). Shopify supports a
+    /// stable version for at least 12 months and answers a retired one with the oldest it still
+    /// supports (shopify.dev/docs/api/usage/versioning): 2025-10 lost support on 2026-10-01, and
+    /// 2026-04 is supported until 2027-04-01. Every document tributary sends is validated in tests
+    /// against this version's published schema (`fakes/shopify-admin-schema/`).
     pub api_version: String,
     /// Where the Admin API lives. Unset: `https://<shop domain>`, as in production. Set (a fake
     /// Shopify for tests and the demo): `<base_url>/<shop domain>`.
@@ -46,7 +53,7 @@ pub struct AdminConfig {
 impl Default for AdminConfig {
     fn default() -> Self {
         Self {
-            api_version: "2025-10".into(),
+            api_version: API_VERSION.into(),
             base_url: None,
             timeout_ms: 10_000,
             max_attempts: 8,

@@ -133,7 +133,7 @@ pub const REDEEM_CODE_BULK_CREATION: Operation = Operation {
 /// for the accounts' connection, 1 for the account and 2 + `$first` for its transactions.
 pub const CUSTOMER_STORE_CREDIT: Operation = Operation {
     name: "TributaryCustomerStoreCredit",
-    document: "query TributaryCustomerStoreCredit($email: String!, $accounts: String!, $first: Int!) { customerByIdentifier(identifier: {emailAddress: $email}) { id storeCreditAccounts(first: 1, query: $accounts) { nodes { id balance { amount currencyCode } transactions(first: $first, reverse: true) { nodes { __typename id amount { amount currencyCode } } } } } } }",
+    document: "query TributaryCustomerStoreCredit($email: String!, $accounts: String!, $first: Int!) { customerByIdentifier(identifier: {emailAddress: $email}) { id storeCreditAccounts(first: 1, query: $accounts) { nodes { id balance { amount currencyCode } transactions(first: $first, reverse: true) { nodes { __typename amount { amount currencyCode } ... on Node { id } } } } } } }",
     charge: Charge::PerItem {
         base: 6.0,
         per: "first",

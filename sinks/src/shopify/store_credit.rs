@@ -144,7 +144,10 @@ struct Account {
 struct Transaction {
     #[serde(rename = "__typename")]
     typename: String,
-    id: String,
+    /// Only transactions that are a `Node` have one (an expiration has none): the
+    /// `StoreCreditAccountTransaction` interface itself has no `id` (Admin API 2025-07 to 2026-04).
+    #[serde(default)]
+    id: Option<String>,
     amount: Money,
 }
 
@@ -249,13 +252,18 @@ fn settle(
     };
     let newer: Vec<&Transaction> = newest_first
         .iter()
-        .take_while(|t| Some(&t.id) != pending.account_cursor.as_ref())
+        .take_while(|t| t.id.is_none() || t.id != pending.account_cursor)
         .collect();
     if let Some(found) = newer
         .iter()
-        .find(|t| t.typename == kind && t.amount.amount.abs() == pending.amount && !claimed(&t.id))
+        .find(|t| {
+            t.typename == kind
+                && t.amount.amount.abs() == pending.amount
+                && t.id.as_deref().is_some_and(|id| !claimed(id))
+        })
+        .and_then(|t| t.id.clone())
     {
-        return Settled::Applied(found.id.clone());
+        return Settled::Applied(found);
     }
     let reached_cursor = newer.len() < newest_first.len() || newest_first.len() < window;
     if reached_cursor {
@@ -485,7 +493,8 @@ impl StoreCreditStage {
                 }
             }
         }
-        let cursor = transactions.first().map(|t| t.id.clone());
+        // The newest transaction with an id (an expiration has none).
+        let cursor = transactions.iter().find_map(|t| t.id.clone());
         let write_ahead = Outcome::Pending {
             account_cursor: cursor,
             customer_gid: customer.id.clone(),
@@ -597,7 +606,7 @@ impl StoreCreditStage {
             topic: topics::STORE_CREDITS,
             partition: Some(push.partition),
             key: record.entry_id.clone().into_bytes(),
-            payload: record.to_avro()?,
+            payload: Some(record.to_avro()?),
             headers: None,
         })
         .await?;
@@ -719,7 +728,7 @@ mod tests {
     fn transaction(id: &str, typename: &str, amount: &str) -> Transaction {
         Transaction {
             typename: typename.into(),
-            id: id.into(),
+            id: Some(id.into()),
             amount: Money {
                 amount: dec(amount),
                 currency_code: "USD".into(),
