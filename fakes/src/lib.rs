@@ -2,6 +2,8 @@
 //! Each behaves as its public documentation says (status codes, throttling, pagination) and counts
 //! what it was asked to do, so tests can prove what happened.
 //!
-//! - [`shopify`]: the Shopify Admin GraphQL API.
+//! - [`shopify`]: the Shopify Admin GraphQL API, validating every document against
+//!   [`admin_schema`], Shopify's published schema.
 
+pub mod admin_schema;
 pub mod shopify;

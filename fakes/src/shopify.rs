@@ -477,6 +477,11 @@ async fn graphql(
         .and_then(Value::as_str)
         .unwrap_or_default();
     let variables = body.get("variables").cloned().unwrap_or(Value::Null);
+    // Shopify validates a document before running it and answers 200 with the errors.
+    if let Err(errors) = crate::admin_schema::validate(document) {
+        let errors: Vec<Value> = errors.lines().map(|m| json!({"message": m})).collect();
+        return Json(json!({ "errors": errors })).into_response();
+    }
     let Some((is_mutation, fields)) = root_fields(document) else {
         return Json(json!({"errors": [{"message": "syntax error: could not read the document"}]}))
             .into_response();

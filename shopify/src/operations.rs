@@ -162,3 +162,44 @@ pub const STORE_CREDIT_DEBIT: Operation = Operation {
 pub fn order_gid(order_id: u64) -> String {
     format!("gid://shopify/Order/{order_id}")
 }
+
+/// Every operation tributary sends.
+pub const ALL: [&Operation; 13] = [
+    &SHOP,
+    &WEBHOOK_SUBSCRIPTIONS,
+    &WEBHOOK_SUBSCRIPTION_CREATE,
+    &ORDER_NOTE_AND_TAGS,
+    &TAGS_ADD,
+    &TAGS_REMOVE,
+    &ORDER_UPDATE_NOTE,
+    &CODE_DISCOUNT_BY_CODE,
+    &REDEEM_CODE_BULK_ADD,
+    &REDEEM_CODE_BULK_CREATION,
+    &CUSTOMER_STORE_CREDIT,
+    &STORE_CREDIT_CREDIT,
+    &STORE_CREDIT_DEBIT,
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Shopify validates every document against the version's schema before running it; so do
+    /// the tests, against the schema of the version tributary targets.
+    #[test]
+    fn every_document_is_valid_against_the_published_admin_schema() {
+        assert_eq!(
+            tributary_fakes::admin_schema::VERSION,
+            crate::admin::API_VERSION
+        );
+        let invalid: Vec<String> = ALL
+            .iter()
+            .filter_map(|op| {
+                tributary_fakes::admin_schema::validate(op.document)
+                    .err()
+                    .map(|errors| format!("{}: {errors}", op.name))
+            })
+            .collect();
+        assert!(invalid.is_empty(), "{}", invalid.join("\n"));
+    }
+}
