@@ -112,6 +112,38 @@ async fn receiver_answers_each_bad_request_clearly_and_produces_nothing() {
         .body(good.body.clone());
     assert_eq!(lower.send().await.unwrap().status(), 200);
     assert_eq!(count_records(&p.bootstrap, topics::WEBHOOKS), 3);
+    // The newer header family without the `X-` prefix (Events subscriptions) is read the same
+    // way, with its event id.
+    let unprefixed = client
+        .post(&p.webhook_url)
+        .header("Shopify-Topic", "orders/create")
+        .header(
+            "Shopify-Hmac-Sha256",
+            tributary_ingest::shopify_webhooks::sign(SECRET, &good.body),
+        )
+        .header("Shopify-Shop-Domain", SHOP)
+        .header("Shopify-Webhook-Id", "w-unprefixed")
+        .header("Shopify-Event-Id", "e-unprefixed")
+        .header("Shopify-Triggered-At", "2025-11-28T12:00:00Z")
+        .header("Shopify-API-Version", "2026-04")
+        .body(good.body.clone());
+    assert_eq!(unprefixed.send().await.unwrap().status(), 200);
+    let mut read = Vec::new();
+    read_topic(&p.bootstrap, topics::WEBHOOKS, |m| {
+        let envelope = tributary_schemas::WebhookEnvelope::from_avro(m.payload().unwrap()).unwrap();
+        if envelope.webhook_id == "w-unprefixed" {
+            read.push((envelope.event_id, envelope.topic, envelope.shop_domain));
+        }
+    })
+    .unwrap();
+    assert_eq!(
+        read,
+        [(
+            Some("e-unprefixed".into()),
+            "orders/create".into(),
+            SHOP.into()
+        )]
+    );
     let metrics = client
         .get(format!("http://{}/metrics", p.config.ingest.listen))
         .send()

@@ -188,10 +188,7 @@ impl Processor {
             Some(store) => {
                 let (bootstrap, store) = (self.brokers.bootstrap_servers.clone(), store.clone());
                 tokio::task::spawn_blocking(move || {
-                    partitions
-                        .into_iter()
-                        .map(|p| Ok((p, restore_on_disk(&bootstrap, &store, p)?)))
-                        .collect::<Result<Vec<_>, ProcessorError>>()
+                    restore_on_disk(&bootstrap, &store, &partitions)
                 })
                 .await
                 .map_err(|e| TopicError::Task(e.to_string()))??
@@ -715,72 +712,89 @@ fn committed_watermarks<C: ConsumerContext>(
         .collect()
 }
 
-/// The settled orders of `partition` from the store, brought up to the changelog's end: only the
-/// tail after the store's recorded offset is read, unless the store has nothing for the partition
-/// or records an offset past the log's end (a log it did not come from), when the partition is
-/// rebuilt from the whole changelog. Memory stays bounded: what is read is written in chunks.
+/// The settled orders of `partitions` from the store, brought up to the changelog's end, in one
+/// pass over the changelog: for each partition only the tail after the store's recorded offset
+/// is read, unless the store has nothing for it or records an offset past the log's end (a log it
+/// did not come from), when the partition is rebuilt from its whole changelog. Memory stays
+/// bounded: what is read is written in chunks.
 fn restore_on_disk(
     bootstrap: &str,
     store: &StateStore,
-    partition: i32,
-) -> Result<SettledOrders, ProcessorError> {
+    partitions: &[i32],
+) -> Result<Vec<(i32, SettledOrders)>, ProcessorError> {
     const CHUNK: usize = 20_000;
-    let mut start = store.changelog_next(partition)?;
-    loop {
-        if start.is_none() {
-            store.clear(partition)?;
+    let mut starts = partitions
+        .iter()
+        .map(|&p| Ok((p, store.changelog_next(p)?)))
+        .collect::<Result<Vec<(i32, Option<i64>)>, ProcessorError>>()?;
+    let mut restored = Vec::new();
+    while !starts.is_empty() {
+        // Per partition: its orders and the changelog offset they reflect.
+        let mut reading: HashMap<i32, (SettledOrders, i64)> = HashMap::new();
+        for &(partition, start) in &starts {
+            if start.is_none() {
+                store.clear(partition)?;
+            }
+            let orders = SettledOrders::on_disk(store.clone(), partition);
+            reading.insert(partition, (orders, start.unwrap_or_default()));
         }
-        let mut settled = SettledOrders::on_disk(store.clone(), partition);
         let mut failed: Option<ProcessorError> = None;
-        let mut next = start.unwrap_or_default();
-        let highs = read_partitions_from(
-            bootstrap,
-            topics::ATTRIBUTIONS,
-            &[(partition, start)],
-            |message| {
-                if failed.is_some() {
-                    return;
+        let highs = read_partitions_from(bootstrap, topics::ATTRIBUTIONS, &starts, |message| {
+            let Some((settled, next)) = reading.get_mut(&message.partition()) else {
+                return;
+            };
+            if failed.is_some() {
+                return;
+            }
+            let absorbed = match message.payload().map(Attribution::from_avro) {
+                Some(Ok(record)) => settled.absorb(record).map_err(ProcessorError::from),
+                Some(Err(error)) => {
+                    Err(TopicError::unreadable(topics::ATTRIBUTIONS, message, error).into())
                 }
-                let absorbed = match message.payload().map(Attribution::from_avro) {
-                    Some(Ok(record)) => settled.absorb(record).map_err(ProcessorError::from),
-                    Some(Err(error)) => {
-                        Err(TopicError::unreadable(topics::ATTRIBUTIONS, message, error).into())
-                    }
-                    None => {
-                        let key = message.key().unwrap_or_default();
-                        settled.absorb_tombstone(&String::from_utf8_lossy(key));
-                        Ok(())
-                    }
-                };
-                next = message.offset() + 1;
-                let flushed = match absorbed {
-                    Ok(()) if settled.in_memory() >= CHUNK => {
-                        settled.flush(next).map_err(ProcessorError::from)
-                    }
-                    other => other,
-                };
-                if let Err(error) = flushed {
-                    failed = Some(error);
+                None => {
+                    let key = message.key().unwrap_or_default();
+                    settled.absorb_tombstone(&String::from_utf8_lossy(key));
+                    Ok(())
                 }
-            },
-        )?;
+            };
+            *next = message.offset() + 1;
+            let flushed = match absorbed {
+                Ok(()) if settled.in_memory() >= CHUNK => {
+                    settled.flush(*next).map_err(ProcessorError::from)
+                }
+                other => other,
+            };
+            if let Err(error) = flushed {
+                failed = Some(error);
+            }
+        })?;
         if let Some(error) = failed {
             return Err(error);
         }
-        let high = highs.first().map_or(0, |&(_, high)| high);
-        if start.is_some_and(|start| start > high) {
-            tracing::warn!(
-                partition,
-                recorded = start,
-                log_end = high,
-                "the state store is ahead of its changelog (another log); rebuilding"
-            );
-            start = None;
-            continue;
+        let mut again = Vec::new();
+        for (partition, high) in highs {
+            let start = starts
+                .iter()
+                .find(|(p, _)| *p == partition)
+                .and_then(|(_, start)| *start);
+            if start.is_some_and(|start| start > high) {
+                tracing::warn!(
+                    partition,
+                    recorded = start,
+                    log_end = high,
+                    "the state store is ahead of its changelog (another log); rebuilding"
+                );
+                again.push((partition, None));
+                continue;
+            }
+            if let Some((mut settled, next)) = reading.remove(&partition) {
+                settled.flush(next.max(high))?;
+                restored.push((partition, settled));
+            }
         }
-        settled.flush(next.max(high))?;
-        return Ok(settled);
+        starts = again;
     }
+    Ok(restored)
 }
 
 fn dead_letter(message: &BorrowedMessage<'_>, stage: DeadLetterStage, error: &str) -> Output {

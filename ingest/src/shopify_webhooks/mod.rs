@@ -153,14 +153,14 @@ async fn receive(
     body: Bytes,
 ) -> Result<StatusCode, Rejection> {
     let started = Instant::now();
-    let shop = header(&headers, "x-shopify-shop-domain")
+    let shop = shopify_header(&headers, "shopify-shop-domain")
         .ok_or_else(|| reject(StatusCode::BAD_REQUEST, "missing X-Shopify-Shop-Domain"))?
         .to_ascii_lowercase();
     let secrets = receiver
         .stores
         .secrets_for(&shop)
         .ok_or_else(|| reject(StatusCode::NOT_FOUND, "unknown store"))?;
-    let signature = header(&headers, "x-shopify-hmac-sha256")
+    let signature = shopify_header(&headers, "shopify-hmac-sha256")
         .ok_or_else(|| reject(StatusCode::UNAUTHORIZED, "missing X-Shopify-Hmac-Sha256"))?;
     if !verify(&secrets, &body, signature) {
         return Err(reject(StatusCode::UNAUTHORIZED, "invalid signature"));
@@ -196,10 +196,10 @@ fn envelope(
     body: Bytes,
 ) -> Result<WebhookEnvelope, Rejection> {
     let required = |name: &'static str| {
-        header(headers, name)
-            .ok_or_else(|| reject(StatusCode::BAD_REQUEST, format!("missing {name}")))
+        shopify_header(headers, name)
+            .ok_or_else(|| reject(StatusCode::BAD_REQUEST, format!("missing x-{name}")))
     };
-    let triggered_at = required("x-shopify-triggered-at")?;
+    let triggered_at = required("shopify-triggered-at")?;
     let triggered_at_ms = parse_rfc3339_ms(triggered_at).ok_or_else(|| {
         reject(
             StatusCode::BAD_REQUEST,
@@ -209,11 +209,11 @@ fn envelope(
     Ok(WebhookEnvelope {
         source: WebhookEnvelope::SOURCE_WEBHOOK.to_owned(),
         shop_domain,
-        topic: required("x-shopify-topic")?.to_owned(),
-        webhook_id: required("x-shopify-webhook-id")?.to_owned(),
-        event_id: header(headers, "x-shopify-event-id").map(str::to_owned),
+        topic: required("shopify-topic")?.to_owned(),
+        webhook_id: required("shopify-webhook-id")?.to_owned(),
+        event_id: shopify_header(headers, "shopify-event-id").map(str::to_owned),
         triggered_at_ms,
-        api_version: required("x-shopify-api-version")?.to_owned(),
+        api_version: required("shopify-api-version")?.to_owned(),
         received_at_ms: now_ms(),
         body: body.to_vec(),
     })
@@ -262,6 +262,13 @@ async fn produce(receiver: &Receiver, key: &str, payload: &[u8]) -> Result<(), R
         Ok(Err(_canceled)) => Err(unavailable("producer shut down")),
         Err(_elapsed) => Err(unavailable("acknowledgement timed out")),
     }
+}
+
+/// A Shopify header by its name without the `X-` prefix (`shopify-topic`): the classic
+/// `X-Shopify-*` family first, else the newer un-prefixed one that Events subscriptions send
+/// (shopify.dev/docs/apps/build/events/verify-deliveries). Header names are case-insensitive.
+fn shopify_header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    header(headers, &format!("x-{name}")).or_else(|| header(headers, name))
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
