@@ -201,6 +201,12 @@ pub async fn run(mut config: Config, plan: BenchPlan) -> anyhow::Result<BenchRep
         &mut services,
     )
     .await?;
+    println!(
+        "  processor: {:.0} events/s ({} records in {:.2?})",
+        processor.per_second(),
+        processor.records,
+        processor.elapsed
+    );
 
     println!("stage 3/6: sink drains the attributions");
     services.spawn(start(Service::Sink));
