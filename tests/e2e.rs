@@ -412,6 +412,36 @@ async fn refunds_reverse_by_amount_count_once_and_an_unknown_order_is_dead_lette
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refund_given_only_in_presentment_money_is_converted_at_the_orders_rate() {
+    let p = Pipeline::start("presentment", |c| c.kafka.partitions = 1).await;
+    // A USD store; the order was presented in EUR: 134.10 USD for 107.28 EUR.
+    let order = Order::new(8_100_000_000_001, "134.10");
+    let mut body: serde_json::Value = serde_json::from_slice(&order.body()).unwrap();
+    body["presentment_currency"] = "EUR".into();
+    body["current_total_price_set"]["presentment_money"] =
+        serde_json::json!({"amount": "107.28", "currency_code": "EUR"});
+    let create = tributary::generate::Delivery {
+        body: serde_json::to_vec(&body).unwrap(),
+        ..order.delivery("orders/create", "p-create", "p-create")
+    };
+    accepted(&p.webhook_url, &create).await;
+    // One successful transaction of 40.00 EUR, with no shop-money set: 50.00 USD.
+    let refund = serde_json::json!({"id": 31, "order_id": order.id, "created_at": "2025-11-29T12:00:00Z",
+        "transactions": [{"id": 1, "kind": "refund", "status": "success", "amount": "40.00", "currency": "EUR"}]});
+    let refund = tributary::generate::Delivery {
+        body: serde_json::to_vec(&refund).unwrap(),
+        ..order.refund(31, "0.00")
+    };
+    accepted(&p.webhook_url, &refund).await;
+    eventually(
+        &p.clickhouse(),
+        &format!("SELECT concat(toString(gross), ',', toString(refunded), ',', toString(net), ',', presentment_currency) FROM attributions_current WHERE order_id = {}", order.id),
+        "134.1,50,84.1,EUR",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_full_replay_of_every_topic_leaves_every_clickhouse_total_unchanged() {
     let mut p = Pipeline::start("replay", |_| {}).await;
     let plan = demo_plan(150, 31);

@@ -87,16 +87,51 @@ pub struct Command<T> {
 pub type ManualCommand = Command<ManualAttribution>;
 pub type ApprovalCommand = Command<RewardApproval>;
 
-/// One `refunds/create`: money returned to the buyer, in shop currency.
+/// One `refunds/create`: money returned to the buyer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RefundEvent {
     pub shop_domain: String,
     pub order_id: u64,
     pub refund_id: u64,
-    /// Sum of the refund's successful `refund` transactions.
+    /// Sum of the refund's successful `refund` transactions known in shop money (their
+    /// `amount_set.shop_money`, or an `amount` without a currency).
     pub amount: Decimal,
+    /// Successful transactions given only as an `amount` in a named `currency`, which may be
+    /// the order's presentment currency: converted when applied to the order (see
+    /// [`RefundEvent::shop_amount`]).
+    pub in_currency: Vec<(Decimal, String)>,
     pub webhook_id: String,
     pub triggered_at_ms: i64,
+}
+
+impl RefundEvent {
+    /// The refund in the order's shop money: transactions already in shop money as they are; one
+    /// in another currency (the order's presentment currency) at the order's own rate,
+    /// `shop_total / presentment_total`, rounded half away from zero to the cent (the attribution
+    /// contract; Shopify's REST refund gives `amount` in the transaction's `currency`, and
+    /// `amount_set` only on newer payloads).
+    pub fn shop_amount(
+        &self,
+        shop_currency: &str,
+        shop_total: Decimal,
+        presentment_total: Decimal,
+    ) -> Decimal {
+        let converted: Decimal = self
+            .in_currency
+            .iter()
+            .map(|(amount, currency)| {
+                if currency.eq_ignore_ascii_case(shop_currency) || presentment_total.is_zero() {
+                    *amount
+                } else {
+                    (*amount * shop_total / presentment_total).round_dp_with_strategy(
+                        2,
+                        rust_decimal::RoundingStrategy::MidpointAwayFromZero,
+                    )
+                }
+            })
+            .sum();
+        self.amount + converted
+    }
 }
 
 pub fn kind_of(topic: &str) -> Option<OrderEventKind> {
@@ -215,21 +250,24 @@ fn normalize_command(envelope: &WebhookEnvelope) -> Result<Normalized, Normalize
 fn normalize_refund(envelope: &WebhookEnvelope) -> Result<Normalized, NormalizeError> {
     let refund: ShopifyRefund = serde_json::from_slice(&envelope.body)
         .map_err(|e| NormalizeError::RefundJson(e.to_string()))?;
-    let amount = refund
+    let (mut amount, mut in_currency) = (Decimal::ZERO, Vec::new());
+    for t in refund
         .transactions
         .iter()
         .filter(|t| t.kind == "refund" && t.status == "success")
-        .map(|t| {
-            t.amount_set
-                .as_ref()
-                .map_or(t.amount, |set| set.shop_money.amount)
-        })
-        .sum();
+    {
+        match (&t.amount_set, &t.currency) {
+            (Some(set), _) => amount += set.shop_money.amount,
+            (None, Some(currency)) => in_currency.push((t.amount, currency.clone())),
+            (None, None) => amount += t.amount,
+        }
+    }
     Ok(Normalized::Refund(RefundEvent {
         shop_domain: envelope.shop_domain.clone(),
         order_id: id("order id", refund.order_id)?,
         refund_id: id("refund id", refund.id)?,
         amount,
+        in_currency,
         webhook_id: envelope.webhook_id.clone(),
         triggered_at_ms: envelope.triggered_at_ms,
     }))
@@ -250,6 +288,8 @@ struct RefundTransaction {
     status: String,
     #[serde(with = "rust_decimal::serde::str")]
     amount: Decimal,
+    /// The currency of `amount`: the shop's, or the order's presentment currency.
+    currency: Option<String>,
     amount_set: Option<ShopMoneySet>,
 }
 
@@ -386,6 +426,38 @@ mod tests {
                 Decimal::from_str("45.15").unwrap()
             )
         );
+        // Given only in a currency: kept with it, converted at the order's rate when applied.
+        let presentment = refund.replace(
+            r#"{"id": 3, "kind": "refund", "status": "success", "amount": "0.05"}"#,
+            r#"{"id": 3, "kind": "refund", "status": "success", "amount": "40.00", "currency": "EUR"}"#,
+        );
+        let Normalized::Refund(event) =
+            normalize(&envelope("refunds/create", &presentment)).unwrap()
+        else {
+            panic!()
+        };
+        let dec = |s: &str| Decimal::from_str(s).unwrap();
+        assert_eq!(
+            (event.amount, event.in_currency.clone()),
+            (dec("45.10"), vec![(dec("40.00"), "EUR".to_owned())])
+        );
+        // A USD shop, the order presented in EUR: 134.10 USD for 107.28 EUR, so 40.00 EUR is
+        // 50.00 USD; in the shop's own currency it is taken as it is.
+        assert_eq!(
+            event.shop_amount("USD", dec("134.10"), dec("107.28")),
+            dec("95.10")
+        );
+        assert_eq!(
+            event.shop_amount("EUR", dec("134.10"), dec("107.28")),
+            dec("85.10")
+        );
+        // Half away from zero to the cent: 10.00 × 1.005 = 10.05, 0.01 × 0.5 = 0.005 → 0.01.
+        let cent = RefundEvent {
+            amount: Decimal::ZERO,
+            in_currency: vec![(dec("0.01"), "EUR".into())],
+            ..event.clone()
+        };
+        assert_eq!(cent.shop_amount("USD", dec("1"), dec("2")), dec("0.01"));
         let float = refund.replace("\"0.05\"", "0.05");
         assert!(matches!(
             normalize(&envelope("refunds/create", &float)),

@@ -420,7 +420,11 @@ fn update_settled(
 
 fn add_refund(attribution: &mut Attribution, refund: &RefundEvent) {
     attribution.refund_ids.push(refund.refund_id.to_string());
-    attribution.refunded += refund.amount;
+    attribution.refunded += refund.shop_amount(
+        &attribution.currency,
+        attribution.gross,
+        attribution.presentment_gross,
+    );
     attribution.net = net(
         attribution.gross,
         attribution.refunded,
@@ -693,6 +697,7 @@ mod tests {
             order_id: u64::MAX >> 1,
             refund_id: id,
             amount: amount.into(),
+            in_currency: Vec::new(),
             webhook_id: format!("r{id}"),
             triggered_at_ms: 0,
         };
