@@ -441,6 +441,82 @@ async fn a_refund_given_only_in_presentment_money_is_converted_at_the_orders_rat
     .await;
 }
 
+/// An order version with these refunds listed (each one successful USD transaction) and this
+/// current total.
+fn listing_refunds(
+    order: &Order,
+    topic: &'static str,
+    id: &str,
+    current_total: &str,
+    refunds: &[(u64, &str)],
+) -> tributary::generate::Delivery {
+    let mut body: serde_json::Value = serde_json::from_slice(&order.body()).unwrap();
+    body["current_total_price"] = current_total.into();
+    body["current_total_price_set"] = serde_json::json!({
+        "shop_money": {"amount": current_total, "currency_code": "USD"},
+        "presentment_money": {"amount": current_total, "currency_code": "USD"}});
+    body["refunds"] = refunds
+        .iter()
+        .map(|(refund_id, amount)| serde_json::json!({"id": refund_id, "order_id": order.id,
+            "transactions": [{"id": 1, "kind": "refund", "status": "success", "amount": amount, "currency": "USD"}]}))
+        .collect();
+    tributary::generate::Delivery {
+        body: serde_json::to_vec(&body).unwrap(),
+        ..order.delivery(topic, id, id)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refund_a_version_already_lists_is_in_gross_and_counted_once_from_any_record() {
+    let p = Pipeline::start("listed_refunds", |c| c.kafka.partitions = 1).await;
+    let ch = p.clickhouse();
+    let row = |id: u64| {
+        format!("SELECT concat(toString(gross), ',', toString(refunded), ',', toString(net), ',', refund_status) FROM attributions_current WHERE order_id = {id}")
+    };
+    // The store that waits 10 minutes: created at 100.00, then within the window the update that
+    // lists a refund of 20.00 at 80.00, and the refund itself. Gross stays 100.00, the refund
+    // counts once.
+    let order = |total| {
+        let mut order = Order::new(8_200_000_000_002, total);
+        (order.shop, order.secret) = (UPSELL_SHOP, UPSELL_SECRET);
+        order.codes = vec!["kemi"];
+        order
+    };
+    let b_create = order("100.00").delivery("orders/create", "b-create", "b-create");
+    accepted(&p.webhook_url, &b_create).await;
+    let mut updated = order("80.00");
+    updated.updated_minute = 3;
+    let b_updated = listing_refunds(
+        &updated,
+        "orders/updated",
+        "b-updated",
+        "80.00",
+        &[(52, "20.00")],
+    );
+    accepted(&p.webhook_url, &b_updated).await;
+    // No delay, and the first version to arrive already lists a refund of 14.13: Shopify's
+    // current total (86.70) excludes it, so gross is 100.83.
+    let mut a = Order::new(8_200_000_000_001, "86.70");
+    a.codes = vec!["ANNA10"];
+    let a_listed = listing_refunds(&a, "orders/updated", "a-listed", "86.70", &[(51, "14.13")]);
+    accepted(&p.webhook_url, &a_listed).await;
+    eventually(&ch, &row(a.id), "100.83,14.13,86.7,PARTIAL").await;
+    // The refund of B, whose trigger time (a day later) settles B; then A's refunds/create of the
+    // refund its version listed, delivered twice, adds nothing.
+    accepted(&p.webhook_url, &order("100.00").refund(52, "20.00")).await;
+    for _ in 0..2 {
+        accepted(&p.webhook_url, &a.refund(51, "14.13")).await;
+    }
+    eventually(&ch, &row(8_200_000_000_002), "100,20,80,PARTIAL").await;
+    eventually(&ch, &row(a.id), "100.83,14.13,86.7,PARTIAL").await;
+    eventually(
+        &ch,
+        "SELECT toString(max(revision)) FROM attributions_current",
+        "1",
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_full_replay_of_every_topic_leaves_every_clickhouse_total_unchanged() {
     let mut p = Pipeline::start("replay", |_| {}).await;

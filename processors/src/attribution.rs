@@ -225,6 +225,7 @@ mod tests {
             financial_status: None,
             fulfillment_status: None,
             cancelled_at_ms: None,
+            refunds: vec![],
         }
     }
 

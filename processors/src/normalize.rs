@@ -8,11 +8,12 @@
 //! for the stages that will read it. A payload that is not the JSON an order topic promises is an
 //! error, which the runner dead-letters.
 
-use rust_decimal::Decimal;
+use rust_decimal::{Decimal, RoundingStrategy};
 use serde::Deserialize;
 use tributary_schemas::time::parse_rfc3339_ms;
 use tributary_schemas::{
-    ManualAttribution, OperatorCommand, OrderEvent, OrderEventKind, RewardApproval, WebhookEnvelope,
+    CurrencyAmount, ListedRefund, ManualAttribution, OperatorCommand, OrderEvent, OrderEventKind,
+    RewardApproval, WebhookEnvelope,
 };
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -92,46 +93,36 @@ pub type ApprovalCommand = Command<RewardApproval>;
 pub struct RefundEvent {
     pub shop_domain: String,
     pub order_id: u64,
-    pub refund_id: u64,
-    /// Sum of the refund's successful `refund` transactions known in shop money (their
-    /// `amount_set.shop_money`, or an `amount` without a currency).
-    pub amount: Decimal,
-    /// Successful transactions given only as an `amount` in a named `currency`, which may be
-    /// the order's presentment currency: converted when applied to the order (see
-    /// [`RefundEvent::shop_amount`]).
-    pub in_currency: Vec<(Decimal, String)>,
+    /// The refund's id and its successful `refund` transactions.
+    pub refund: ListedRefund,
     pub webhook_id: String,
     pub triggered_at_ms: i64,
 }
 
-impl RefundEvent {
-    /// The refund in the order's shop money: transactions already in shop money as they are; one
-    /// in another currency (the order's presentment currency) at the order's own rate,
-    /// `shop_total / presentment_total`, rounded half away from zero to the cent (the attribution
-    /// contract; Shopify's REST refund gives `amount` in the transaction's `currency`, and
-    /// `amount_set` only on newer payloads).
-    pub fn shop_amount(
-        &self,
-        shop_currency: &str,
-        shop_total: Decimal,
-        presentment_total: Decimal,
-    ) -> Decimal {
-        let converted: Decimal = self
-            .in_currency
-            .iter()
-            .map(|(amount, currency)| {
-                if currency.eq_ignore_ascii_case(shop_currency) || presentment_total.is_zero() {
-                    *amount
-                } else {
-                    (*amount * shop_total / presentment_total).round_dp_with_strategy(
-                        2,
-                        rust_decimal::RoundingStrategy::MidpointAwayFromZero,
-                    )
-                }
-            })
-            .sum();
-        self.amount + converted
-    }
+/// A refund in the order's shop money: transactions already in shop money as they are; one in
+/// another currency (the order's presentment currency) at the order's own rate,
+/// `shop_total / presentment_total`, rounded half away from zero to the cent (the attribution
+/// contract; Shopify's REST refund gives `amount` in the transaction's `currency`, and
+/// `amount_set` only on newer payloads).
+pub fn shop_amount(
+    refund: &ListedRefund,
+    shop_currency: &str,
+    shop_total: Decimal,
+    presentment_total: Decimal,
+) -> Decimal {
+    let converted: Decimal = refund
+        .in_currency
+        .iter()
+        .map(|CurrencyAmount { amount, currency }| {
+            if currency.eq_ignore_ascii_case(shop_currency) || presentment_total.is_zero() {
+                *amount
+            } else {
+                (*amount * shop_total / presentment_total)
+                    .round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero)
+            }
+        })
+        .sum();
+    refund.amount + converted
 }
 
 pub fn kind_of(topic: &str) -> Option<OrderEventKind> {
@@ -221,6 +212,11 @@ pub fn normalize(envelope: &WebhookEnvelope) -> Result<Normalized, NormalizeErro
             .as_deref()
             .map(|t| time("cancelled_at", t))
             .transpose()?,
+        refunds: order
+            .refunds
+            .iter()
+            .map(|r| listed(r.id, &r.transactions))
+            .collect::<Result<_, _>>()?,
     })))
 }
 
@@ -250,27 +246,40 @@ fn normalize_command(envelope: &WebhookEnvelope) -> Result<Normalized, Normalize
 fn normalize_refund(envelope: &WebhookEnvelope) -> Result<Normalized, NormalizeError> {
     let refund: ShopifyRefund = serde_json::from_slice(&envelope.body)
         .map_err(|e| NormalizeError::RefundJson(e.to_string()))?;
+    Ok(Normalized::Refund(RefundEvent {
+        shop_domain: envelope.shop_domain.clone(),
+        order_id: id("order id", refund.order_id)?,
+        refund: listed(refund.id, &refund.transactions)?,
+        webhook_id: envelope.webhook_id.clone(),
+        triggered_at_ms: envelope.triggered_at_ms,
+    }))
+}
+
+/// A refund's successful `refund` transactions: in shop money where the payload gives it
+/// (`amount_set.shop_money`, or an `amount` without a currency), else with their currency.
+fn listed(
+    refund_id: u64,
+    transactions: &[RefundTransaction],
+) -> Result<ListedRefund, NormalizeError> {
     let (mut amount, mut in_currency) = (Decimal::ZERO, Vec::new());
-    for t in refund
-        .transactions
+    for t in transactions
         .iter()
         .filter(|t| t.kind == "refund" && t.status == "success")
     {
         match (&t.amount_set, &t.currency) {
             (Some(set), _) => amount += set.shop_money.amount,
-            (None, Some(currency)) => in_currency.push((t.amount, currency.clone())),
+            (None, Some(currency)) => in_currency.push(CurrencyAmount {
+                amount: t.amount,
+                currency: currency.clone(),
+            }),
             (None, None) => amount += t.amount,
         }
     }
-    Ok(Normalized::Refund(RefundEvent {
-        shop_domain: envelope.shop_domain.clone(),
-        order_id: id("order id", refund.order_id)?,
-        refund_id: id("refund id", refund.id)?,
+    Ok(ListedRefund {
+        refund_id: id("refund id", refund_id)?,
         amount,
         in_currency,
-        webhook_id: envelope.webhook_id.clone(),
-        triggered_at_ms: envelope.triggered_at_ms,
-    }))
+    })
 }
 
 /// The fields of Shopify's REST refund payload that tributary reads.
@@ -278,6 +287,14 @@ fn normalize_refund(envelope: &WebhookEnvelope) -> Result<Normalized, NormalizeE
 struct ShopifyRefund {
     id: u64,
     order_id: u64,
+    #[serde(default)]
+    transactions: Vec<RefundTransaction>,
+}
+
+/// A refund as an order payload lists it (its `refunds`).
+#[derive(Deserialize)]
+struct OrderRefund {
+    id: u64,
     #[serde(default)]
     transactions: Vec<RefundTransaction>,
 }
@@ -326,6 +343,9 @@ struct ShopifyOrder {
     financial_status: Option<String>,
     fulfillment_status: Option<String>,
     cancelled_at: Option<String>,
+    /// The refunds this version already lists.
+    #[serde(default)]
+    refunds: Vec<OrderRefund>,
     customer: Option<Customer>,
 }
 
@@ -419,7 +439,7 @@ mod tests {
             panic!()
         };
         assert_eq!(
-            (event.order_id, event.refund_id, event.amount),
+            (event.order_id, event.refund.refund_id, event.refund.amount),
             (
                 9_007_199_254_740_993,
                 509_562_969,
@@ -437,27 +457,31 @@ mod tests {
             panic!()
         };
         let dec = |s: &str| Decimal::from_str(s).unwrap();
+        let eur = |amount: &str| CurrencyAmount {
+            amount: dec(amount),
+            currency: "EUR".into(),
+        };
         assert_eq!(
-            (event.amount, event.in_currency.clone()),
-            (dec("45.10"), vec![(dec("40.00"), "EUR".to_owned())])
+            (event.refund.amount, event.refund.in_currency.clone()),
+            (dec("45.10"), vec![eur("40.00")])
         );
         // A USD shop, the order presented in EUR: 134.10 USD for 107.28 EUR, so 40.00 EUR is
         // 50.00 USD; in the shop's own currency it is taken as it is.
         assert_eq!(
-            event.shop_amount("USD", dec("134.10"), dec("107.28")),
+            shop_amount(&event.refund, "USD", dec("134.10"), dec("107.28")),
             dec("95.10")
         );
         assert_eq!(
-            event.shop_amount("EUR", dec("134.10"), dec("107.28")),
+            shop_amount(&event.refund, "EUR", dec("134.10"), dec("107.28")),
             dec("85.10")
         );
         // Half away from zero to the cent: 10.00 × 1.005 = 10.05, 0.01 × 0.5 = 0.005 → 0.01.
-        let cent = RefundEvent {
+        let cent = ListedRefund {
+            refund_id: 1,
             amount: Decimal::ZERO,
-            in_currency: vec![(dec("0.01"), "EUR".into())],
-            ..event.clone()
+            in_currency: vec![eur("0.01")],
         };
-        assert_eq!(cent.shop_amount("USD", dec("1"), dec("2")), dec("0.01"));
+        assert_eq!(shop_amount(&cent, "USD", dec("1"), dec("2")), dec("0.01"));
         let float = refund.replace("\"0.05\"", "0.05");
         assert!(matches!(
             normalize(&envelope("refunds/create", &float)),

@@ -563,7 +563,7 @@ fn process_refund(
             DeadLetterStage::Refund,
             &format!(
                 "refund {} is for order {}, which this partition has not seen; replay it once the order is in",
-                refund.refund_id, refund.order_id
+                refund.refund.refund_id, refund.order_id
             ),
         )],
     })

@@ -28,11 +28,11 @@ use std::collections::{BTreeSet, HashMap};
 use rust_decimal::Decimal;
 use tributary_runtime::changelog::Change;
 use tributary_schemas::topics::order_key;
-use tributary_schemas::{Attribution, OrderEvent, Outcome, RefundStatus};
+use tributary_schemas::{Attribution, ListedRefund, OrderEvent, Outcome, RefundStatus};
 
 use crate::attribution::Decision;
 use crate::dedup::{self, Verdict};
-use crate::normalize::{ApprovalCommand, ManualCommand, RefundEvent};
+use crate::normalize::{shop_amount, ApprovalCommand, ManualCommand, RefundEvent};
 use crate::rewards;
 use crate::settled::{SettledOrders, StateStoreError, DAY_MS};
 
@@ -238,7 +238,7 @@ impl PartitionState {
         input_offset: i64,
     ) -> Result<Applied, StateStoreError> {
         let key = order_key(&refund.shop_domain, refund.order_id);
-        let refund_id = refund.refund_id.to_string();
+        let refund_id = refund.refund.refund_id.to_string();
         let now = self.watermark_ms.max(refund.triggered_at_ms);
         if let Some(current) = self.settled.get_mut(&key)? {
             if current.refund_ids.contains(&refund_id) {
@@ -247,14 +247,18 @@ impl PartitionState {
             current.revision += 1;
             current.changed_at_ms = now;
             current.input_offset = input_offset;
-            add_refund(current, refund);
+            add_refund(current, &refund.refund);
             rewards::follow_refunds(current, refund.triggered_at_ms);
             return Ok(Applied::Changed(Box::new(current.clone())));
         }
         let Some(held) = self.held.get_mut(&key) else {
             return Ok(Applied::UnknownOrder);
         };
-        if held.refunds.iter().any(|r| r.refund_id == refund.refund_id) {
+        if held
+            .refunds
+            .iter()
+            .any(|r| r.refund.refund_id == refund.refund.refund_id)
+        {
             return Ok(Applied::Unchanged(Verdict::DuplicateRefund));
         }
         held.refunds.push(refund.clone());
@@ -379,7 +383,7 @@ impl PartitionState {
                     self.watermark_ms,
                 );
                 for refund in &held.refunds {
-                    add_refund(&mut record, refund);
+                    add_refund(&mut record, &refund.refund);
                 }
                 rewards::follow_refunds(&mut record, self.watermark_ms);
                 self.settled.insert(key, record.clone());
@@ -414,13 +418,24 @@ fn update_settled(
     current.net = net(current.gross, current.refunded, current.cancelled);
     current.input_offset = input_offset;
     dedup::remember(&mut current.recent_delivery_ids, event);
+    // Refunds this version lists count once by id, whatever record brought them first.
+    for refund in &event.refunds {
+        add_refund(current, refund);
+    }
     rewards::follow_refunds(current, event.triggered_at_ms);
     Applied::Changed(Box::new(current.clone()))
 }
 
-fn add_refund(attribution: &mut Attribution, refund: &RefundEvent) {
-    attribution.refund_ids.push(refund.refund_id.to_string());
-    attribution.refunded += refund.shop_amount(
+/// Counts `refund` once by its id, whichever record carried it (a refund already counted
+/// changes nothing).
+fn add_refund(attribution: &mut Attribution, refund: &ListedRefund) {
+    let id = refund.refund_id.to_string();
+    if attribution.refund_ids.contains(&id) {
+        return;
+    }
+    attribution.refund_ids.push(id);
+    attribution.refunded += shop_amount(
+        refund,
         &attribution.currency,
         attribution.gross,
         attribution.presentment_gross,
@@ -490,9 +505,35 @@ fn settle(
         rewards: Vec::new(),
         changed_at_ms: at_ms,
     };
+    // Gross is what was bought before refunds: Shopify has already taken the refunds this version
+    // lists off its current total, so they are added back, then counted as refunded (once each).
+    let listed: Decimal = event
+        .refunds
+        .iter()
+        .map(|refund| {
+            shop_amount(
+                refund,
+                &event.currency,
+                event.current_total_price,
+                event.current_total_price_presentment,
+            )
+        })
+        .sum();
+    if !listed.is_zero() && !event.current_total_price.is_zero() {
+        record.presentment_gross = (event.current_total_price_presentment
+            * (event.current_total_price + listed)
+            / event.current_total_price)
+            .round_dp_with_strategy(2, rust_decimal::RoundingStrategy::MidpointAwayFromZero);
+    }
+    record.gross = event.current_total_price + listed;
+    record.net = net(record.gross, Decimal::ZERO, cancelled);
     if let Some(activity) = decision.reward.as_ref() {
         rewards::request(&mut record, activity, at_ms);
     }
+    for refund in &event.refunds {
+        add_refund(&mut record, refund);
+    }
+    rewards::follow_refunds(&mut record, at_ms);
     record
 }
 
@@ -537,6 +578,7 @@ mod tests {
             financial_status: None,
             fulfillment_status: None,
             cancelled_at_ms: None,
+            refunds: vec![],
         }
     }
 
@@ -695,9 +737,11 @@ mod tests {
         let refund = |id: u64, amount: i64| RefundEvent {
             shop_domain: "s".into(),
             order_id: u64::MAX >> 1,
-            refund_id: id,
-            amount: amount.into(),
-            in_currency: Vec::new(),
+            refund: ListedRefund {
+                refund_id: id,
+                amount: amount.into(),
+                in_currency: Vec::new(),
+            },
             webhook_id: format!("r{id}"),
             triggered_at_ms: 0,
         };

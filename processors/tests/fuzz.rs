@@ -164,7 +164,7 @@ proptest! {
                 prop_assert!(order.cancelled_at_ms.is_none_or(|t| (0..=MAX_TIME_MS).contains(&t)));
             }
             Ok(Normalized::Refund(refund)) => {
-                prop_assert!(refund.order_id <= MAX_ID && refund.refund_id <= MAX_ID);
+                prop_assert!(refund.order_id <= MAX_ID && refund.refund.refund_id <= MAX_ID);
             }
             Ok(_) | Err(_) => {}
         }

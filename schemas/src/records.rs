@@ -174,6 +174,28 @@ pub struct OrderEvent {
     pub financial_status: Option<String>,
     pub fulfillment_status: Option<String>,
     pub cancelled_at_ms: Option<i64>,
+    /// The refunds this version already lists (the payload's `refunds`), which Shopify has
+    /// already taken off its `current_total_price`.
+    pub refunds: Vec<ListedRefund>,
+}
+
+/// A refund as an order version lists it: its successful `refund` transactions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListedRefund {
+    pub refund_id: u64,
+    /// The transactions given in shop money.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub amount: Decimal,
+    /// The transactions given only in a named currency (the order's presentment currency).
+    pub in_currency: Vec<CurrencyAmount>,
+}
+
+/// An amount in a named currency.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CurrencyAmount {
+    #[serde(with = "rust_decimal::serde::str")]
+    pub amount: Decimal,
+    pub currency: String,
 }
 avro_record!(OrderEvent, "order_event");
 
@@ -687,6 +709,14 @@ mod tests {
             financial_status: Some("paid".into()),
             fulfillment_status: None,
             cancelled_at_ms: None,
+            refunds: vec![ListedRefund {
+                refund_id: 509_562_969,
+                amount: Decimal::from_str("14.13").unwrap(),
+                in_currency: vec![CurrencyAmount {
+                    amount: Decimal::from_str("40.00").unwrap(),
+                    currency: "EUR".into(),
+                }],
+            }],
         }
     }
 
