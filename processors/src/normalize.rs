@@ -170,6 +170,25 @@ pub fn normalize(envelope: &WebhookEnvelope) -> Result<Normalized, NormalizeErro
         .as_ref()
         .map(|set| &set.presentment_money);
     let currency = order.currency.clone();
+    // The refunds this version lists, in shop money at the order's own rate: its current totals,
+    // or its original ones once a full refund has brought the current ones to zero.
+    let rate = [&order.current_total_price_set, &order.total_price_set]
+        .into_iter()
+        .flatten()
+        .map(|set| (set.shop_money.amount, set.presentment_money.amount))
+        .find(|(shop, presentment)| !shop.is_zero() && !presentment.is_zero());
+    let refunds = order
+        .refunds
+        .iter()
+        .map(|r| {
+            let mut refund = listed(r.id, &r.transactions)?;
+            if let Some((shop, presentment)) = rate {
+                refund.amount = shop_amount(&refund, &currency, shop, presentment);
+                refund.in_currency.clear();
+            }
+            Ok(refund)
+        })
+        .collect::<Result<Vec<ListedRefund>, NormalizeError>>()?;
     Ok(Normalized::Order(Box::new(OrderEvent {
         kind,
         shop_domain: envelope.shop_domain.clone(),
@@ -212,11 +231,7 @@ pub fn normalize(envelope: &WebhookEnvelope) -> Result<Normalized, NormalizeErro
             .as_deref()
             .map(|t| time("cancelled_at", t))
             .transpose()?,
-        refunds: order
-            .refunds
-            .iter()
-            .map(|r| listed(r.id, &r.transactions))
-            .collect::<Result<_, _>>()?,
+        refunds,
     })))
 }
 
@@ -332,6 +347,8 @@ struct ShopifyOrder {
     total_price: Option<Decimal>,
     presentment_currency: Option<String>,
     current_total_price_set: Option<MoneySet>,
+    /// The order's totals before edits and refunds: its rate when the current ones are zero.
+    total_price_set: Option<MoneySet>,
     #[serde(default)]
     discount_codes: Vec<DiscountCode>,
     landing_site: Option<String>,
@@ -401,6 +418,39 @@ mod tests {
         "landing_site": "/?ref=anna", "source_name": "web", "tags": "vip, Exclude ,",
         "test": false, "financial_status": "paid", "cancelled_at": null,
         "customer": {"id": 207119551, "email": "buyer@example.com"}}"##;
+
+    #[test]
+    fn listed_refunds_are_shop_money_at_the_orders_rate_even_once_fully_refunded() {
+        // 134.10 USD for 107.28 EUR, refunded in full in EUR: the current totals are zero, so the
+        // original ones give the rate.
+        let order = ORDER
+            .replace(
+                r#""current_total_price": "100.10""#,
+                r#""current_total_price": "0.00""#,
+            )
+            .replace(
+                r#""current_total_price_set": {"shop_money": {"amount": "100.10", "currency_code": "USD"},
+                                    "presentment_money": {"amount": "92.35", "currency_code": "EUR"}},"#,
+                r#""current_total_price_set": {"shop_money": {"amount": "0.00", "currency_code": "USD"},
+                                    "presentment_money": {"amount": "0.00", "currency_code": "EUR"}},
+        "total_price_set": {"shop_money": {"amount": "134.10", "currency_code": "USD"},
+                            "presentment_money": {"amount": "107.28", "currency_code": "EUR"}},
+        "refunds": [{"id": 7, "transactions": [
+            {"kind": "refund", "status": "success", "amount": "107.28", "currency": "EUR"}]}],"#,
+            );
+        let Normalized::Order(event) = normalize(&envelope("orders/updated", &order)).unwrap()
+        else {
+            panic!("{order}")
+        };
+        assert_eq!(
+            event.refunds,
+            vec![ListedRefund {
+                refund_id: 7,
+                amount: Decimal::from_str("134.10").unwrap(),
+                in_currency: vec![],
+            }]
+        );
+    }
 
     #[test]
     fn reads_a_shopify_order_exactly() {

@@ -723,9 +723,13 @@ fn restore_on_disk(
     partitions: &[i32],
 ) -> Result<Vec<(i32, SettledOrders)>, ProcessorError> {
     const CHUNK: usize = 20_000;
+    // A partition stored before the expiry index is rebuilt once, which indexes it.
     let mut starts = partitions
         .iter()
-        .map(|&p| Ok((p, store.changelog_next(p)?)))
+        .map(|&p| {
+            let next = store.changelog_next(p)?;
+            Ok((p, next.filter(|_| store.indexed(p).unwrap_or(false))))
+        })
         .collect::<Result<Vec<(i32, Option<i64>)>, ProcessorError>>()?;
     let mut restored = Vec::new();
     while !starts.is_empty() {

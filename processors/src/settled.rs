@@ -127,6 +127,18 @@ impl StateStore {
         format!("changed/{partition}")
     }
 
+    /// Whether the partition's rows are indexed for expiry: false for rows written by a release
+    /// before the index (they are rebuilt from the changelog, which indexes them).
+    pub fn indexed(&self, partition: i32) -> Result<bool, StateStoreError> {
+        let tx = self.db.begin_read()?;
+        let name = Self::index(partition);
+        match tx.open_table(TableDefinition::<(i64, &str), ()>::new(&name)) {
+            Ok(_) => Ok(true),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(self.len(partition)? == 0),
+            Err(error) => Err(error.into()),
+        }
+    }
+
     /// Keys the expiry index files under a day before `day` (stale entries included).
     fn changed_before(&self, partition: i32, day: i64) -> Result<Vec<String>, StateStoreError> {
         let name = Self::index(partition);
@@ -207,12 +219,13 @@ impl StateStore {
             if let Some(day) = index_below {
                 index.retain_in::<(i64, &str), _>(..(day, ""), |_, _| false)?;
             }
+            // Deletions first: a key both expired and written again is kept.
+            for key in expired {
+                table.remove(key.as_str())?;
+            }
             for (key, record) in rows {
                 table.insert(key.as_str(), record.to_avro()?.as_slice())?;
                 index.insert((changed_day(record), key.as_str()), ())?;
-            }
-            for key in expired {
-                table.remove(key.as_str())?;
             }
             tx.open_table(OFFSETS)?
                 .insert(partition as u32, changelog_next)?;
@@ -316,7 +329,8 @@ impl SettledOrders {
             .get(&key)?
             .is_none_or(|current| current.revision < record.revision);
         if newer {
-            self.recent.insert(key, record);
+            // Through `insert`: a record after a tombstone of the same key brings the order back.
+            self.insert(key, record);
         }
         Ok(())
     }
@@ -600,6 +614,31 @@ mod tests {
         assert!(settled.get_mut(&key).unwrap().is_none());
         settled.flush(2).unwrap();
         assert_eq!(store.len(0).unwrap(), 0);
+        // A record after a tombstone within one chunk brings the order back, on disk too.
+        settled.absorb(record(1, 2)).unwrap();
+        settled.flush(3).unwrap();
+        settled.absorb_tombstone(&key);
+        settled.absorb(record(1, 3)).unwrap();
+        settled.flush(4).unwrap();
+        assert_eq!(store.len(0).unwrap(), 1);
+        assert!(store.indexed(0).unwrap());
+    }
+
+    #[test]
+    fn rows_stored_before_the_expiry_index_are_not_indexed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        assert!(
+            store.indexed(0).unwrap(),
+            "nothing stored, nothing to index"
+        );
+        let tx = store.db.begin_write().unwrap();
+        tx.open_table(TableDefinition::<&str, &[u8]>::new(&StateStore::table(0)))
+            .unwrap()
+            .insert("k", b"v".as_slice())
+            .unwrap();
+        tx.commit().unwrap();
+        assert!(!store.indexed(0).unwrap());
     }
 
     #[test]

@@ -438,26 +438,39 @@ impl StoreCreditStage {
             .get(&movement.entry_id)
             .filter(|p| p.state == StoreCreditState::Pending)
             .cloned();
-        let window = if pending.is_some() {
-            self.config.doubt_window
-        } else {
-            1
-        };
-        let customer = match self
-            .admin
-            .run::<CustomerData>(
+        let read = |first: u32| {
+            self.admin.run::<CustomerData>(
                 store,
                 &CUSTOMER_STORE_CREDIT,
                 json!({
                     "email": push.email,
                     "accounts": format!("currency_code:{}", push.order.currency),
-                    "first": window,
+                    "first": first,
                 }),
             )
-            .await
-        {
-            Ok(data) => data.customer_by_identifier,
-            Err(error) => return self.failed(push, pushes, out, error).await,
+        };
+        // A push in doubt reads the window to settle it; a new one only the newest transaction
+        // for its cursor, unless that one has no id (an expiration): then the window, so the
+        // cursor is never "an empty account" on an account that has transactions.
+        let mut window = if pending.is_some() {
+            self.config.doubt_window
+        } else {
+            1
+        };
+        let customer = loop {
+            let customer = match read(window).await {
+                Ok(data) => data.customer_by_identifier,
+                Err(error) => return self.failed(push, pushes, out, error).await,
+            };
+            let cursorless = customer.as_ref().is_some_and(|c| {
+                let transactions = c.transactions(&push.order.currency);
+                !transactions.is_empty() && transactions.iter().all(|t| t.id.is_none())
+            });
+            if cursorless && window < self.config.doubt_window {
+                window = self.config.doubt_window;
+                continue;
+            }
+            break customer;
         };
         let Some(customer) = customer else {
             return Ok(Attempt::NotNow(format!(
