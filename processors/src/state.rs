@@ -473,6 +473,27 @@ fn settle(
 ) -> Attribution {
     let cancelled = event.cancelled_at_ms.is_some();
     let (advocate_id, advocate_identifier) = decision.advocate.unzip();
+    // Gross is what was bought before refunds: Shopify has already taken the refunds this version
+    // lists off its current total, so they are added back, then counted as refunded (once each).
+    let listed: Decimal = event
+        .refunds
+        .iter()
+        .map(|refund| {
+            shop_amount(
+                refund,
+                &event.currency,
+                event.current_total_price,
+                event.current_total_price_presentment,
+            )
+        })
+        .sum();
+    let gross = event.current_total_price + listed;
+    let presentment_gross = if listed.is_zero() || event.current_total_price.is_zero() {
+        event.current_total_price_presentment
+    } else {
+        (event.current_total_price_presentment * gross / event.current_total_price)
+            .round_dp_with_strategy(2, rust_decimal::RoundingStrategy::MidpointAwayFromZero)
+    };
     let mut record = Attribution {
         shop_domain: event.shop_domain.clone(),
         order_id: event.order_id,
@@ -493,11 +514,11 @@ fn settle(
         customer_email: event.email.clone(),
         customer_id: event.customer_id,
         currency: event.currency.clone(),
-        gross: event.current_total_price,
+        gross,
         presentment_currency: event.presentment_currency.clone(),
-        presentment_gross: event.current_total_price_presentment,
+        presentment_gross,
         refunded: Decimal::ZERO,
-        net: net(event.current_total_price, Decimal::ZERO, cancelled),
+        net: net(gross, Decimal::ZERO, cancelled),
         refund_status: RefundStatus::None,
         refund_ids: Vec::new(),
         recent_delivery_ids,
@@ -505,28 +526,6 @@ fn settle(
         rewards: Vec::new(),
         changed_at_ms: at_ms,
     };
-    // Gross is what was bought before refunds: Shopify has already taken the refunds this version
-    // lists off its current total, so they are added back, then counted as refunded (once each).
-    let listed: Decimal = event
-        .refunds
-        .iter()
-        .map(|refund| {
-            shop_amount(
-                refund,
-                &event.currency,
-                event.current_total_price,
-                event.current_total_price_presentment,
-            )
-        })
-        .sum();
-    if !listed.is_zero() && !event.current_total_price.is_zero() {
-        record.presentment_gross = (event.current_total_price_presentment
-            * (event.current_total_price + listed)
-            / event.current_total_price)
-            .round_dp_with_strategy(2, rust_decimal::RoundingStrategy::MidpointAwayFromZero);
-    }
-    record.gross = event.current_total_price + listed;
-    record.net = net(record.gross, Decimal::ZERO, cancelled);
     if let Some(activity) = decision.reward.as_ref() {
         rewards::request(&mut record, activity, at_ms);
     }
