@@ -643,8 +643,9 @@ pub fn settled_state(
     orders: usize,
     dir: &std::path::Path,
 ) -> anyhow::Result<SettledStateReport> {
-    use tributary_processors::settled::{SettledOrders, StateStore};
+    use tributary_processors::settled::{SettledOrders, StateStore, STORE_NAME};
     use tributary_processors::state::Applied;
+    use tributary_runtime::state::Changelogged;
     let event = first_versions(plan)
         .next()
         .context("the plan has no order")?;
@@ -665,7 +666,7 @@ pub fn settled_state(
         rss_kib("VmRSS:").saturating_sub(before) as f64 * 1024.0 / sample.max(1) as f64;
     drop(in_memory);
 
-    let store = StateStore::open(dir)?;
+    let store = StateStore::open(dir, STORE_NAME)?;
     let mut settled = SettledOrders::on_disk(store.clone(), 0);
     let before = rss_kib("VmRSS:");
     let started = Instant::now();
@@ -682,7 +683,7 @@ pub fn settled_state(
     drop((settled, store));
 
     let started = Instant::now();
-    let store = StateStore::open(dir)?;
+    let store = StateStore::open(dir, STORE_NAME)?;
     let next = store.changelog_next(0)?;
     let mut settled = SettledOrders::on_disk(store, 0);
     let key =

@@ -123,11 +123,21 @@ async fn killing_ingest_processor_and_sink_at_random_keeps_totals_exact() {
                 "TRIBUTARY_PROCESSOR__COMMIT_INTERVAL_MS".into(),
                 "300".into(),
             ),
-            // Settled orders on disk: each restart after a kill -9 reads the store and the
-            // changelog's tail, never the whole history.
+            // State on disk: each restart after a kill -9 reads the store and the changelog's
+            // tail, never the whole history.
             (
                 "TRIBUTARY_PROCESSOR__STATE_DIR".into(),
                 dir.path().join("processor-state").display().to_string(),
+            ),
+            // The events stage's and store credit's state on disk too: a kill -9 between a
+            // produce and the next flush must neither repeat an event nor push credit twice.
+            (
+                "TRIBUTARY_EVENTS__STATE_DIR".into(),
+                dir.path().join("events-state").display().to_string(),
+            ),
+            (
+                "TRIBUTARY_STORE_CREDIT__STATE_DIR".into(),
+                dir.path().join("store-credit-state").display().to_string(),
             ),
             // Longer than ingest takes to come back, so a tick only settles orders whose every
             // version has been sent (the generator retries through the outage).

@@ -85,7 +85,13 @@ fn writes(p: &Pipeline) -> [u64; 2] {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn approved_rewards_become_store_credit_once_through_lost_answers_stops_and_replays() {
-    let mut p = Pipeline::start("store_credit", |_| {}).await;
+    // The stage's pushes on disk: the restart and the replay below read them from the store.
+    let mut p = Pipeline::start("store_credit", |c| {
+        let dir = c.secrets.master_key_file.with_file_name("state");
+        c.store_credit.state_dir = Some(dir.join("store-credit"));
+        c.events.state_dir = Some(dir.join("events"));
+    })
+    .await;
     turn_on_store_credit(&p).await;
     let (anna, bjorn) = (
         customer(&p, "anna@example.org"),
@@ -232,4 +238,8 @@ async fn approved_rewards_become_store_credit_once_through_lost_answers_stops_an
         .filter_map(|p| p.transaction_id.clone())
         .collect();
     assert_eq!(pushed_ids, anna_ids, "each push names its own transaction");
+    let state = p.config.secrets.master_key_file.with_file_name("state");
+    for file in ["store-credit/store_credit.redb", "events/events.redb"] {
+        assert!(state.join(file).exists(), "{file} written");
+    }
 }

@@ -30,11 +30,12 @@ use rdkafka::Message;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
-use tributary_runtime::changelog::read_changelog;
 use tributary_runtime::dead_letter::DeadLetterStage;
 use tributary_runtime::kafka::TopicError;
 use tributary_runtime::member::Brokers;
+use tributary_runtime::member::CommitWhen;
 use tributary_runtime::stage::{self, Failure, Input, Member, Outbox, Output, Stage, StageError};
+use tributary_runtime::state::{self, KeyedState, Row, StateStore, StateStoreError};
 use tributary_schemas::topics::{self, advocate_key, customer_key, order_key};
 use tributary_schemas::{
     enum_label, Attribution, AvroRecord, CodecError, CustomerEvent, CustomerEventKind, Outcome,
@@ -54,6 +55,12 @@ pub struct Config {
     /// How often produced records are awaited and input offsets committed.
     #[serde(default = "default_commit_interval_ms")]
     pub commit_interval_ms: u64,
+    /// Where the emit loop keeps what it has reported (`<state_dir>/events.redb`), so memory
+    /// stays bounded and a restart reads only the tail of `tributary.events`. Unset: in memory,
+    /// rebuilt from the whole topic on every assignment (what the embedded broker needs, whose
+    /// log lives only as long as the process). Give each process its own directory.
+    #[serde(default)]
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 fn default_group() -> String {
@@ -72,57 +79,112 @@ impl Default for Config {
             group_id: default_group(),
             repartition_group_id: default_repartition_group(),
             commit_interval_ms: default_commit_interval_ms(),
+            state_dir: None,
         }
     }
 }
 
-/// What one partition of the emit loop has reported.
+/// What one partition of the emit loop has reported: per placed order, the refunds reported for
+/// it; per customer, the orders placed. A [`KeyedState`] (in memory, or on disk in
+/// `<events.state_dir>/events.redb`) whose changelog is `tributary.events` itself.
 #[derive(Debug, Default)]
 pub struct CustomerEvents {
-    /// Orders reported as placed, with the refunds reported for each.
-    orders: HashMap<String, ReportedRefunds>,
-    /// Orders placed per customer key.
-    purchases: HashMap<String, u64>,
+    rows: KeyedState<Reported>,
 }
 
-#[derive(Debug, Default)]
-struct ReportedRefunds {
-    refund_ids: Vec<String>,
-    refunded: Decimal,
+tributary_runtime::changelogged_by!(CustomerEvents, rows);
+
+/// The store's name: `<state_dir>/events.redb`.
+pub const STORE_NAME: &str = "events";
+
+/// One row: keyed `order/<order key>` or `customer/<customer key>`.
+#[derive(Debug, Serialize, Deserialize)]
+enum Reported {
+    /// An order reported as placed, with the refunds reported for it.
+    Order {
+        refund_ids: Vec<String>,
+        refunded: Decimal,
+    },
+    /// Orders placed by a customer.
+    Purchases(u64),
+}
+
+impl Row for Reported {
+    fn encode(&self) -> Result<Vec<u8>, StateStoreError> {
+        serde_json::to_vec(self).map_err(|e| StateStoreError::Row(e.to_string()))
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, StateStoreError> {
+        serde_json::from_slice(bytes).map_err(|e| StateStoreError::Row(e.to_string()))
+    }
+}
+
+fn order_row(key: &str) -> String {
+    format!("order/{key}")
+}
+
+fn customer_row(key: &str) -> String {
+    format!("customer/{key}")
 }
 
 impl CustomerEvents {
-    /// Rebuilds from the events already emitted to this partition.
+    /// Rebuilds from the events already emitted to this partition, in memory.
     pub fn restore(events: impl IntoIterator<Item = CustomerEvent>) -> Self {
         let mut state = Self::default();
         for event in events {
-            let key = order_key(&event.shop_domain, event.order_id);
-            let reported = state.orders.entry(key).or_default();
-            match event.kind {
-                CustomerEventKind::PlacedOrder => {}
-                CustomerEventKind::FirstPurchase | CustomerEventKind::RepeatPurchase => {
-                    let customer =
-                        customer_key(&event.shop_domain, event.customer_id, event.order_id);
-                    let count = state.purchases.entry(customer).or_default();
-                    *count = (*count).max(event.customer_order_number);
-                }
-                CustomerEventKind::ReceivedRefund => {
-                    reported.refund_ids.extend(event.refund_ids);
-                    reported.refunded = reported.refunded.max(event.order_refunded);
-                }
-            }
+            // In memory a read never fails.
+            state.absorb(event).unwrap_or_default();
         }
         state
     }
 
-    pub fn orders(&self) -> usize {
-        self.orders.len()
+    /// Takes one event read back from `tributary.events`.
+    fn absorb(&mut self, event: CustomerEvent) -> Result<(), StateStoreError> {
+        let key = order_row(&order_key(&event.shop_domain, event.order_id));
+        let (mut refund_ids, mut refunded) = match self.rows.get_mut(&key)? {
+            Some(Reported::Order {
+                refund_ids,
+                refunded,
+            }) => (std::mem::take(refund_ids), *refunded),
+            _ => (Vec::new(), Decimal::ZERO),
+        };
+        match event.kind {
+            CustomerEventKind::PlacedOrder => {}
+            CustomerEventKind::FirstPurchase | CustomerEventKind::RepeatPurchase => {
+                let customer = customer_row(&customer_key(
+                    &event.shop_domain,
+                    event.customer_id,
+                    event.order_id,
+                ));
+                let count = self.purchases(&customer)?.max(event.customer_order_number);
+                self.rows.insert(customer, Reported::Purchases(count));
+            }
+            CustomerEventKind::ReceivedRefund => {
+                refund_ids.extend(event.refund_ids);
+                refunded = refunded.max(event.order_refunded);
+            }
+        }
+        self.rows.insert(
+            key,
+            Reported::Order {
+                refund_ids,
+                refunded,
+            },
+        );
+        Ok(())
+    }
+
+    fn purchases(&mut self, customer: &str) -> Result<u64, StateStoreError> {
+        Ok(match self.rows.get(customer)? {
+            Some(Reported::Purchases(count)) => *count,
+            _ => 0,
+        })
     }
 
     /// The events `order` (an attribution snapshot) implies that were not emitted yet.
-    pub fn apply(&mut self, order: &Attribution) -> Vec<CustomerEvent> {
+    pub fn apply(&mut self, order: &Attribution) -> Result<Vec<CustomerEvent>, StateStoreError> {
         if order.outcome == Outcome::Excluded {
-            return Vec::new();
+            return Ok(Vec::new());
         }
         let key = order_key(&order.shop_domain, order.order_id);
         let event = |kind, id: String, amount| CustomerEvent {
@@ -142,36 +204,46 @@ impl CustomerEvents {
             occurred_at_ms: order.created_at_ms,
         };
         let mut events = Vec::new();
-        let placed_before = self.orders.contains_key(&key);
-        let reported = self.orders.entry(key.clone()).or_default();
-        if !placed_before {
-            events.push(event(
-                CustomerEventKind::PlacedOrder,
-                "placed".into(),
-                order.gross,
-            ));
-            if order.customer_id.is_some() {
-                let customer = customer_key(&order.shop_domain, order.customer_id, order.order_id);
-                let count = self.purchases.entry(customer).or_default();
-                *count += 1;
-                let kind = if *count == 1 {
-                    CustomerEventKind::FirstPurchase
-                } else {
-                    CustomerEventKind::RepeatPurchase
-                };
-                let mut purchase = event(kind, "purchase".into(), order.gross);
-                purchase.customer_order_number = *count;
-                events.push(purchase);
+        let row = order_row(&key);
+        let (mut reported_ids, mut reported) = match self.rows.get_mut(&row)? {
+            Some(Reported::Order {
+                refund_ids,
+                refunded,
+            }) => (std::mem::take(refund_ids), *refunded),
+            _ => {
+                events.push(event(
+                    CustomerEventKind::PlacedOrder,
+                    "placed".into(),
+                    order.gross,
+                ));
+                if order.customer_id.is_some() {
+                    let customer = customer_row(&customer_key(
+                        &order.shop_domain,
+                        order.customer_id,
+                        order.order_id,
+                    ));
+                    let count = self.purchases(&customer)? + 1;
+                    self.rows.insert(customer, Reported::Purchases(count));
+                    let kind = if count == 1 {
+                        CustomerEventKind::FirstPurchase
+                    } else {
+                        CustomerEventKind::RepeatPurchase
+                    };
+                    let mut purchase = event(kind, "purchase".into(), order.gross);
+                    purchase.customer_order_number = count;
+                    events.push(purchase);
+                }
+                (Vec::new(), Decimal::ZERO)
             }
-        }
+        };
         let new_refunds: Vec<String> = order
             .refund_ids
             .iter()
-            .filter(|id| !reported.refund_ids.contains(id))
+            .filter(|id| !reported_ids.contains(id))
             .cloned()
             .collect();
         if let Some(first) = new_refunds.first() {
-            let amount = (order.refunded - reported.refunded).max(Decimal::ZERO);
+            let amount = (order.refunded - reported).max(Decimal::ZERO);
             let mut refund = event(
                 CustomerEventKind::ReceivedRefund,
                 format!("refund/{first}"),
@@ -179,11 +251,18 @@ impl CustomerEvents {
             );
             refund.refund_ids = new_refunds.clone();
             refund.occurred_at_ms = order.latest_triggered_at_ms.max(order.created_at_ms);
-            reported.refund_ids.extend(new_refunds);
-            reported.refunded = order.refunded;
+            reported_ids.extend(new_refunds);
+            reported = order.refunded;
             events.push(refund);
         }
-        events
+        self.rows.insert(
+            row,
+            Reported::Order {
+                refund_ids: reported_ids,
+                refunded: reported,
+            },
+        );
+        Ok(events)
     }
 }
 
@@ -217,7 +296,19 @@ impl EventsStage {
         };
         let repartition = input(&self.config.repartition_group_id, topics::ATTRIBUTIONS);
         let emit = input(&self.config.group_id, topics::ORDERS_BY_CUSTOMER);
-        let (mut repartitioner, mut emitter) = (Repartition, Emit(&self.brokers));
+        let store = self
+            .config
+            .state_dir
+            .as_deref()
+            .map(|dir| StateStore::open(dir, STORE_NAME))
+            .transpose()?;
+        let (mut repartitioner, mut emitter) = (
+            Repartition,
+            Emit {
+                brokers: &self.brokers,
+                store,
+            },
+        );
         tokio::try_join!(
             stage::run(
                 &mut repartitioner,
@@ -250,28 +341,41 @@ impl Stage for Repartition {
 }
 
 /// The emit loop: per partition, what it has reported, restored from `tributary.events`.
-struct Emit<'a>(&'a Brokers);
+struct Emit<'a> {
+    brokers: &'a Brokers,
+    /// `events.state_dir`'s store, or `None` to keep the state in memory.
+    store: Option<StateStore>,
+}
 
 impl Stage for Emit<'_> {
     const NAME: &'static str = "events";
     const DEAD_LETTERS: DeadLetterStage = DeadLetterStage::Events;
     type State = CustomerEvents;
 
-    /// Rebuilds the state of `partitions` from `tributary.events`, in one pass.
+    /// The state of `partitions` from the store and the tail of `tributary.events`, in one pass.
     async fn restore(
         &mut self,
         _member: &Member,
         partitions: Vec<i32>,
     ) -> Result<Vec<(i32, CustomerEvents)>, StageError> {
-        let events: HashMap<i32, Vec<CustomerEvent>> =
-            read_changelog(&self.0.bootstrap_servers, topics::EVENTS, partitions).await?;
-        let states: Vec<(i32, CustomerEvents)> = events
-            .into_iter()
-            .map(|(partition, events)| (partition, CustomerEvents::restore(events)))
-            .collect();
+        let states = state::restore(
+            &self.brokers.bootstrap_servers,
+            topics::EVENTS,
+            self.store.as_ref(),
+            partitions,
+            |state: &mut CustomerEvents, message| {
+                if let Some(payload) = message.payload() {
+                    let event = CustomerEvent::from_avro(payload)
+                        .map_err(|e| TopicError::unreadable(topics::EVENTS, message, e))?;
+                    state.absorb(event)?;
+                }
+                Ok(())
+            },
+        )
+        .await?;
         tracing::info!(
             partitions = ?states.iter().map(|(p, _)| p).collect::<Vec<_>>(),
-            orders = states.iter().map(|(_, s)| s.orders()).sum::<usize>(),
+            rows = states.iter().map(|(_, s)| s.rows.len()).sum::<usize>(),
             "customer events state restored"
         );
         Ok(states)
@@ -283,7 +387,25 @@ impl Stage for Emit<'_> {
         state: &mut CustomerEvents,
         out: &mut Outbox,
     ) -> Result<(), Failure> {
-        send_all(out, message, emit(message, state)).await
+        let order = match message.payload().map(Attribution::from_avro).transpose() {
+            Ok(Some(order)) => order,
+            Ok(None) => return Ok(()),
+            Err(error) => {
+                return Err(TopicError::unreadable(message.topic(), message, error).into())
+            }
+        };
+        let events = state.apply(&order)?;
+        send_all(out, message, Ok(emit(message, events))).await
+    }
+
+    /// Writes the state changed since the last flush to the store with `tributary.events`' end.
+    async fn checkpointed(
+        &mut self,
+        member: &Member,
+        states: &mut HashMap<i32, CustomerEvents>,
+        when: CommitWhen,
+    ) -> Result<(), StageError> {
+        state::checkpoint(member, topics::EVENTS, states, when, |s| s).await
     }
 }
 
@@ -351,15 +473,9 @@ fn advocates_paid(order: &Attribution) -> Vec<&str> {
     advocates
 }
 
-fn emit(
-    message: &BorrowedMessage<'_>,
-    state: &mut CustomerEvents,
-) -> Result<Vec<Output>, CodecError> {
-    let Some(order) = message.payload().map(Attribution::from_avro).transpose()? else {
-        return Ok(Vec::new());
-    };
-    Ok(state
-        .apply(&order)
+/// The records of `events`, each to the input's partition number of `tributary.events`.
+fn emit(message: &BorrowedMessage<'_>, events: Vec<CustomerEvent>) -> Vec<Output> {
+    events
         .into_iter()
         .filter_map(|event| {
             metrics::counter!("tributary_events_total", "kind" => format!("{:?}", event.kind))
@@ -378,7 +494,7 @@ fn emit(
                 }
             }
         })
-        .collect())
+        .collect()
 }
 
 #[cfg(test)]
@@ -432,21 +548,21 @@ mod tests {
     fn first_then_repeat_purchase_and_each_refund_once_also_after_a_restore() {
         use CustomerEventKind::*;
         let mut state = CustomerEvents::default();
-        let mut emitted = state.apply(&order(1, Some(42)));
+        let mut emitted = state.apply(&order(1, Some(42))).unwrap();
         assert_eq!(kinds(&emitted), [(PlacedOrder, 0), (FirstPurchase, 1)]);
         assert!(
-            state.apply(&order(1, Some(42))).is_empty(),
+            state.apply(&order(1, Some(42))).unwrap().is_empty(),
             "a redelivered snapshot"
         );
         let mut refunded = order(1, Some(42));
         (refunded.refunded, refunded.refund_ids) = (30.into(), vec!["9".into()]);
-        let refund = state.apply(&refunded);
+        let refund = state.apply(&refunded).unwrap();
         assert_eq!(
             (refund[0].kind, refund[0].amount),
             (ReceivedRefund, 30.into())
         );
         emitted.extend(refund);
-        let guest = state.apply(&order(2, None));
+        let guest = state.apply(&order(2, None)).unwrap();
         assert_eq!(
             kinds(&guest),
             [(PlacedOrder, 0)],
@@ -455,13 +571,37 @@ mod tests {
         emitted.extend(guest);
 
         let mut restored = CustomerEvents::restore(emitted);
-        assert!(restored.apply(&refunded).is_empty());
+        assert!(restored.apply(&refunded).unwrap().is_empty());
         assert_eq!(
-            kinds(&restored.apply(&order(3, Some(42)))),
+            kinds(&restored.apply(&order(3, Some(42))).unwrap()),
             [(PlacedOrder, 0), (RepeatPurchase, 2)]
         );
         let mut excluded = order(4, Some(42));
         excluded.outcome = Outcome::Excluded;
-        assert!(restored.apply(&excluded).is_empty());
+        assert!(restored.apply(&excluded).unwrap().is_empty());
+    }
+
+    #[test]
+    fn what_was_reported_survives_a_flush_and_a_reopen_of_the_store() {
+        use tributary_runtime::state::Changelogged;
+        use CustomerEventKind::*;
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path(), STORE_NAME).unwrap();
+        let mut state = CustomerEvents::open(Some(&store), 0);
+        let mut refunded = order(1, Some(42));
+        (refunded.refunded, refunded.refund_ids) = (30.into(), vec!["9".into()]);
+        assert_eq!(state.apply(&refunded).unwrap().len(), 3);
+        state.flush(3).unwrap();
+        assert_eq!(state.in_memory(), 0);
+        drop((state, store));
+
+        let store = StateStore::open(dir.path(), STORE_NAME).unwrap();
+        assert_eq!(store.changelog_next(0).unwrap(), Some(3));
+        let mut reopened = CustomerEvents::open(Some(&store), 0);
+        assert!(reopened.apply(&refunded).unwrap().is_empty());
+        assert_eq!(
+            kinds(&reopened.apply(&order(2, Some(42))).unwrap()),
+            [(PlacedOrder, 0), (RepeatPurchase, 2)]
+        );
     }
 }

@@ -18,18 +18,18 @@ use rdkafka::message::BorrowedMessage;
 use rdkafka::{Message, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
-use tributary_runtime::changelog::read_changes;
 use tributary_runtime::dead_letter::{DeadLetterRecord, DeadLetterStage};
-use tributary_runtime::kafka::{now_ms, read_partitions_from, TopicError, READ_METADATA};
+use tributary_runtime::kafka::{now_ms, TopicError, READ_METADATA};
 use tributary_runtime::member::{Brokers, CommitWhen};
 use tributary_runtime::stage::{self, Failure, Input, Member, Outbox, Output, Stage, StageError};
+use tributary_runtime::state::{self as keyed_state, RestoreError};
 use tributary_schemas::topics::{self, order_key};
 use tributary_schemas::{Attribution, AvroRecord, OrderEvent, Store, WebhookEnvelope};
 
 use crate::attribution::{decide, manual};
 use crate::dedup::Verdict;
 use crate::normalize::{normalize, ApprovalCommand, ManualCommand, Normalized, RefundEvent};
-use crate::settled::{SettledOrders, StateStore, StateStoreError, DAY_MS};
+use crate::settled::{self, SettledOrders, StateStore, StateStoreError, DAY_MS};
 use crate::state::{Applied, PartitionState};
 use tributary_runtime::control::Control;
 
@@ -121,6 +121,15 @@ pub enum ProcessorError {
     State(#[from] StateStoreError),
 }
 
+impl From<RestoreError> for ProcessorError {
+    fn from(error: RestoreError) -> Self {
+        match error {
+            RestoreError::Topic(error) => Self::Topic(error),
+            RestoreError::Store(error) => Self::State(error),
+        }
+    }
+}
+
 impl From<ProcessorError> for StageError {
     fn from(error: ProcessorError) -> Self {
         match error {
@@ -157,7 +166,7 @@ impl Processor {
             .config
             .state_dir
             .as_deref()
-            .map(StateStore::open)
+            .map(|dir| StateStore::open(dir, settled::STORE_NAME))
             .transpose()
             .map_err(StageError::stage)?;
         let mut stage = Processing {
@@ -184,25 +193,33 @@ impl Processor {
         watermarks: HashMap<i32, i64>,
     ) -> Result<HashMap<i32, PartitionState>, ProcessorError> {
         let started = std::time::Instant::now();
-        let settled: Vec<(i32, SettledOrders)> = match store {
-            Some(store) => {
-                let (bootstrap, store) = (self.brokers.bootstrap_servers.clone(), store.clone());
-                tokio::task::spawn_blocking(move || {
-                    restore_on_disk(&bootstrap, &store, &partitions)
-                })
-                .await
-                .map_err(|e| TopicError::Task(e.to_string()))??
+        if let Some(store) = store {
+            // A partition stored before the expiry index is rebuilt once, which indexes it.
+            for &partition in &partitions {
+                if !settled::indexed(store, partition)? {
+                    store.clear(partition)?;
+                }
             }
-            None => read_changes::<Attribution>(
-                &self.brokers.bootstrap_servers,
-                topics::ATTRIBUTIONS,
-                partitions,
-            )
-            .await?
-            .into_iter()
-            .map(|(partition, changes)| (partition, SettledOrders::from_changes(changes)))
-            .collect(),
-        };
+        }
+        let settled: Vec<(i32, SettledOrders)> = keyed_state::restore(
+            &self.brokers.bootstrap_servers,
+            topics::ATTRIBUTIONS,
+            store,
+            partitions,
+            |settled: &mut SettledOrders, message| {
+                match message.payload().map(Attribution::from_avro) {
+                    Some(Ok(record)) => settled.absorb(record)?,
+                    Some(Err(error)) => {
+                        return Err(
+                            TopicError::unreadable(topics::ATTRIBUTIONS, message, error).into()
+                        )
+                    }
+                    None => settled.absorb_tombstone(&keyed_state::key_of(message)),
+                }
+                Ok(())
+            },
+        )
+        .await?;
         let states: HashMap<i32, PartitionState> = settled
             .into_iter()
             .map(|(partition, settled)| {
@@ -408,43 +425,10 @@ impl Stage for Processing<'_> {
         states: &mut HashMap<i32, Partition>,
         when: CommitWhen,
     ) -> Result<(), StageError> {
-        for partition in states.values_mut() {
-            // A snapshot held open keeps redb from reusing the pages later commits free.
-            partition.orders.settled_mut().release_snapshot();
-        }
-        let dirty: Vec<i32> = states
-            .iter()
-            .filter(|(_, p)| p.orders.settled().wants_flush(when == CommitWhen::Stopping))
-            .map(|(&partition, _)| partition)
-            .collect();
-        if dirty.is_empty() {
-            return Ok(());
-        }
-        let reader = member.clone();
-        let ends = tokio::task::spawn_blocking(move || {
-            dirty
-                .into_iter()
-                .map(|p| {
-                    let (_, high) = reader.fetch_watermarks(
-                        topics::ATTRIBUTIONS,
-                        p,
-                        Duration::from_secs(10),
-                    )?;
-                    Ok((p, high))
-                })
-                .collect::<Result<Vec<(i32, i64)>, rdkafka::error::KafkaError>>()
+        keyed_state::checkpoint(member, topics::ATTRIBUTIONS, states, when, |p| {
+            p.orders.settled_mut()
         })
         .await
-        .map_err(|e| TopicError::Task(e.to_string()))??;
-        for (partition, end) in ends {
-            if let Some(p) = states.get_mut(&partition) {
-                p.orders
-                    .settled_mut()
-                    .flush(end)
-                    .map_err(StageError::stage)?;
-            }
-        }
-        Ok(())
     }
 
     /// Gauges, and an idle tick for each partition that holds orders and has read nothing for
@@ -710,95 +694,6 @@ fn committed_watermarks<C: ConsumerContext>(
             Some((element.partition(), watermark))
         })
         .collect()
-}
-
-/// The settled orders of `partitions` from the store, brought up to the changelog's end, in one
-/// pass over the changelog: for each partition only the tail after the store's recorded offset
-/// is read, unless the store has nothing for it or records an offset past the log's end (a log it
-/// did not come from), when the partition is rebuilt from its whole changelog. Memory stays
-/// bounded: what is read is written in chunks.
-fn restore_on_disk(
-    bootstrap: &str,
-    store: &StateStore,
-    partitions: &[i32],
-) -> Result<Vec<(i32, SettledOrders)>, ProcessorError> {
-    const CHUNK: usize = 20_000;
-    // A partition stored before the expiry index is rebuilt once, which indexes it.
-    let mut starts = partitions
-        .iter()
-        .map(|&p| {
-            let next = store.changelog_next(p)?;
-            Ok((p, next.filter(|_| store.indexed(p).unwrap_or(false))))
-        })
-        .collect::<Result<Vec<(i32, Option<i64>)>, ProcessorError>>()?;
-    let mut restored = Vec::new();
-    while !starts.is_empty() {
-        // Per partition: its orders and the changelog offset they reflect.
-        let mut reading: HashMap<i32, (SettledOrders, i64)> = HashMap::new();
-        for &(partition, start) in &starts {
-            if start.is_none() {
-                store.clear(partition)?;
-            }
-            let orders = SettledOrders::on_disk(store.clone(), partition);
-            reading.insert(partition, (orders, start.unwrap_or_default()));
-        }
-        let mut failed: Option<ProcessorError> = None;
-        let highs = read_partitions_from(bootstrap, topics::ATTRIBUTIONS, &starts, |message| {
-            let Some((settled, next)) = reading.get_mut(&message.partition()) else {
-                return;
-            };
-            if failed.is_some() {
-                return;
-            }
-            let absorbed = match message.payload().map(Attribution::from_avro) {
-                Some(Ok(record)) => settled.absorb(record).map_err(ProcessorError::from),
-                Some(Err(error)) => {
-                    Err(TopicError::unreadable(topics::ATTRIBUTIONS, message, error).into())
-                }
-                None => {
-                    let key = message.key().unwrap_or_default();
-                    settled.absorb_tombstone(&String::from_utf8_lossy(key));
-                    Ok(())
-                }
-            };
-            *next = message.offset() + 1;
-            let flushed = match absorbed {
-                Ok(()) if settled.in_memory() >= CHUNK => {
-                    settled.flush(*next).map_err(ProcessorError::from)
-                }
-                other => other,
-            };
-            if let Err(error) = flushed {
-                failed = Some(error);
-            }
-        })?;
-        if let Some(error) = failed {
-            return Err(error);
-        }
-        let mut again = Vec::new();
-        for (partition, high) in highs {
-            let start = starts
-                .iter()
-                .find(|(p, _)| *p == partition)
-                .and_then(|(_, start)| *start);
-            if start.is_some_and(|start| start > high) {
-                tracing::warn!(
-                    partition,
-                    recorded = start,
-                    log_end = high,
-                    "the state store is ahead of its changelog (another log); rebuilding"
-                );
-                again.push((partition, None));
-                continue;
-            }
-            if let Some((mut settled, next)) = reading.remove(&partition) {
-                settled.flush(next.max(high))?;
-                restored.push((partition, settled));
-            }
-        }
-        starts = again;
-    }
-    Ok(restored)
 }
 
 fn dead_letter(message: &BorrowedMessage<'_>, stage: DeadLetterStage, error: &str) -> Output {

@@ -1,290 +1,96 @@
-//! The settled orders of one partition: the latest [`Attribution`] emitted for each order, kept in
-//! memory or in an embedded on-disk store with `tributary.attributions` as its changelog.
-//!
-//! **On disk** (`processor.state_dir`): one redb database per processor (`settled.redb`), a table
-//! per partition (`settled/<partition>`: order key → the Avro record) and, beside the rows, the
-//! changelog offset they reflect (`changelog_next`). Orders touched since the last flush are kept
-//! in memory; a flush (at a checkpoint, after every record produced so far is acknowledged)
-//! writes them and the changelog's end in one transaction, then forgets them, so memory holds
-//! only what changed between two checkpoints plus redb's page cache. A restart reads only the
-//! changelog after `changelog_next`; a missing or unreadable database is rebuilt from the whole
-//! changelog. The store never runs ahead of the changelog: only acknowledged records are written.
+//! The settled orders of one partition: the latest [`Attribution`] emitted for each order, a
+//! [`KeyedState`] (in memory, or on disk in `<state_dir>/settled.redb`) with
+//! `tributary.attributions` as its changelog. How the store is written, flushed and restored is
+//! the runtime's ([`tributary_runtime::state`]); this module adds what is the processor's own.
 //!
 //! **Expiry.** An order whose last change (`Attribution::last_changed_ms`, event time) lies before
 //! the processor's horizon leaves the state ([`SettledOrders::expire`]); the processor writes a
 //! tombstone for it on the changelog. On disk, an index by the day of each row's last change
 //! (`changed/<partition>`: (day, order key) → ()) lets expiry read only the days before the
 //! horizon, never the whole table; an entry whose row has changed since is stale and is dropped.
-//!
-//! redb, not RocksDB or fjall: pure Rust (no C++ build on a 2-core machine), a single file, ACID
-//! transactions with the offset committed beside the rows, and a bounded page cache.
-//!
-//! **In memory** (no `state_dir`): every settled order stays in `recent`; a restart rebuilds the
-//! partition from the whole changelog. This is what the embedded broker uses: its log lives only
-//! as long as the process, so a store on disk would outlive the log it mirrors.
 
-use std::collections::{HashMap, HashSet};
-use std::path::Path;
-use std::sync::Arc;
+use std::collections::HashMap;
 
-use redb::{Database, ReadableTableMetadata, TableDefinition};
+use redb::{TableDefinition, WriteTransaction};
 use tributary_runtime::changelog::Change;
+use tributary_runtime::state::{Changelogged, KeyedState};
+pub use tributary_runtime::state::{StateStore, StateStoreError};
 use tributary_schemas::topics::order_key;
-use tributary_schemas::{Attribution, AvroRecord, CodecError};
-
-/// A read-only snapshot of one partition's table.
-type Snapshot = redb::ReadOnlyTable<&'static str, &'static [u8]>;
-
-/// The changelog offset each partition's table reflects.
-const OFFSETS: TableDefinition<u32, i64> = TableDefinition::new("changelog_next");
+use tributary_schemas::Attribution;
 
 /// A day of event time, the unit of expiry.
 pub const DAY_MS: i64 = 86_400_000;
+
+/// The store's name: `<state_dir>/settled.redb`, tables `settled/<partition>`.
+pub const STORE_NAME: &str = "settled";
 
 /// The day an order last changed, as the expiry index files it.
 fn changed_day(record: &Attribution) -> i64 {
     record.last_changed_ms().div_euclid(DAY_MS)
 }
 
-/// Page cache of the on-disk store, in bytes.
-const CACHE_BYTES: usize = 64 << 20;
-
-#[derive(Debug, thiserror::Error)]
-pub enum StateStoreError {
-    /// Boxed: redb's error is large, and this one travels in every `Result` of the processor.
-    #[error("state store: {0}")]
-    Store(Box<redb::Error>),
-    #[error("state store {path}: {message}")]
-    Io { path: String, message: String },
-    /// A row this release cannot read: the store is rebuilt from the changelog.
-    #[error("state store row: {0}")]
-    Codec(#[from] CodecError),
+/// The expiry index of a partition: (day of last change, order key) → ().
+fn index_table(partition: i32) -> String {
+    format!("changed/{partition}")
 }
 
-macro_rules! from_redb {
-    ($($error:ty),*) => {$(
-        impl From<$error> for StateStoreError {
-            fn from(error: $error) -> Self {
-                Self::Store(Box::new(error.into()))
-            }
-        }
-    )*};
-}
-from_redb!(
-    redb::Error,
-    redb::DatabaseError,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError
-);
-
-/// The on-disk store of a processor: one file for all its partitions.
-#[derive(Clone)]
-pub struct StateStore {
-    db: Arc<Database>,
-}
-
-impl StateStore {
-    /// Opens `<dir>/settled.redb`, creating it if missing. A file that does not open (damaged, or
-    /// another format) is moved aside to `settled.redb.damaged` and a new one is created: the
-    /// changelog rebuilds it.
-    pub fn open(dir: &Path) -> Result<Self, StateStoreError> {
-        let io = |e: std::io::Error| StateStoreError::Io {
-            path: dir.display().to_string(),
-            message: e.to_string(),
-        };
-        std::fs::create_dir_all(dir).map_err(io)?;
-        let path = dir.join("settled.redb");
-        let open = || {
-            Database::builder()
-                .set_cache_size(CACHE_BYTES)
-                .create(&path)
-        };
-        let db = match open() {
-            Ok(db) => db,
-            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
-                return Err(StateStoreError::Io {
-                    path: path.display().to_string(),
-                    message: "held by another process: give each processor its own state_dir"
-                        .into(),
-                })
-            }
-            Err(error) => {
-                tracing::error!(path = %path.display(), %error, "state store does not open; rebuilding it from the changelog");
-                std::fs::rename(&path, dir.join("settled.redb.damaged")).map_err(io)?;
-                open()?
-            }
-        };
-        Ok(Self { db: Arc::new(db) })
-    }
-
-    fn table(partition: i32) -> String {
-        format!("settled/{partition}")
-    }
-
-    fn index(partition: i32) -> String {
-        format!("changed/{partition}")
-    }
-
-    /// Whether the partition's rows are indexed for expiry: false for rows written by a release
-    /// before the index (they are rebuilt from the changelog, which indexes them).
-    pub fn indexed(&self, partition: i32) -> Result<bool, StateStoreError> {
-        let tx = self.db.begin_read()?;
-        let name = Self::index(partition);
-        match tx.open_table(TableDefinition::<(i64, &str), ()>::new(&name)) {
-            Ok(_) => Ok(true),
-            Err(redb::TableError::TableDoesNotExist(_)) => Ok(self.len(partition)? == 0),
-            Err(error) => Err(error.into()),
-        }
-    }
-
-    /// Keys the expiry index files under a day before `day` (stale entries included).
-    fn changed_before(&self, partition: i32, day: i64) -> Result<Vec<String>, StateStoreError> {
-        let name = Self::index(partition);
-        let tx = self.db.begin_read()?;
-        let index = match tx.open_table(TableDefinition::<(i64, &str), ()>::new(&name)) {
-            Ok(index) => index,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(error) => return Err(error.into()),
-        };
-        let mut keys = Vec::new();
-        for entry in index.range::<(i64, &str)>(..(day, ""))? {
-            keys.push(entry?.0.value().1.to_owned());
-        }
-        Ok(keys)
-    }
-
-    /// The changelog offset the partition's table reflects; `None` for a partition never stored.
-    pub fn changelog_next(&self, partition: i32) -> Result<Option<i64>, StateStoreError> {
-        let tx = self.db.begin_read()?;
-        let offsets = match tx.open_table(OFFSETS) {
-            Ok(table) => table,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(error) => return Err(error.into()),
-        };
-        Ok(offsets.get(partition as u32)?.map(|v| v.value()))
-    }
-
-    /// Forgets a partition (its rows and offset), before it is rebuilt from the whole changelog.
-    pub fn clear(&self, partition: i32) -> Result<(), StateStoreError> {
-        let name = Self::table(partition);
-        let tx = self.db.begin_write()?;
-        tx.delete_table(TableDefinition::<&str, &[u8]>::new(&name))
-            .map_err(redb::Error::from)?;
-        tx.delete_table(TableDefinition::<(i64, &str), ()>::new(&Self::index(
-            partition,
-        )))
-        .map_err(redb::Error::from)?;
-        tx.open_table(OFFSETS)?.remove(partition as u32)?;
-        tx.commit()?;
-        Ok(())
-    }
-
-    /// A snapshot of the partition's table to read from until the next write (`None`: no table
-    /// yet). One snapshot serves many reads: opening one per read costs more than the read.
-    fn snapshot(&self, partition: i32) -> Result<Option<Snapshot>, StateStoreError> {
-        let name = Self::table(partition);
-        match self
-            .db
-            .begin_read()?
-            .open_table(TableDefinition::<&str, &[u8]>::new(&name))
-        {
-            Ok(table) => Ok(Some(table)),
-            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
-            Err(error) => Err(error.into()),
-        }
-    }
-
-    /// Writes `rows`, deletes `expired` and the index entries of days before `index_below`, and
-    /// records the changelog offset all this reflects, in one transaction.
-    fn write(
-        &self,
-        partition: i32,
-        rows: &HashMap<String, Attribution>,
-        expired: &HashSet<String>,
-        index_below: Option<i64>,
-        changelog_next: i64,
-    ) -> Result<(), StateStoreError> {
-        let index_name = Self::index(partition);
-        let name = Self::table(partition);
-        let mut tx = self.db.begin_write()?;
-        // Written to the file without waiting for the disk (fsync): a killed process loses
-        // nothing, and a machine crash only takes the store back to an earlier consistent commit
-        // (rows and offset move together), whose tail the changelog still holds.
-        tx.set_durability(redb::Durability::Eventual);
-        {
-            let mut table = tx.open_table(TableDefinition::<&str, &[u8]>::new(&name))?;
-            let mut index = tx.open_table(TableDefinition::<(i64, &str), ()>::new(&index_name))?;
-            if let Some(day) = index_below {
-                index.retain_in::<(i64, &str), _>(..(day, ""), |_, _| false)?;
-            }
-            // Deletions first: a key both expired and written again is kept.
-            for key in expired {
-                table.remove(key.as_str())?;
-            }
-            for (key, record) in rows {
-                table.insert(key.as_str(), record.to_avro()?.as_slice())?;
-                index.insert((changed_day(record), key.as_str()), ())?;
-            }
-            tx.open_table(OFFSETS)?
-                .insert(partition as u32, changelog_next)?;
-        }
-        tx.commit()?;
-        Ok(())
-    }
-
-    /// Settled orders stored for `partition`.
-    pub fn len(&self, partition: i32) -> Result<u64, StateStoreError> {
-        let name = Self::table(partition);
-        let tx = self.db.begin_read()?;
-        match tx.open_table(TableDefinition::<&str, &[u8]>::new(&name)) {
-            Ok(table) => Ok(table.len()?),
-            Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
-            Err(error) => Err(error.into()),
-        }
+/// Whether the partition's rows are indexed for expiry: false for rows written by a release
+/// before the index (they are rebuilt from the changelog, which indexes them).
+pub fn indexed(store: &StateStore, partition: i32) -> Result<bool, StateStoreError> {
+    let tx = store.database().begin_read()?;
+    let name = index_table(partition);
+    match tx.open_table(TableDefinition::<(i64, &str), ()>::new(&name)) {
+        Ok(_) => Ok(true),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(store.len(partition)? == 0),
+        Err(error) => Err(error.into()),
     }
 }
 
-/// Flush at the latest this long after the previous one…
-const FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
-/// …or once this many orders are held in memory.
-const FLUSH_ORDERS: usize = 20_000;
+/// Keys the expiry index files under a day before `day` (stale entries included).
+fn changed_before(
+    store: &StateStore,
+    partition: i32,
+    day: i64,
+) -> Result<Vec<String>, StateStoreError> {
+    let name = index_table(partition);
+    let tx = store.database().begin_read()?;
+    let index = match tx.open_table(TableDefinition::<(i64, &str), ()>::new(&name)) {
+        Ok(index) => index,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(error) => return Err(error.into()),
+    };
+    let mut keys = Vec::new();
+    for entry in index.range::<(i64, &str)>(..(day, ""))? {
+        keys.push(entry?.0.value().1.to_owned());
+    }
+    Ok(keys)
+}
+
+/// Files `rows` in the expiry index and drops its entries of days before `index_below`, in the
+/// flush's transaction.
+fn write_index(
+    tx: &WriteTransaction,
+    partition: i32,
+    rows: &HashMap<String, Attribution>,
+    index_below: Option<i64>,
+) -> Result<(), StateStoreError> {
+    let name = index_table(partition);
+    let mut index = tx.open_table(TableDefinition::<(i64, &str), ()>::new(&name))?;
+    if let Some(day) = index_below {
+        index.retain_in::<(i64, &str), _>(..(day, ""), |_, _| false)?;
+    }
+    for (key, record) in rows {
+        index.insert((changed_day(record), key.as_str()), ())?;
+    }
+    Ok(())
+}
 
 /// The settled orders of one partition.
+#[derive(Debug, Default)]
 pub struct SettledOrders {
-    /// Orders read or changed since the last flush; every settled order without a disk store.
-    recent: HashMap<String, Attribution>,
-    /// Orders expired since the last flush, deleted from disk by the next one.
-    expired: HashSet<String>,
+    rows: KeyedState<Attribution>,
     /// Index entries of days before this are dropped by the next flush.
     index_below: Option<i64>,
-    disk: Option<(StateStore, i32)>,
-    /// What the store held at the last flush, read until the next one (`None`: not opened yet).
-    snapshot: Option<Option<Snapshot>>,
-    flushed_at: std::time::Instant,
-}
-
-impl Default for SettledOrders {
-    fn default() -> Self {
-        Self {
-            recent: HashMap::new(),
-            expired: HashSet::new(),
-            index_below: None,
-            disk: None,
-            snapshot: None,
-            flushed_at: std::time::Instant::now(),
-        }
-    }
-}
-
-impl std::fmt::Debug for SettledOrders {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SettledOrders")
-            .field("recent", &self.recent.len())
-            .field("on_disk", &self.disk.is_some())
-            .finish()
-    }
 }
 
 impl SettledOrders {
@@ -294,21 +100,9 @@ impl SettledOrders {
         let mut settled = Self::default();
         for change in changes {
             match change {
-                Change::Put(record) => {
-                    let key = order_key(&record.shop_domain, record.order_id);
-                    if settled
-                        .recent
-                        .get(&key)
-                        .is_none_or(|current| current.revision < record.revision)
-                    {
-                        settled.recent.insert(key, record);
-                    }
-                }
-                Change::Delete(key) => {
-                    settled
-                        .recent
-                        .remove(String::from_utf8_lossy(&key).as_ref());
-                }
+                // In memory a read never fails.
+                Change::Put(record) => settled.absorb(record).unwrap_or_default(),
+                Change::Delete(key) => settled.absorb_tombstone(&String::from_utf8_lossy(&key)),
             }
         }
         settled
@@ -316,16 +110,14 @@ impl SettledOrders {
 
     /// Backed by `store`'s table of `partition`.
     pub fn on_disk(store: StateStore, partition: i32) -> Self {
-        Self {
-            disk: Some((store, partition)),
-            ..Self::default()
-        }
+        <Self as Changelogged>::open(Some(&store), partition)
     }
 
     /// Takes a changelog record read during a restore: the highest revision of each order wins.
     pub fn absorb(&mut self, record: Attribution) -> Result<(), StateStoreError> {
         let key = order_key(&record.shop_domain, record.order_id);
         let newer = self
+            .rows
             .get(&key)?
             .is_none_or(|current| current.revision < record.revision);
         if newer {
@@ -337,43 +129,12 @@ impl SettledOrders {
 
     /// Takes a tombstone read during a restore: the order has expired.
     pub fn absorb_tombstone(&mut self, key: &str) {
-        self.recent.remove(key);
-        if self.disk.is_some() {
-            self.expired.insert(key.to_owned());
-        }
+        self.rows.remove(key);
     }
 
     /// The order's latest record, loaded from disk if needed, to read or change in place.
     pub fn get_mut(&mut self, key: &str) -> Result<Option<&mut Attribution>, StateStoreError> {
-        if !self.recent.contains_key(key) {
-            let Some(record) = self.stored(key)? else {
-                return Ok(None);
-            };
-            self.recent.insert(key.to_owned(), record);
-        }
-        Ok(self.recent.get_mut(key))
-    }
-
-    /// The order's row on disk as of the last flush (`None` without a disk store, and for an
-    /// order expired since).
-    fn stored(&mut self, key: &str) -> Result<Option<Attribution>, StateStoreError> {
-        let Some((store, partition)) = &self.disk else {
-            return Ok(None);
-        };
-        if self.expired.contains(key) {
-            return Ok(None);
-        }
-        if self.snapshot.is_none() {
-            self.snapshot = Some(store.snapshot(*partition)?);
-        }
-        let Some(Some(table)) = &self.snapshot else {
-            return Ok(None);
-        };
-        // Everything written since the snapshot is still in `recent`, so it is current.
-        let Some(row) = table.get(key)? else {
-            return Ok(None);
-        };
-        Ok(Some(Attribution::from_avro(row.value())?))
+        self.rows.get_mut(key)
     }
 
     /// Removes every order that last changed before `horizon_ms` (event time, the start of a
@@ -381,19 +142,25 @@ impl SettledOrders {
     /// index's days before the horizon are read; the rows go at the next flush.
     pub fn expire(&mut self, horizon_ms: i64) -> Result<Vec<String>, StateStoreError> {
         let mut gone: Vec<String> = self
-            .recent
-            .iter()
+            .rows
+            .recent()
             .filter(|(_, record)| record.last_changed_ms() < horizon_ms)
             .map(|(key, _)| key.clone())
             .collect();
-        if let Some((store, partition)) = self.disk.clone() {
+        if let Some((store, partition)) = self.rows.disk().cloned() {
             let day = horizon_ms.div_euclid(DAY_MS);
-            for key in store.changed_before(partition, day)? {
+            let in_memory: std::collections::HashSet<&String> =
+                self.rows.recent().map(|(key, _)| key).collect();
+            let mut on_disk = Vec::new();
+            for key in changed_before(&store, partition, day)? {
                 // A row in memory is newer than its index entry, and was judged above.
-                if self.recent.contains_key(&key) {
-                    continue;
+                if !in_memory.contains(&key) {
+                    on_disk.push(key);
                 }
+            }
+            for key in on_disk {
                 if self
+                    .rows
                     .stored(&key)?
                     .is_some_and(|record| record.last_changed_ms() < horizon_ms)
                 {
@@ -405,74 +172,54 @@ impl SettledOrders {
         gone.sort_unstable();
         gone.dedup();
         for key in &gone {
-            self.recent.remove(key);
-            if self.disk.is_some() {
-                self.expired.insert(key.clone());
-            }
+            self.rows.remove(key);
         }
         Ok(gone)
     }
 
-    fn get(&mut self, key: &str) -> Result<Option<&Attribution>, StateStoreError> {
-        Ok(self.get_mut(key)?.map(|record| &*record))
-    }
-
     pub fn insert(&mut self, key: String, record: Attribution) {
-        self.expired.remove(&key);
-        self.recent.insert(key, record);
-    }
-
-    /// Orders held in memory now.
-    pub fn in_memory(&self) -> usize {
-        self.recent.len()
+        self.rows.insert(key, record);
     }
 
     /// Settled orders in all (stored and in memory; an estimate between flushes).
     pub fn len(&self) -> usize {
-        match &self.disk {
-            Some((store, partition)) => store.len(*partition).unwrap_or_default() as usize,
-            None => self.recent.len(),
-        }
+        self.rows.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
 
-    /// Whether it is time to write what waits in memory: always when `stopping`, else every
-    /// few seconds or once enough orders wait (finding the changelog's end costs a round trip to
-    /// the broker, so a flush is not made at every checkpoint).
-    pub fn wants_flush(&self, stopping: bool) -> bool {
-        self.disk.is_some()
-            && !(self.recent.is_empty() && self.expired.is_empty())
-            && (stopping
-                || self.recent.len() >= FLUSH_ORDERS
-                || self.flushed_at.elapsed() >= FLUSH_INTERVAL)
-    }
-
-    /// Lets go of the read snapshot (the next read opens a new one).
-    pub fn release_snapshot(&mut self) {
-        self.snapshot = None;
-    }
-
-    /// Writes what changed to disk with the changelog offset it reflects, then forgets it. Call
-    /// only once every record emitted so far is acknowledged. Without a disk store, nothing.
-    pub fn flush(&mut self, changelog_next: i64) -> Result<(), StateStoreError> {
-        if let Some((store, partition)) = &self.disk {
-            self.snapshot = None;
-            store.write(
-                *partition,
-                &self.recent,
-                &self.expired,
-                self.index_below,
-                changelog_next,
-            )?;
-            self.recent.clear();
-            self.expired.clear();
-            self.index_below = None;
-            self.flushed_at = std::time::Instant::now();
+impl Changelogged for SettledOrders {
+    fn open(store: Option<&StateStore>, partition: i32) -> Self {
+        Self {
+            rows: KeyedState::open(store, partition),
+            index_below: None,
         }
-        Ok(())
+    }
+
+    fn in_memory(&self) -> usize {
+        self.rows.in_memory()
+    }
+
+    fn wants_flush(&self, stopping: bool) -> bool {
+        self.rows.wants_flush(stopping)
+    }
+
+    fn release_snapshot(&mut self) {
+        self.rows.release_snapshot();
+    }
+
+    /// Writes the rows that changed, with the expiry index, in one transaction.
+    fn flush(&mut self, changelog_next: i64) -> Result<(), StateStoreError> {
+        let index_below = self.index_below.take();
+        let partition = self.rows.disk().map(|(_, partition)| *partition);
+        self.rows
+            .flush_with(changelog_next, |tx, rows| match partition {
+                Some(partition) => write_index(tx, partition, rows, index_below),
+                None => Ok(()),
+            })
     }
 }
 
@@ -520,7 +267,7 @@ mod tests {
     #[test]
     fn a_flush_survives_a_reopen_and_memory_holds_only_what_changed_since() {
         let dir = tempfile::tempdir().unwrap();
-        let store = StateStore::open(dir.path()).unwrap();
+        let store = StateStore::open(dir.path(), STORE_NAME).unwrap();
         assert_eq!(store.changelog_next(3).unwrap(), None);
         let mut settled = SettledOrders::on_disk(store.clone(), 3);
         settled.absorb(record(1, 2)).unwrap();
@@ -530,7 +277,7 @@ mod tests {
         assert_eq!(settled.in_memory(), 0);
         drop((settled, store));
 
-        let store = StateStore::open(dir.path()).unwrap();
+        let store = StateStore::open(dir.path(), STORE_NAME).unwrap();
         assert_eq!(store.changelog_next(3).unwrap(), Some(42));
         assert_eq!(store.len(3).unwrap(), 2);
         let mut settled = SettledOrders::on_disk(store.clone(), 3);
@@ -558,7 +305,7 @@ mod tests {
     #[test]
     fn expiry_reads_only_days_before_the_horizon_and_deletes_at_the_flush() {
         let dir = tempfile::tempdir().unwrap();
-        let store = StateStore::open(dir.path()).unwrap();
+        let store = StateStore::open(dir.path(), STORE_NAME).unwrap();
         let mut settled = SettledOrders::on_disk(store.clone(), 0);
         for (id, day) in [(1, 1), (2, 5), (3, 1)] {
             settled.absorb(changed_on(id, day)).unwrap();
@@ -579,7 +326,7 @@ mod tests {
         settled.flush(12).unwrap();
         assert_eq!(store.len(0).unwrap(), 2);
         assert!(
-            store.changed_before(0, 3).unwrap().is_empty(),
+            changed_before(&store, 0, 3).unwrap().is_empty(),
             "index swept"
         );
         // Nothing more to expire at the same horizon; a later one takes order 2.
@@ -606,7 +353,7 @@ mod tests {
         assert_eq!(memory.len(), 1);
 
         let dir = tempfile::tempdir().unwrap();
-        let store = StateStore::open(dir.path()).unwrap();
+        let store = StateStore::open(dir.path(), STORE_NAME).unwrap();
         let mut settled = SettledOrders::on_disk(store.clone(), 0);
         settled.absorb(record(1, 1)).unwrap();
         settled.flush(1).unwrap();
@@ -621,31 +368,31 @@ mod tests {
         settled.absorb(record(1, 3)).unwrap();
         settled.flush(4).unwrap();
         assert_eq!(store.len(0).unwrap(), 1);
-        assert!(store.indexed(0).unwrap());
+        assert!(indexed(&store, 0).unwrap());
     }
 
     #[test]
     fn rows_stored_before_the_expiry_index_are_not_indexed() {
         let dir = tempfile::tempdir().unwrap();
-        let store = StateStore::open(dir.path()).unwrap();
+        let store = StateStore::open(dir.path(), STORE_NAME).unwrap();
         assert!(
-            store.indexed(0).unwrap(),
+            indexed(&store, 0).unwrap(),
             "nothing stored, nothing to index"
         );
-        let tx = store.db.begin_write().unwrap();
-        tx.open_table(TableDefinition::<&str, &[u8]>::new(&StateStore::table(0)))
+        let tx = store.database().begin_write().unwrap();
+        tx.open_table(TableDefinition::<&str, &[u8]>::new("settled/0"))
             .unwrap()
             .insert("k", b"v".as_slice())
             .unwrap();
         tx.commit().unwrap();
-        assert!(!store.indexed(0).unwrap());
+        assert!(!indexed(&store, 0).unwrap());
     }
 
     #[test]
     fn a_damaged_store_is_moved_aside_and_starts_empty() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("settled.redb"), b"not a database").unwrap();
-        let store = StateStore::open(dir.path()).unwrap();
+        let store = StateStore::open(dir.path(), STORE_NAME).unwrap();
         assert_eq!(store.changelog_next(0).unwrap(), None);
         assert!(dir.path().join("settled.redb.damaged").exists());
     }

@@ -7,7 +7,9 @@
 //! - [`dead_letter`]: the record a stage writes for a record it could not take;
 //! - [`kafka`]: client settings, the embedded broker, topic provisioning, whole-topic reads and
 //!   group offset resets;
-//! - [`changelog`]: restoring a stage's state from its compacted changelog topic;
+//! - [`changelog`]: reading a compacted changelog topic;
+//! - [`state`]: a stage's keyed state per partition, in memory or on disk, restored from and
+//!   checkpointed against its changelog;
 //! - [`control`]: the tables of stores and advocates, followed from their control topics;
 //! - [`secrets`]: the master key and the secrets it seals at rest.
 
@@ -18,3 +20,4 @@ pub mod kafka;
 pub mod member;
 pub mod secrets;
 pub mod stage;
+pub mod state;

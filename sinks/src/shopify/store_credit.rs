@@ -23,7 +23,7 @@
 //! The one case this cannot tell apart: a merchant moving the same amount by hand on the same
 //! account in the seconds between a push and its crash. Such a push is taken as applied.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -34,13 +34,13 @@ use rust_decimal::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
-use tributary_runtime::changelog::read_changelog;
 use tributary_runtime::control::Control;
 use tributary_runtime::dead_letter::DeadLetterStage;
 use tributary_runtime::kafka::{now_ms, TopicError};
-use tributary_runtime::member::Brokers;
+use tributary_runtime::member::{Brokers, CommitWhen};
 use tributary_runtime::secrets::MasterKey;
 use tributary_runtime::stage::{self, Failure, Input, Member, Outbox, Output, Stage, StageError};
+use tributary_runtime::state::{self, KeyedState, Row, StateStore, StateStoreError};
 use tributary_schemas::{
     topics, Attribution, AvroRecord, RewardEntry, RewardEntryKind, StoreCreditDirection,
     StoreCreditPush, StoreCreditState, StoreStatus,
@@ -60,6 +60,11 @@ pub struct StoreCreditConfig {
     pub commit_interval_ms: u64,
     /// How many of an account's newest transactions are read to settle a push in doubt.
     pub doubt_window: u32,
+    /// Where the stage keeps its pushes (`<state_dir>/store_credit.redb`), so memory stays
+    /// bounded and a restart reads only the tail of `tributary.store_credits`. Unset: in memory,
+    /// rebuilt from the whole topic on every assignment (what the embedded broker needs). Give
+    /// each process its own directory.
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for StoreCreditConfig {
@@ -68,6 +73,7 @@ impl Default for StoreCreditConfig {
             group_id: "tributary-store-credit".into(),
             commit_interval_ms: 200,
             doubt_window: 25,
+            state_dir: None,
         }
     }
 }
@@ -112,8 +118,84 @@ pub fn movements(ledger: &[RewardEntry], advocate_id: &str, per_point: Decimal) 
     moves
 }
 
-/// The pushes of one partition, by reward entry id: its restored changelog.
-type Pushes = HashMap<String, StoreCreditPush>;
+/// The pushes of one partition: rows keyed `push/<entry id>` (the entry's latest record) and
+/// `transaction/<id>` (the entry a Shopify transaction is the push of, for [`settle`]'s claims). A
+/// [`KeyedState`] (in memory, or on disk in `<store_credit.state_dir>/store_credit.redb`) whose
+/// changelog is `tributary.store_credits`.
+#[derive(Debug, Default)]
+pub struct Pushes {
+    rows: KeyedState<PushRow>,
+}
+
+tributary_runtime::changelogged_by!(Pushes, rows);
+
+/// The store's name: `<state_dir>/store_credit.redb`.
+pub const STORE_NAME: &str = "store_credit";
+
+#[derive(Debug)]
+enum PushRow {
+    Push(Box<StoreCreditPush>),
+    /// The entry id whose push this transaction is.
+    ClaimedBy(String),
+}
+
+impl Row for PushRow {
+    /// A tag byte, then the push's Avro record or the entry id.
+    fn encode(&self) -> Result<Vec<u8>, StateStoreError> {
+        Ok(match self {
+            Self::Push(push) => [&[0u8][..], &push.to_avro()?].concat(),
+            Self::ClaimedBy(entry_id) => [&[1u8][..], entry_id.as_bytes()].concat(),
+        })
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, StateStoreError> {
+        match bytes.split_first() {
+            Some((0, push)) => Ok(Self::Push(Box::new(StoreCreditPush::from_avro(push)?))),
+            Some((1, entry_id)) => Ok(Self::ClaimedBy(
+                String::from_utf8_lossy(entry_id).into_owned(),
+            )),
+            _ => Err(StateStoreError::Row("not a store credit row".into())),
+        }
+    }
+}
+
+impl Pushes {
+    /// The entry's latest push.
+    fn get(&mut self, entry_id: &str) -> Result<Option<StoreCreditPush>, StateStoreError> {
+        Ok(match self.rows.get(&format!("push/{entry_id}"))? {
+            Some(PushRow::Push(push)) => Some((**push).clone()),
+            _ => None,
+        })
+    }
+
+    /// Keeps the entry's latest push (a changelog record, read back or just written).
+    fn insert(&mut self, push: StoreCreditPush) {
+        if let Some(transaction) = &push.transaction_id {
+            self.rows.insert(
+                format!("transaction/{transaction}"),
+                PushRow::ClaimedBy(push.entry_id.clone()),
+            );
+        }
+        self.rows.insert(
+            format!("push/{}", push.entry_id),
+            PushRow::Push(Box::new(push)),
+        );
+    }
+
+    /// The ids among `transactions` that some entry's push already is.
+    fn claimed(
+        &mut self,
+        transactions: &[Transaction],
+    ) -> Result<HashSet<String>, StateStoreError> {
+        let mut claimed = HashSet::new();
+        for id in transactions.iter().filter_map(|t| t.id.as_deref()) {
+            if self.rows.contains(&format!("transaction/{id}"))? {
+                claimed.insert(id.to_owned());
+            }
+        }
+        Ok(claimed)
+    }
+}
 
 /// The customer as Shopify answers [`CUSTOMER_STORE_CREDIT`].
 #[derive(Debug, Deserialize)]
@@ -238,14 +320,9 @@ enum Settled {
 fn settle(
     pending: &StoreCreditPush,
     newest_first: &[Transaction],
-    pushes: &Pushes,
+    claimed: &HashSet<String>,
     window: usize,
 ) -> Settled {
-    let claimed = |id: &str| {
-        pushes
-            .values()
-            .any(|p| p.transaction_id.as_deref() == Some(id))
-    };
     let kind = match pending.direction {
         StoreCreditDirection::Credit => "StoreCreditAccountCreditTransaction",
         StoreCreditDirection::Debit => "StoreCreditAccountDebitTransaction",
@@ -259,7 +336,7 @@ fn settle(
         .find(|t| {
             t.typename == kind
                 && t.amount.amount.abs() == pending.amount
-                && t.id.as_deref().is_some_and(|id| !claimed(id))
+                && t.id.as_deref().is_some_and(|id| !claimed.contains(id))
         })
         .and_then(|t| t.id.clone())
     {
@@ -325,7 +402,14 @@ impl StoreCreditStage {
             commit_interval: Duration::from_millis(self.config.commit_interval_ms),
             max_in_flight: usize::MAX,
         };
-        stage::run(&mut Pusher(self), input, ready, shutdown).await
+        let store = self
+            .config
+            .state_dir
+            .as_deref()
+            .map(|dir| StateStore::open(dir, STORE_NAME))
+            .transpose()?;
+        let mut pusher = Pusher { stage: self, store };
+        stage::run(&mut pusher, input, ready, shutdown).await
     }
 
     /// Every push the record implies for its advocate, in ledger order, each to an outcome. A
@@ -358,14 +442,15 @@ impl StoreCreditStage {
         else {
             return Ok(());
         };
-        let todo: Vec<Movement> = movements(&order.rewards, advocate_id, per_point)
-            .into_iter()
-            .filter(|m| {
-                !pushes
-                    .get(&m.entry_id)
-                    .is_some_and(|p| p.state != StoreCreditState::Pending)
-            })
-            .collect();
+        let mut todo = Vec::new();
+        for movement in movements(&order.rewards, advocate_id, per_point) {
+            let done = pushes
+                .get(&movement.entry_id)?
+                .is_some_and(|p| p.state != StoreCreditState::Pending);
+            if !done {
+                todo.push(movement);
+            }
+        }
         if todo.is_empty() {
             return Ok(());
         }
@@ -435,9 +520,8 @@ impl StoreCreditStage {
             access_token: push.token,
         };
         let pending = pushes
-            .get(&movement.entry_id)
-            .filter(|p| p.state == StoreCreditState::Pending)
-            .cloned();
+            .get(&movement.entry_id)?
+            .filter(|p| p.state == StoreCreditState::Pending);
         let read = |first: u32| {
             self.admin.run::<CustomerData>(
                 store,
@@ -480,10 +564,11 @@ impl StoreCreditStage {
         };
         let transactions = customer.transactions(&push.order.currency);
         if let Some(pending) = &pending {
+            let claimed = pushes.claimed(transactions)?;
             match settle(
                 pending,
                 transactions,
-                pushes,
+                &claimed,
                 self.config.doubt_window as usize,
             ) {
                 Settled::Applied(id) => {
@@ -578,7 +663,8 @@ impl StoreCreditStage {
         out: &mut Outbox,
         outcome: Outcome,
     ) -> Result<StoreCreditPush, Failure> {
-        let previous = pushes.get(&push.movement.entry_id);
+        let previous = pushes.get(&push.movement.entry_id)?;
+        let previous = previous.as_ref();
         let mut record = StoreCreditPush {
             entry_id: push.movement.entry_id.clone(),
             shop_domain: push.shop.to_owned(),
@@ -623,14 +709,18 @@ impl StoreCreditStage {
             headers: None,
         })
         .await?;
-        pushes.insert(record.entry_id.clone(), record.clone());
+        pushes.insert(record.clone());
         Ok(record)
     }
 }
 
 /// The store credit stage as the consume loop runs it: per input partition, the pushes restored
 /// from `tributary.store_credits`.
-struct Pusher<'a>(&'a StoreCreditStage);
+struct Pusher<'a> {
+    stage: &'a StoreCreditStage,
+    /// `store_credit.state_dir`'s store, or `None` to keep the pushes in memory.
+    store: Option<StateStore>,
+}
 
 impl Stage for Pusher<'_> {
     const NAME: &'static str = "store-credit";
@@ -645,25 +735,24 @@ impl Stage for Pusher<'_> {
         _member: &Member,
         partitions: Vec<i32>,
     ) -> Result<Vec<(i32, Pushes)>, StageError> {
-        let records: HashMap<i32, Vec<StoreCreditPush>> = read_changelog(
-            &self.0.brokers.bootstrap_servers,
+        let states = state::restore(
+            &self.stage.brokers.bootstrap_servers,
             topics::STORE_CREDITS,
+            self.store.as_ref(),
             partitions,
+            |pushes: &mut Pushes, message| {
+                if let Some(payload) = message.payload() {
+                    let push = StoreCreditPush::from_avro(payload)
+                        .map_err(|e| TopicError::unreadable(topics::STORE_CREDITS, message, e))?;
+                    pushes.insert(push);
+                }
+                Ok(())
+            },
         )
         .await?;
-        let states: Vec<(i32, Pushes)> = records
-            .into_iter()
-            .map(|(partition, records)| {
-                let pushes = records
-                    .into_iter()
-                    .map(|p| (p.entry_id.clone(), p))
-                    .collect();
-                (partition, pushes)
-            })
-            .collect();
         tracing::info!(
             partitions = ?states.iter().map(|(p, _)| p).collect::<Vec<_>>(),
-            pushes = states.iter().map(|(_, s)| s.len()).sum::<usize>(),
+            rows = states.iter().map(|(_, s)| s.rows.len()).sum::<usize>(),
             "store credit state restored"
         );
         Ok(states)
@@ -675,7 +764,18 @@ impl Stage for Pusher<'_> {
         pushes: &mut Pushes,
         out: &mut Outbox,
     ) -> Result<(), Failure> {
-        self.0.handle(message, pushes, out).await
+        self.stage.handle(message, pushes, out).await
+    }
+
+    /// Writes the pushes recorded since the last flush to the store with
+    /// `tributary.store_credits`' end.
+    async fn checkpointed(
+        &mut self,
+        member: &Member,
+        states: &mut HashMap<i32, Pushes>,
+        when: CommitWhen,
+    ) -> Result<(), StageError> {
+        state::checkpoint(member, topics::STORE_CREDITS, states, when, |s| s).await
     }
 }
 
@@ -775,12 +875,14 @@ mod tests {
             transaction("t3", CREDIT, "5.00"),
             transaction("t2", CREDIT, "5.00"),
         ];
-        let mut pushes = Pushes::new();
         // t4 is another entry's; t3 is this one's; t2 is older than the cursor.
         let mut other = pending(None);
         other.entry_id = "other".into();
         other.transaction_id = Some("t4".into());
-        pushes.insert("other".into(), other);
+        let mut state = Pushes::default();
+        state.insert(other);
+        let pushes = state.claimed(&newest_first).unwrap();
+        assert_eq!(pushes, HashSet::from(["t4".to_owned()]));
         assert_eq!(
             settle(&pending(Some("t2")), &newest_first, &pushes, 25),
             Settled::Applied("t3".into())
