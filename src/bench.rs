@@ -34,11 +34,12 @@ use tributary_runtime::secrets::MasterKey;
 use tributary_schemas::topics;
 use tributary_schemas::{AttributionSource, OrderEvent, Outcome};
 
-use crate::app::{self, Readiness};
+use crate::app;
 use crate::config::Config;
-use crate::control_files::{self, StoreEntry};
 use crate::generate::{self, Plan, SendReport};
 use crate::{replay, report};
+use tributary_control::files::{self as control_files, StoreEntry};
+use tributary_runtime::ops::{self, Readiness};
 
 #[derive(Debug, Clone, Copy)]
 enum Service {
@@ -139,7 +140,7 @@ pub async fn run(mut config: Config, plan: BenchPlan) -> anyhow::Result<BenchRep
     let shutdown = CancellationToken::new();
     let _stop_on_return = shutdown.clone().drop_guard();
     let readiness = Readiness::default();
-    let metrics = app::install_metrics()?;
+    let metrics = ops::install_metrics()?;
     let mut services = tokio::task::JoinSet::new();
     // Each stage adds one service to the process.
     let start = |service: Service| {
@@ -332,7 +333,7 @@ async fn shopify_stage(
     ];
     for (run, (bucket, size, rate)) in buckets.into_iter().enumerate() {
         let fake =
-            control_files::start_fake_shopify(([127, 0, 0, 1], 0).into(), &stores, &[], size, rate)
+            crate::dev::start_fake_shopify(([127, 0, 0, 1], 0).into(), &stores, &[], size, rate)
                 .await?;
         let mut config = config.clone();
         config.shopify.base_url = Some(fake.base_url());
@@ -359,7 +360,7 @@ async fn shopify_stage(
         // Minting: 1,000 advocates without a code, on the store's template, from a full bucket
         // (a fresh store: the writeback above emptied this one's).
         let fake =
-            control_files::start_fake_shopify(([127, 0, 0, 1], 0).into(), &stores, &[], size, rate)
+            crate::dev::start_fake_shopify(([127, 0, 0, 1], 0).into(), &stores, &[], size, rate)
                 .await?;
         config.shopify.base_url = Some(fake.base_url());
         let admin = tributary_shopify::AdminClient::new(config.shopify.clone())?;
@@ -478,14 +479,9 @@ async fn store_credit_stage(
         store: plan.stores.clone(),
     };
     let advocates = control_files::read_advocates(&plan.advocates)?;
-    let fake = control_files::start_fake_shopify(
-        ([127, 0, 0, 1], 0).into(),
-        &stores,
-        &advocates,
-        1e12,
-        1e12,
-    )
-    .await?;
+    let fake =
+        crate::dev::start_fake_shopify(([127, 0, 0, 1], 0).into(), &stores, &advocates, 1e12, 1e12)
+            .await?;
     let mut config = config.clone();
     config.shopify.base_url = Some(fake.base_url());
     config.shopify.requests_per_second = 1_000_000;

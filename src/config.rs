@@ -32,7 +32,7 @@ pub struct Config {
     pub store_credit: tributary_sinks::shopify::store_credit::StoreCreditConfig,
     /// `[connections]`: the control plane (`tributary control`).
     #[serde(default)]
-    pub connections: crate::connections::ConnectionsConfig,
+    pub connections: tributary_control::connections::ConnectionsConfig,
     #[serde(default)]
     pub secrets: SecretsConfig,
     #[serde(default)]
@@ -40,7 +40,7 @@ pub struct Config {
     /// `[http]`: limits of every HTTP endpoint the process serves (webhooks, the control plane's
     /// API, ops): connections at once and read timeouts.
     #[serde(default)]
-    pub http: crate::app::HttpLimits,
+    pub http: tributary_runtime::ops::HttpLimits,
 }
 
 /// `[kafka]`
@@ -152,6 +152,16 @@ pub type EventsSection = tributary_processors::customer_events::Config;
 pub type ClickHouseSection = tributary_sinks::clickhouse::Config;
 
 impl Config {
+    /// What `tributary control` needs of the configuration.
+    pub fn control_plane(&self) -> tributary_control::connections::ControlPlaneConfig {
+        tributary_control::connections::ControlPlaneConfig {
+            connections: self.connections.clone(),
+            shopify: self.shopify.clone(),
+            master_key_file: self.secrets.master_key_file.clone(),
+            http: self.http.clone(),
+        }
+    }
+
     /// Defaults, then the file (if any), then the environment.
     pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));

@@ -20,7 +20,7 @@ use tributary_schemas::{
     ManualAttribution, OperatorCommand, RewardActivity, RewardApproval, RewardBasis,
 };
 
-use crate::control_files::{AdvocateLine, StoreEntry};
+use tributary_control::files::{AdvocateLine, StoreEntry};
 
 /// One HTTP delivery of a webhook.
 #[derive(Debug, Clone)]
@@ -185,7 +185,7 @@ impl Plan {
 
     /// Publishes the plan's operator commands; call it once the plan's webhooks are sent.
     pub async fn publish_commands(&self, bootstrap: &str) -> anyhow::Result<usize> {
-        crate::control_files::publish_commands(bootstrap, &self.commands).await
+        tributary_control::files::publish_commands(bootstrap, &self.commands).await
     }
 }
 

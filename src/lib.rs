@@ -5,9 +5,7 @@
 pub mod app;
 pub mod bench;
 pub mod config;
-pub mod connections;
-pub mod control_files;
+pub mod dev;
 pub mod generate;
-pub mod keys;
 pub mod replay;
 pub mod report;

@@ -6,12 +6,14 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
-use tributary::app::{self, Readiness};
+use tributary::app;
 use tributary::config::Config;
-use tributary::connections::{self, ControlPlane};
-use tributary::{bench, control_files, generate, replay, report};
+use tributary::{bench, generate, replay, report};
+use tributary_control::connections::{self, ControlPlane};
+use tributary_control::files as control_files;
 use tributary_runtime::dead_letter::dlq_headers;
 use tributary_runtime::kafka::{provision_topics, EmbeddedBroker, ResetTo};
+use tributary_runtime::ops::{self, Readiness};
 use tributary_runtime::secrets::MasterKey;
 use tributary_schemas::{
     topics, AvroRecord, DeadLetter, ManualAttribution, OperatorCommand, RewardApproval,
@@ -408,7 +410,7 @@ async fn run() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Ingest => {
-            let metrics = app::install_metrics()?;
+            let metrics = ops::install_metrics()?;
             app::run_ingest(
                 &config,
                 &bootstrap(&config)?,
@@ -447,7 +449,7 @@ async fn run() -> anyhow::Result<()> {
         } => {
             let stores = control_files::StoresFile::read(&stores)?;
             let advocates = control_files::read_advocates(&advocates)?;
-            let fake = control_files::start_fake_shopify(
+            let fake = tributary::dev::start_fake_shopify(
                 listen,
                 &stores,
                 &advocates,
@@ -476,7 +478,9 @@ async fn run() -> anyhow::Result<()> {
         Command::Teams {
             command: TeamsCommand::Create { name },
         } => {
-            let plane = ControlPlane::start(&config, &bootstrap(&config)?, &shutdown).await?;
+            let plane =
+                ControlPlane::start(&config.control_plane(), &bootstrap(&config)?, &shutdown)
+                    .await?;
             let (team, key) = plane.create_team(&name).await?;
             println!(
                 "team {} ({})\napi key (shown once): {key}",
@@ -484,7 +488,9 @@ async fn run() -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Control => connections::run_control(&config, &bootstrap(&config)?, shutdown).await,
+        Command::Control => {
+            connections::run_control(&config.control_plane(), &bootstrap(&config)?, shutdown).await
+        }
         Command::Advocates {
             command: LoadCommand::Load { file },
         } => {
@@ -708,10 +714,10 @@ async fn broker_or_embedded(config: &Config) -> anyhow::Result<(Option<EmbeddedB
 
 fn serve_ops(config: &Config, shutdown: CancellationToken) -> anyhow::Result<Readiness> {
     let readiness = Readiness::default();
-    let router = app::ops_router(readiness.clone(), app::install_metrics()?);
+    let router = ops::ops_router(readiness.clone(), ops::install_metrics()?);
     let (listen, limits) = (config.ops.listen, config.http.clone());
     tokio::spawn(async move {
-        if let Err(error) = app::serve_with(listen, router, &limits, shutdown).await {
+        if let Err(error) = ops::serve_with(listen, router, &limits, shutdown).await {
             tracing::error!(%error, "ops server stopped");
         }
     });
@@ -741,7 +747,7 @@ async fn keys(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
         }
         KeysCommand::Reseal { retire } => {
             let key = MasterKey::load(path)?;
-            let n = tributary::keys::reseal_stores(&bootstrap(config)?, &key).await?;
+            let n = tributary_control::keys::reseal_stores(&bootstrap(config)?, &key).await?;
             println!("re-sealed the secrets of {n} store(s) under the current key");
             if retire {
                 MasterKey::retire_previous(path)?;
@@ -764,7 +770,8 @@ async fn stores(
         return Ok(());
     }
     // Every other store command works through the control plane, as the admin API does.
-    let plane = ControlPlane::start(config, &bootstrap(config)?, &shutdown).await?;
+    let plane =
+        ControlPlane::start(&config.control_plane(), &bootstrap(config)?, &shutdown).await?;
     let show = |views: &[connections::StoreView]| -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(views)?);
         Ok(())
@@ -833,8 +840,12 @@ async fn codes(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let bootstrap = bootstrap(config)?;
-    let control =
-        app::follow_stores_and_advocates(&bootstrap, &shutdown, &app::Readiness::default()).await?;
+    let control = tributary_runtime::control::follow_stores_and_advocates(
+        &bootstrap,
+        &shutdown,
+        &Readiness::default(),
+    )
+    .await?;
     match command {
         CodesCommand::Stats { shop } => {
             let control = control.read().unwrap_or_else(|p| p.into_inner());
@@ -999,7 +1010,7 @@ async fn demo(
     let fake = match config.shopify.base_url {
         Some(_) => None,
         None => {
-            let fake = control_files::start_fake_shopify(
+            let fake = tributary::dev::start_fake_shopify(
                 ([127, 0, 0, 1], 0).into(),
                 &stores,
                 &advocates,

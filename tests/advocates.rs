@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use support::*;
-use tributary::control_files;
+use tributary_control::files as control_files;
 
 const HEADER: &str = "shop_domain,id,identifier,first_name,email,status,codes\n";
 

@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use support::*;
-use tributary::control_files;
+use tributary_control::files as control_files;
 
 /// `/readyz`'s status and body.
 async fn readiness(url: &str) -> (u16, String) {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use rdkafka::Message;
 use support::*;
-use tributary::control_files::{self, StoresFile};
+use tributary_control::files::{self as control_files, StoresFile};
 use tributary_runtime::kafka::read_topic;
 use tributary_runtime::secrets::MasterKey;
 use tributary_schemas::topics::{self, advocate_key};

@@ -11,7 +11,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use support::*;
 use tokio_util::sync::CancellationToken;
-use tributary::connections::ControlPlane;
+use tributary_control::connections::ControlPlane;
 use tributary_fakes::shopify::ShopSetup;
 use tributary_runtime::kafka::read_topic;
 use tributary_schemas::{topics, Alert, AlertStatus, AvroRecord, Store, StoreStatus};
@@ -85,7 +85,7 @@ async fn teams_connect_check_and_disconnect_only_their_own_stores_and_secrets_ne
     p.shopify.add_shop(ShopSetup::new(NORTH, NORTH_TOKEN));
     p.shopify.add_shop(ShopSetup::new(SOUTH, "shpat_south"));
     let shutdown = CancellationToken::new();
-    let plane = ControlPlane::start(&p.config, &p.bootstrap, &shutdown)
+    let plane = ControlPlane::start(&p.config.control_plane(), &p.bootstrap, &shutdown)
         .await
         .unwrap();
     let (team_a, key_a) = plane.create_team("North outfitters").await.unwrap();

@@ -316,7 +316,7 @@ async fn killing_ingest_processor_and_sink_at_random_keeps_totals_exact() {
         .await
         .unwrap();
     let advocates =
-        tributary::control_files::read_advocates(&repo_path("deploy/demo/advocates.csv")).unwrap();
+        tributary_control::files::read_advocates(&repo_path("deploy/demo/advocates.csv")).unwrap();
     let store_credit = || -> Vec<(String, String, u64)> {
         wallets
             .iter()

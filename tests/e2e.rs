@@ -642,7 +642,7 @@ async fn manual_attribution_moves_a_settled_order_and_wins_over_a_held_one() {
             requested_by: "ops@example.org".into(),
         });
         async move {
-            tributary::control_files::publish_commands(&bootstrap, &[(shop, command)])
+            tributary_control::files::publish_commands(&bootstrap, &[(shop, command)])
                 .await
                 .unwrap()
         }
@@ -751,7 +751,7 @@ async fn rewards_are_requested_approved_reversed_by_refunds_and_follow_a_moved_o
     let command = |shop: &str, command: OperatorCommand| {
         let (bootstrap, shop) = (p.bootstrap.clone(), shop.to_owned());
         async move {
-            tributary::control_files::publish_commands(&bootstrap, &[(shop, command)])
+            tributary_control::files::publish_commands(&bootstrap, &[(shop, command)])
                 .await
                 .unwrap()
         }
@@ -1272,7 +1272,7 @@ async fn operator_commands_that_cannot_act_say_so_and_do_nothing() {
         })
     };
     // For a store that is not connected, `attribute` queues nothing and says why.
-    let refused = tributary::control_files::publish_commands(
+    let refused = tributary_control::files::publish_commands(
         &p.bootstrap,
         &[("nowhere.myshopify.com".into(), command(1))],
     )

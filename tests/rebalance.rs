@@ -7,8 +7,9 @@ mod support;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use tributary::app::{self, Readiness};
+use tributary::app;
 use tributary::generate;
+use tributary_runtime::ops::Readiness;
 
 use support::*;
 

@@ -198,11 +198,11 @@ async fn a_stream_larger_than_retention_arriving_while_the_processor_is_stopped_
     let ingest = {
         let (config, bootstrap, shutdown) = (config.clone(), bootstrap.clone(), shutdown.clone());
         tokio::spawn(async move {
-            let metrics = app::install_metrics().unwrap();
+            let metrics = tributary_runtime::ops::install_metrics().unwrap();
             app::run_ingest(
                 &config,
                 &bootstrap,
-                app::Readiness::default(),
+                tributary_runtime::ops::Readiness::default(),
                 metrics,
                 shutdown,
             )
@@ -219,18 +219,18 @@ async fn a_stream_larger_than_retention_arriving_while_the_processor_is_stopped_
     // and an upsell delayed past its order's settle time is late data by the contract, which the
     // generator's oracle does not model.
     let mut stores =
-        tributary::control_files::StoresFile::read(&repo_path("deploy/demo/stores.toml"))
+        tributary_control::files::StoresFile::read(&repo_path("deploy/demo/stores.toml"))
             .unwrap()
             .store;
     for store in &mut stores {
         store.settle_delay_minutes = 0;
     }
     let key = tributary_runtime::secrets::MasterKey::load(&config.secrets.master_key_file).unwrap();
-    tributary::control_files::publish_stores(&bootstrap, &stores, &key)
+    tributary_control::files::publish_stores(&bootstrap, &stores, &key)
         .await
         .unwrap();
     let advocates =
-        tributary::control_files::read_advocates(&repo_path("deploy/demo/advocates.csv")).unwrap();
+        tributary_control::files::read_advocates(&repo_path("deploy/demo/advocates.csv")).unwrap();
     let plan =
         std::sync::Arc::new(tributary::generate::plan(&stores, &advocates, 4_000, 11).unwrap());
     let url = format!("http://{listen}/webhooks/shopify");
@@ -272,13 +272,25 @@ async fn a_stream_larger_than_retention_arriving_while_the_processor_is_stopped_
     let processor = {
         let (config, bootstrap, shutdown) = (config.clone(), bootstrap.clone(), shutdown.clone());
         tokio::spawn(async move {
-            app::run_processor(&config, &bootstrap, app::Readiness::default(), shutdown).await
+            app::run_processor(
+                &config,
+                &bootstrap,
+                tributary_runtime::ops::Readiness::default(),
+                shutdown,
+            )
+            .await
         })
     };
     let sink = {
         let (config, bootstrap, shutdown) = (config.clone(), bootstrap.clone(), shutdown.clone());
         tokio::spawn(async move {
-            app::run_sink(&config, &bootstrap, app::Readiness::default(), shutdown).await
+            app::run_sink(
+                &config,
+                &bootstrap,
+                tributary_runtime::ops::Readiness::default(),
+                shutdown,
+            )
+            .await
         })
     };
     let sent = sending.await.unwrap();

@@ -12,7 +12,7 @@ use rdkafka::Message;
 
 use rust_decimal::Decimal;
 use support::*;
-use tributary::control_files;
+use tributary_control::files as control_files;
 use tributary_fakes::shopify::{FakeTransaction, Fault};
 use tributary_runtime::kafka::{read_topic, reset_group, ResetTo};
 use tributary_runtime::secrets::MasterKey;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_util::sync::CancellationToken;
-use tributary::app::follow_control;
+use tributary_runtime::control::follow_table;
 use tributary_runtime::control::Control;
 use tributary_runtime::kafka::{producer_config, EmbeddedBroker, GroupProgress, TopicError};
 use tributary_runtime::member::Brokers;
@@ -67,7 +67,7 @@ async fn a_control_record_that_cannot_be_read_leaves_the_table_unchanged() {
     let control = Arc::new(RwLock::new(Control::default()));
     let table = control.clone();
     let shutdown = CancellationToken::new();
-    follow_control::<Store, _>(
+    follow_table::<Store, _>(
         &bootstrap,
         topics::STORES,
         &shutdown,

@@ -118,7 +118,7 @@ async fn attributed_orders_get_tags_and_a_note_once_beside_the_merchants_own() {
         advocate_identifier: "chidi".into(),
         requested_by: "ops@example.org".into(),
     });
-    tributary::control_files::publish_commands(&p.bootstrap, &[(SHOP.to_owned(), command)])
+    tributary_control::files::publish_commands(&p.bootstrap, &[(SHOP.to_owned(), command)])
         .await
         .unwrap();
     let order = tagged(&p, by_code_id, "tributary:advocate:chidi").await;

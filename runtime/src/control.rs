@@ -7,16 +7,88 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
 
 use crate::kafka::{client_config, partitions_of, TopicError};
-use tributary_schemas::AvroRecord;
+use tributary_schemas::{topics, AvroRecord};
 use tributary_schemas::{Advocate, AdvocateStatus, Store, StoreStatus};
+
+/// Follows a control topic in the background; returns once it has caught up.
+pub async fn follow_table<T, F>(
+    bootstrap: &str,
+    topic: &'static str,
+    shutdown: &CancellationToken,
+    apply: F,
+) -> Result<Arc<AtomicBool>, TopicError>
+where
+    T: AvroRecord + 'static,
+    F: FnMut(&str, Option<T>, i64) + Send + 'static,
+{
+    let (tx, rx) = oneshot::channel();
+    let bootstrap = bootstrap.to_owned();
+    let shutdown = shutdown.clone();
+    let healthy = Arc::new(AtomicBool::new(false));
+    let health = healthy.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            Err(error) = follow::<T, F>(&bootstrap, topic, apply, tx, health) => {
+                tracing::error!(topic, %error, "control topic reader could not start");
+            }
+        }
+    });
+    match tokio::time::timeout(Duration::from_secs(60), rx).await {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) => return Err(TopicError::NotCaughtUp(topic, "its reader stopped")),
+        Err(_) => return Err(TopicError::NotCaughtUp(topic, "60 s passed")),
+    }
+    Ok(healthy)
+}
+
+/// Stores and advocates, followed in the background; returns once both have caught up. Both
+/// followers count in `readiness`.
+pub async fn follow_stores_and_advocates(
+    bootstrap: &str,
+    shutdown: &CancellationToken,
+    readiness: &crate::ops::Readiness,
+) -> Result<Arc<RwLock<Control>>, TopicError> {
+    let control = Arc::new(RwLock::new(Control::default()));
+    let stores = control.clone();
+    let stores_followed = follow_table::<Store, _>(
+        bootstrap,
+        topics::STORES,
+        shutdown,
+        move |key, store, offset| {
+            stores
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .apply_store(key, store, offset);
+        },
+    )
+    .await?;
+    readiness.track("stores topic", stores_followed);
+    let advocates = control.clone();
+    let advocates_followed = follow_table::<Advocate, _>(
+        bootstrap,
+        topics::ADVOCATES,
+        shutdown,
+        move |key, advocate, _| {
+            advocates
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .apply_advocate(key, advocate)
+        },
+    )
+    .await?;
+    readiness.track("advocates topic", advocates_followed);
+    Ok(control)
+}
 
 /// How often a follower checks that the broker answers while its topic is quiet.
 const PROBE_INTERVAL: Duration = Duration::from_secs(5);

@@ -175,6 +175,9 @@ pub enum TopicError {
     Task(String),
     #[error("topic {0} has no partition {1}")]
     NoPartition(String, i32),
+    /// A control topic's follower did not catch up (a broker away at start, say).
+    #[error("reading {0} did not catch up: {1}")]
+    NotCaughtUp(&'static str, &'static str),
     /// A record this binary cannot decode, where skipping it would lose data: the stage stops
     /// before it, and nothing at or after it is committed.
     #[error("{topic} [{partition}] offset {offset} cannot be read by this release: {error}")]

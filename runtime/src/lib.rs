@@ -11,13 +11,15 @@
 //! - [`state`]: a stage's keyed state per partition, in memory or on disk, restored from and
 //!   checkpointed against its changelog;
 //! - [`control`]: the tables of stores and advocates, followed from their control topics;
-//! - [`secrets`]: the master key and the secrets it seals at rest.
+//! - [`secrets`]: the master key and the secrets it seals at rest;
+//! - [`ops`]: readiness, health and metrics routes, and the HTTP server every endpoint runs on.
 
 pub mod changelog;
 pub mod control;
 pub mod dead_letter;
 pub mod kafka;
 pub mod member;
+pub mod ops;
 pub mod secrets;
 pub mod stage;
 pub mod state;

@@ -13,8 +13,8 @@ use rust_decimal::Decimal;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tributary::config::Config;
-use tributary::control_files;
 use tributary::generate::Delivery;
+use tributary_control::files as control_files;
 use tributary_fakes::shopify::FakeShopify;
 use tributary_runtime::kafka::EmbeddedBroker;
 use tributary_runtime::secrets::MasterKey;
@@ -185,7 +185,7 @@ pub async fn start_demo_shopify() -> FakeShopify {
         .expect("demo stores");
     let advocates = control_files::read_advocates(&repo_path("deploy/demo/advocates.csv"))
         .expect("demo advocates");
-    control_files::start_fake_shopify(
+    tributary::dev::start_fake_shopify(
         ([127, 0, 0, 1], 0).into(),
         &stores,
         &advocates,

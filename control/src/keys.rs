@@ -14,8 +14,8 @@ use tributary_runtime::secrets::{access_token_purpose, webhook_secret_purpose, M
 use tributary_schemas::topics::{self, store_key};
 use tributary_schemas::Store;
 
-use crate::app::follow_control;
-use crate::control_files::publish;
+use crate::files::publish;
+use tributary_runtime::control::follow_table;
 
 /// Every store as last published, each secret sealed again under the ring's current key.
 ///
@@ -47,7 +47,7 @@ pub async fn reseal_stores(bootstrap: &str, key: &MasterKey) -> anyhow::Result<u
     let table: Arc<Mutex<HashMap<String, Store>>> = Arc::default();
     let writer = table.clone();
     let shutdown = CancellationToken::new();
-    follow_control::<Store, _>(
+    follow_table::<Store, _>(
         bootstrap,
         topics::STORES,
         &shutdown,

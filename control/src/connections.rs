@@ -36,6 +36,20 @@ use tributary_schemas::{
 use tributary_shopify::operations::{SHOP, WEBHOOK_SUBSCRIPTIONS, WEBHOOK_SUBSCRIPTION_CREATE};
 use tributary_shopify::{AdminClient, AdminError, StoreAccess};
 
+/// What the control plane needs of tributary's configuration (`Config::control_plane` in the
+/// binary gathers it).
+#[derive(Debug, Clone)]
+pub struct ControlPlaneConfig {
+    /// `[connections]`.
+    pub connections: ConnectionsConfig,
+    /// `[shopify]`: how the Admin API is reached.
+    pub shopify: tributary_shopify::AdminConfig,
+    /// `[secrets] master_key_file`.
+    pub master_key_file: std::path::PathBuf,
+    /// `[http]`: limits of the admin API's endpoint.
+    pub http: tributary_runtime::ops::HttpLimits,
+}
+
 /// `[connections]`: the control plane.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -301,21 +315,21 @@ fn normalize_domain(domain: &str) -> Result<String, ConnectionError> {
 impl ControlPlane {
     /// Follows the stores, advocates and teams topics; returns once they are read.
     pub async fn start(
-        config: &crate::config::Config,
+        config: &ControlPlaneConfig,
         bootstrap: &str,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<Self> {
         // First: without its key the control plane cannot seal what it is given.
-        let master_key = MasterKey::load(&config.secrets.master_key_file)?;
-        let control = crate::app::follow_stores_and_advocates(
+        let master_key = MasterKey::load(&config.master_key_file)?;
+        let control = tributary_runtime::control::follow_stores_and_advocates(
             bootstrap,
             shutdown,
-            &crate::app::Readiness::default(),
+            &tributary_runtime::ops::Readiness::default(),
         )
         .await?;
         let teams = Arc::new(RwLock::new(HashMap::new()));
         let table = teams.clone();
-        crate::app::follow_control::<Team, _>(
+        tributary_runtime::control::follow_table::<Team, _>(
             bootstrap,
             topics::TEAMS,
             shutdown,
@@ -848,7 +862,7 @@ async fn store_health(
 
 /// `tributary control`: the admin API, and the health check of every store each interval.
 pub async fn run_control(
-    config: &crate::config::Config,
+    config: &ControlPlaneConfig,
     bootstrap: &str,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -868,11 +882,11 @@ pub async fn run_control(
             }
         }
     });
-    crate::app::serve_with(
+    Ok(tributary_runtime::ops::serve_with(
         config.connections.listen,
         router(plane),
         &config.http,
         shutdown,
     )
-    .await
+    .await?)
 }
