@@ -9,6 +9,6 @@ subcommand=demo
 if [[ "${1:-}" == "--bench" ]]; then subcommand=bench; shift; fi
 scripts/setup.sh
 scripts/clickhouse.sh start
-cargo build --release --bin tributary
+cargo build --release --bin tributary --features dev
 TRIBUTARY_CLICKHOUSE__URL=${TRIBUTARY_CLICKHOUSE__URL:-$(scripts/clickhouse.sh url)} \
   RUST_LOG=${RUST_LOG:-warn} ./target/release/tributary "$subcommand" "$@"

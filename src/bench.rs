@@ -40,6 +40,7 @@ use crate::generate::{self, Plan, SendReport};
 use crate::{replay, report};
 use tributary_control::files::{self as control_files, StoreEntry};
 use tributary_runtime::ops::{self, Readiness};
+use tributary_sinks::clickhouse::queries;
 
 #[derive(Debug, Clone, Copy)]
 enum Service {
@@ -182,7 +183,10 @@ pub async fn run(mut config: Config, plan: BenchPlan) -> anyhow::Result<BenchRep
         &plan.backlog,
         plan.concurrency,
         None,
-        Some(generate::progress_bar(plan.backlog.deliveries())),
+        Some(crate::progress::bar(
+            plan.backlog.deliveries(),
+            "sending webhooks",
+        )),
     )
     .await;
     anyhow::ensure!(
@@ -320,11 +324,7 @@ async fn shopify_stage(
     let stores = control_files::StoresFile {
         store: stores.to_vec(),
     };
-    let orders_attributed: u64 = client
-        .query("SELECT count() FROM attributions_current WHERE shop_domain = ? AND outcome = 'ATTRIBUTED'")
-        .bind(&shop)
-        .fetch_one()
-        .await?;
+    let orders_attributed = queries::attributed_order_count(client, &shop).await?;
     let mut figures = Vec::new();
     let buckets: [(&'static str, f64, f64); 3] = [
         ("standard (1,000 points, 50/s)", 1_000.0, 50.0),
@@ -470,11 +470,7 @@ async fn store_credit_stage(
     };
     let shop = store.domain.trim().to_ascii_lowercase();
     publish_for(bootstrap, &plan.stores, Measured::StoreCredit, key).await?;
-    let to_push: u64 = client
-        .query("SELECT countIf(kind IN ('APPROVAL', 'REVERSAL') AND points > 0) FROM reward_ledger FINAL WHERE shop_domain = ?")
-        .bind(&shop)
-        .fetch_one()
-        .await?;
+    let to_push = queries::store_credit_movements(client, &shop).await?;
     let stores = control_files::StoresFile {
         store: plan.stores.clone(),
     };
@@ -549,9 +545,6 @@ async fn watch_rows(
     let (Some(&low), Some(&high)) = (orders.iter().min(), orders.iter().max()) else {
         return Ok(HashMap::new());
     };
-    let query = format!(
-        "SELECT DISTINCT order_id FROM attributions WHERE order_id BETWEEN {low} AND {high}"
-    );
     let deadline = Instant::now() + Duration::from_secs(300);
     let mut seen = HashMap::with_capacity(orders.len());
     while seen.len() < orders.len() {
@@ -561,7 +554,7 @@ async fn watch_rows(
             seen.len(),
             orders.len()
         );
-        let rows: Vec<u64> = client.query(&query).fetch_all().await?;
+        let rows = queries::orders_written_between(&client, low, high).await?;
         let now = Instant::now();
         for order_id in rows {
             seen.entry(order_id).or_insert(now);

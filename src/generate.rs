@@ -22,6 +22,8 @@ use tributary_schemas::{
 
 use tributary_control::files::{AdvocateLine, StoreEntry};
 
+use crate::report::AdvocateTotals;
+
 /// One HTTP delivery of a webhook.
 #[derive(Debug, Clone)]
 pub struct Delivery {
@@ -66,33 +68,6 @@ impl Delivery {
             )
             .header("X-Shopify-Api-Version", "2026-04")
             .body(self.body.clone())
-    }
-}
-
-/// One advocate's attributed orders, gross and net (after refunds) in shop currency, and reward
-/// wallet balance in points.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct AdvocateTotals {
-    pub orders: u64,
-    pub gross: Decimal,
-    pub net: Decimal,
-    pub balance: Decimal,
-}
-
-impl AdvocateTotals {
-    pub fn add(&mut self, other: &AdvocateTotals) {
-        self.orders += other.orders;
-        self.gross += other.gross;
-        self.net += other.net;
-        self.balance += other.balance;
-    }
-
-    /// Equal to the cent, whatever the decimals' scales.
-    pub fn same_as(&self, other: &AdvocateTotals) -> bool {
-        self.orders == other.orders
-            && self.gross.normalize() == other.gross.normalize()
-            && self.net.normalize() == other.net.normalize()
-            && self.balance.normalize() == other.balance.normalize()
     }
 }
 
@@ -707,16 +682,6 @@ pub struct SendReport {
     /// When each order's first delivery was sent, by order id.
     pub first_sent: Vec<(u64, Instant)>,
     pub elapsed: Duration,
-}
-
-/// A progress bar for sending `len` deliveries.
-pub fn progress_bar(len: usize) -> indicatif::ProgressBar {
-    indicatif::ProgressBar::new(len as u64).with_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} sending webhooks {bar:40} {pos}/{len} {per_sec} eta {eta}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    )
 }
 
 /// Sends every order's deliveries in order; different orders go concurrently.

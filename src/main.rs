@@ -8,7 +8,9 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tributary::app;
 use tributary::config::Config;
-use tributary::{bench, generate, replay, report};
+#[cfg(feature = "dev")]
+use tributary::{bench, generate};
+use tributary::{replay, report};
 use tributary_control::connections::{self, ControlPlane};
 use tributary_control::files as control_files;
 use tributary_runtime::dead_letter::dlq_headers;
@@ -57,6 +59,7 @@ enum Command {
     /// Run only the Shopify writeback sink: tags and a note on each attributed order of the
     /// stores whose toggles ask for them.
     Writeback,
+    #[cfg(feature = "dev")]
     /// Serve a fake Shopify Admin API (for the demo and local runs): the stores of a stores.toml
     /// that have `admin` access, answering to their tokens, with Shopify's cost throttling. Point
     /// `shopify.base_url` at it.
@@ -132,6 +135,7 @@ enum Command {
         #[command(subcommand)]
         command: RewardsCommand,
     },
+    #[cfg(feature = "dev")]
     /// Send a realistic stream of signed webhooks and print what it should add up to.
     Generate(GenerateArgs),
     /// Print per-advocate revenue from ClickHouse.
@@ -168,9 +172,11 @@ enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    #[cfg(feature = "dev")]
     /// The demo: everything in one process, a generated stream, and ClickHouse's totals beside
     /// the generator's.
     Demo(GenerateArgs),
+    #[cfg(feature = "dev")]
     /// Measure each stage on its own (ingest webhooks/s and ack latency, processor events/s, sink
     /// rows/s), then end-to-end latency with all running, Shopify writeback orders/s and codes minted/s under three cost buckets (against the fake Shopify), and peak RSS. Uses an embedded broker
     /// and the `tributary_bench` database; fails if ClickHouse does not match the generator.
@@ -331,6 +337,7 @@ enum DlqCommand {
     },
 }
 
+#[cfg(feature = "dev")]
 #[derive(clap::Args, Clone)]
 struct GenerateArgs {
     /// Webhook endpoint (generate only; the demo uses its own receiver).
@@ -350,6 +357,7 @@ struct GenerateArgs {
     concurrency: usize,
 }
 
+#[cfg(feature = "dev")]
 #[derive(clap::Args, Clone)]
 struct BenchArgs {
     /// `--orders` is the backlog per store for the throughput stages.
@@ -440,6 +448,7 @@ async fn run() -> anyhow::Result<()> {
                 (serve_ops(&config, shutdown.clone())?, bootstrap(&config)?);
             app::run_writeback(&config, &bootstrap, readiness, shutdown).await
         }
+        #[cfg(feature = "dev")]
         Command::FakeShopify {
             listen,
             stores,
@@ -537,6 +546,7 @@ async fn run() -> anyhow::Result<()> {
             println!("{pending}");
             Ok(())
         }
+        #[cfg(feature = "dev")]
         Command::Generate(args) => {
             let plan = plan(&args)?;
             let report = send_with_progress(&args.url, &plan, args.concurrency).await;
@@ -635,7 +645,9 @@ async fn run() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        #[cfg(feature = "dev")]
         Command::Demo(args) => demo(config, args, shutdown).await,
+        #[cfg(feature = "dev")]
         Command::Bench(args) if args.settled_orders.is_some() => {
             let orders = args.settled_orders.unwrap_or_default();
             let stores = control_files::StoresFile::read(&args.generate.stores)?.store;
@@ -657,6 +669,7 @@ async fn run() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        #[cfg(feature = "dev")]
         Command::Bench(args) => {
             // The throughput stages run without settle delays (held orders would wait for the
             // idle tick); the memory of held orders is measured on its own.
@@ -688,6 +701,7 @@ async fn run() -> anyhow::Result<()> {
     }
 }
 
+#[cfg(feature = "dev")]
 /// A fresh directory under the system's temporary directory.
 fn tempfile_dir() -> anyhow::Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("tributary-bench-{}", std::process::id()));
@@ -724,6 +738,7 @@ fn serve_ops(config: &Config, shutdown: CancellationToken) -> anyhow::Result<Rea
     Ok(readiness)
 }
 
+#[cfg(feature = "dev")]
 fn plan(args: &GenerateArgs) -> anyhow::Result<generate::Plan> {
     let stores = control_files::StoresFile::read(&args.stores)?;
     let advocates = control_files::read_advocates(&args.advocates)?;
@@ -870,7 +885,7 @@ async fn codes(
             let producer: rdkafka::producer::FutureProducer =
                 tributary_runtime::kafka::producer_config(&bootstrap, Duration::from_secs(30))
                     .create()?;
-            let bar = generate::progress_bar(0);
+            let bar = tributary::progress::bar(0, "minting codes");
             let started = std::time::Instant::now();
             let summary = minting::mint_missing(
                 &admin,
@@ -898,6 +913,7 @@ async fn codes(
     Ok(())
 }
 
+#[cfg(feature = "dev")]
 /// Waits for the writeback to tag every attributed order of the stores with Admin access, then
 /// prints a few orders as Shopify now holds them, and the advocates' store credit.
 async fn show_writeback(
@@ -908,11 +924,8 @@ async fn show_writeback(
 ) -> anyhow::Result<()> {
     for store in stores.store.iter().filter(|s| s.admin.is_some()) {
         let shop = store.domain.trim().to_ascii_lowercase();
-        let attributed: Vec<u64> = client
-            .query("SELECT order_id FROM attributions_current WHERE shop_domain = ? AND outcome = 'ATTRIBUTED' ORDER BY order_id")
-            .bind(&shop)
-            .fetch_all()
-            .await?;
+        let attributed =
+            tributary_sinks::clickhouse::queries::attributed_orders(client, &shop).await?;
         let tagged = |id: &u64| fake.order(&shop, *id).is_some_and(|o| !o.tags.is_empty());
         let deadline = std::time::Instant::now() + Duration::from_secs(120);
         while attributed.iter().any(|id| !tagged(id)) && std::time::Instant::now() < deadline {
@@ -938,11 +951,8 @@ async fn show_writeback(
             continue;
         }
         // One Shopify transaction per approval and reversal, once the stage has caught up.
-        let moves: u64 = client
-            .query("SELECT countIf(kind IN ('APPROVAL', 'REVERSAL') AND points > 0) FROM reward_ledger FINAL WHERE shop_domain = ?")
-            .bind(&shop)
-            .fetch_one()
-            .await?;
+        let moves =
+            tributary_sinks::clickhouse::queries::store_credit_movements(client, &shop).await?;
         let customers: Vec<(&control_files::AdvocateLine, u64)> = advocates
             .iter()
             .filter(|a| a.shop_domain.trim().eq_ignore_ascii_case(&shop))
@@ -978,17 +988,19 @@ async fn show_writeback(
     Ok(())
 }
 
+#[cfg(feature = "dev")]
 async fn send_with_progress(
     url: &str,
     plan: &generate::Plan,
     concurrency: usize,
 ) -> generate::SendReport {
-    let bar = generate::progress_bar(plan.deliveries());
+    let bar = tributary::progress::bar(plan.deliveries(), "sending webhooks");
     let report = generate::send(url, plan, concurrency, Some(bar.clone())).await;
     bar.finish();
     report
 }
 
+#[cfg(feature = "dev")]
 async fn demo(
     mut config: Config,
     args: GenerateArgs,

@@ -5,21 +5,44 @@ use std::collections::BTreeMap;
 
 use rust_decimal::Decimal;
 
-use crate::generate::{AdvocateTotals, Expected};
+use tributary_sinks::clickhouse::queries;
+
+#[cfg(feature = "dev")]
+use crate::generate::Expected;
+
+/// One advocate's attributed orders, gross and net (after refunds) in shop currency, and reward
+/// wallet balance in points.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AdvocateTotals {
+    pub orders: u64,
+    pub gross: Decimal,
+    pub net: Decimal,
+    pub balance: Decimal,
+}
+
+impl AdvocateTotals {
+    pub fn add(&mut self, other: &AdvocateTotals) {
+        self.orders += other.orders;
+        self.gross += other.gross;
+        self.net += other.net;
+        self.balance += other.balance;
+    }
+
+    /// Equal to the cent, whatever the decimals' scales.
+    pub fn same_as(&self, other: &AdvocateTotals) -> bool {
+        self.orders == other.orders
+            && self.gross.normalize() == other.gross.normalize()
+            && self.net.normalize() == other.net.normalize()
+            && self.balance.normalize() == other.balance.normalize()
+    }
+}
 
 /// (shop, advocate identifier) → orders, gross and net from the `advocate_stats` view, and the
 /// wallet balance from `reward_balances`.
 pub async fn advocate_totals(
     client: &clickhouse::Client,
 ) -> anyhow::Result<BTreeMap<(String, String), AdvocateTotals>> {
-    let revenue: Vec<(String, String, String, String, String)> = client
-        .query(
-            "SELECT shop_domain, advocate_identifier, toString(sum(orders)), toString(sum(gross)),
-                    toString(sum(net))
-             FROM advocate_stats GROUP BY shop_domain, advocate_identifier",
-        )
-        .fetch_all()
-        .await?;
+    let revenue = queries::advocate_revenue(client).await?;
     let mut totals: BTreeMap<(String, String), AdvocateTotals> = BTreeMap::new();
     for (shop, advocate, orders, gross, net) in revenue {
         let entry = totals.entry((shop, advocate)).or_default();
@@ -27,10 +50,7 @@ pub async fn advocate_totals(
         entry.gross = gross.parse::<Decimal>()?;
         entry.net = net.parse::<Decimal>()?;
     }
-    let balances: Vec<(String, String, String)> = client
-        .query("SELECT shop_domain, advocate_identifier, toString(balance) FROM reward_balances")
-        .fetch_all()
-        .await?;
+    let balances = queries::reward_balances(client).await?;
     for (shop, advocate, balance) in balances {
         totals.entry((shop, advocate)).or_default().balance = balance.parse::<Decimal>()?;
     }
@@ -43,17 +63,7 @@ pub async fn pending_rewards(
     shop: Option<&str>,
 ) -> anyhow::Result<String> {
     let shop = shop.unwrap_or_default().trim().to_ascii_lowercase();
-    let rows: Vec<(String, u64, String, String, String)> = client
-        .query(
-            "SELECT shop_domain, order_id, advocate_identifier, toString(points),
-                    toString(requested_at)
-             FROM reward_requests_pending WHERE ? = '' OR shop_domain = ?
-             ORDER BY shop_domain, requested_at, order_id",
-        )
-        .bind(&shop)
-        .bind(&shop)
-        .fetch_all()
-        .await?;
+    let rows = queries::pending_rewards(client, &shop).await?;
     let mut out = format!(
         "{:<30} {:>20} {:<12} {:>10}  {}\n",
         "store", "order", "advocate", "points", "requested at (UTC)"
@@ -67,6 +77,7 @@ pub async fn pending_rewards(
     Ok(out)
 }
 
+#[cfg(feature = "dev")]
 /// Polls ClickHouse until its totals match `expected` or `within` has passed (the last records
 /// may still be on their way); returns the side-by-side table and whether they matched.
 pub async fn await_match(
@@ -85,6 +96,7 @@ pub async fn await_match(
     }
 }
 
+#[cfg(feature = "dev")]
 /// The side-by-side table; returns it and whether every row matches.
 pub fn compare(
     actual: &BTreeMap<(String, String), AdvocateTotals>,

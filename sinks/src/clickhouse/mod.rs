@@ -7,6 +7,7 @@
 //! entry id (see `migrations/`).
 
 pub mod migrations;
+pub mod queries;
 mod row;
 
 use std::sync::atomic::AtomicBool;
