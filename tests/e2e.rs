@@ -333,8 +333,14 @@ async fn generated_stream_matches_the_generators_totals_to_the_cent() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn refunds_reverse_by_amount_count_once_and_an_unknown_order_is_dead_lettered() {
-    let p = Pipeline::start("refunds", |_| {}).await;
+async fn refunds_reverse_by_amount_count_once_and_one_before_its_order_waits_for_it() {
+    // One partition, so one watermark; no idle ticks (they carry today's time, which would end
+    // every wait at once).
+    let p = Pipeline::start("refunds", |c| {
+        c.kafka.partitions = 1;
+        c.processor.idle_tick_ms = 600_000;
+    })
+    .await;
     let mut order = Order::new(8_000_000_000_001, "200.00");
     order.codes = vec!["ANNA10"];
     accepted(
@@ -362,8 +368,29 @@ async fn refunds_reverse_by_amount_count_once_and_an_unknown_order_is_dead_lette
     )
     .await;
 
+    // The case: a refund delivered before any version of its order waits for it.
+    let mut early = Order::new(5_900_000_000_000_002_001, "176.34");
+    early.codes = vec!["ANNA10"];
+    accepted(&p.webhook_url, &early.refund(21, "31.18")).await;
+    accepted(
+        &p.webhook_url,
+        &early.delivery("orders/create", "w-early", "e-early"),
+    )
+    .await;
+    let early_row = row.replace(&order.id.to_string(), &early.id.to_string());
+    eventually(&ch, &early_row, "31.18,145.16,PARTIAL").await;
+
+    // A refund whose order does not come within the wait (60 min of event time, moved here by
+    // a later order) is dead-lettered with the reason.
     let stranger = Order::new(8_000_000_000_999, "10.00");
     accepted(&p.webhook_url, &stranger.refund(13, "5.00")).await;
+    let mut later = Order::new(8_000_000_000_500, "1.00");
+    later.created_minute = 24 * 60 + 61;
+    accepted(
+        &p.webhook_url,
+        &later.delivery("orders/create", "w-l", "e-l"),
+    )
+    .await;
     let mut reason = String::new();
     for _ in 0..100 {
         read_topic(&p.bootstrap, topics::DEAD_LETTERS, |m| {
@@ -377,7 +404,7 @@ async fn refunds_reverse_by_amount_count_once_and_an_unknown_order_is_dead_lette
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(
-        reason.starts_with("refund: refund 13 is for order 8000000000999"),
+        reason.starts_with("refund: refund 13 came before its order 8000000000999, which did not arrive within 60 min"),
         "{reason}"
     );
 
@@ -406,7 +433,7 @@ async fn refunds_reverse_by_amount_count_once_and_an_unknown_order_is_dead_lette
     eventually(
         &ch,
         "SELECT concat(toString(orders), ',', toString(gross), ',', toString(net), ',', toString(first_order_at = last_order_at)) FROM customers WHERE customer_id = 42",
-        "2,210,5,1",
+        "4,387.34,151.16,0",
     )
     .await;
 }
@@ -1438,4 +1465,78 @@ async fn a_group_resets_to_a_time_an_offset_or_the_end() {
     );
     assert_eq!(reset(ResetTo::End).await.unwrap(), vec![(0, 9), (1, 0)]);
     assert_eq!(progress.committed_and_end().unwrap(), (9, 9));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refund_pending_at_its_webhook_counts_once_when_a_later_version_shows_it_succeeded() {
+    let p = Pipeline::start("pending_refund", |c| c.kafka.partitions = 1).await;
+    let ch = p.clickhouse();
+    let row = |id: u64| {
+        format!("SELECT concat(toString(gross), ',', toString(refunded), ',', toString(net), ',', refund_status, ',', toString(revision)) FROM attributions_current WHERE order_id = {id}")
+    };
+    let mut order = Order::new(8_300_000_000_001, "100.00");
+    order.codes = vec!["ANNA10"];
+    accepted(
+        &p.webhook_url,
+        &order.delivery("orders/create", "q-create", "q-create"),
+    )
+    .await;
+    eventually(&ch, &row(order.id), "100,0,100,NONE,1").await;
+    // refunds/create while its one transaction is still pending: nothing is refunded yet.
+    let pending = serde_json::json!({"id": 61, "order_id": order.id, "created_at": "2025-11-29T12:00:00Z",
+        "transactions": [{"id": 1, "kind": "refund", "status": "pending", "amount": "20.00", "currency": "USD"}]});
+    let pending = tributary::generate::Delivery {
+        body: serde_json::to_vec(&pending).unwrap(),
+        ..order.refund(61, "0.00")
+    };
+    accepted(&p.webhook_url, &pending).await;
+    // A barrier: an order after it in the one partition is in ClickHouse, so the pending refund
+    // was read before it.
+    let barrier = Order::new(8_300_000_000_002, "1.00");
+    accepted(
+        &p.webhook_url,
+        &barrier.delivery("orders/create", "q-barrier", "q-barrier"),
+    )
+    .await;
+    eventually(&ch, &row(barrier.id), "1,0,1,NONE,1").await;
+    assert_eq!(
+        order_row_value(&ch, &row(order.id)).await,
+        "100,0,100,NONE,1",
+        "a pending refund changes nothing"
+    );
+    // The transaction succeeds: the next version lists the refund as successful, and it counts.
+    let mut updated = Order::new(order.id, "80.00");
+    updated.codes = vec!["ANNA10"];
+    updated.updated_minute = 10;
+    let listed = listing_refunds(
+        &updated,
+        "orders/updated",
+        "q-updated",
+        "80.00",
+        &[(61, "20.00")],
+    );
+    accepted(&p.webhook_url, &listed).await;
+    eventually(&ch, &row(order.id), "100,20,80,PARTIAL,2").await;
+    // The pending webhook delivered again, and the refund's success delivered again: once.
+    let mut again = pending.clone();
+    again.webhook_id = "q-pending-again".into();
+    accepted(&p.webhook_url, &again).await;
+    accepted(&p.webhook_url, &order.refund(61, "20.00")).await;
+    let second_barrier = Order::new(8_300_000_000_003, "1.00");
+    accepted(
+        &p.webhook_url,
+        &second_barrier.delivery("orders/create", "q-barrier-2", "q-barrier-2"),
+    )
+    .await;
+    eventually(&ch, &row(second_barrier.id), "1,0,1,NONE,1").await;
+    assert_eq!(
+        order_row_value(&ch, &row(order.id)).await,
+        "100,20,80,PARTIAL,2"
+    );
+}
+
+/// The one value `query` returns now.
+async fn order_row_value(ch: &clickhouse::Client, query: &str) -> String {
+    let rows: Vec<String> = ch.query(query).fetch_all().await.unwrap();
+    normalize_decimals(&rows.join("|"))
 }

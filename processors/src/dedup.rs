@@ -20,6 +20,9 @@ pub enum Verdict {
     Stale,
     /// A refund id already counted.
     DuplicateRefund,
+    /// A refund none of whose transactions has succeeded yet (pending): not counted, so that the
+    /// record showing them successful (a later order version listing it) counts it.
+    RefundNotSettled,
 }
 
 impl Verdict {
@@ -38,6 +41,7 @@ impl Verdict {
             Self::DuplicateEvent => "duplicate_event_id",
             Self::Stale => "stale_version",
             Self::DuplicateRefund => "duplicate_refund",
+            Self::RefundNotSettled => "refund_not_settled",
         }
     }
 }

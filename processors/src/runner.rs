@@ -14,7 +14,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
-use rdkafka::message::BorrowedMessage;
+use rdkafka::message::{BorrowedMessage, OwnedMessage};
 use rdkafka::{Message, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -73,6 +73,13 @@ pub struct Config {
     /// `expired`) rather than counted again as new.
     #[serde(default = "default_expire_after_days")]
     pub expire_after_days: u32,
+    /// Minutes of event time a refund that arrives before any version of its order waits for the
+    /// order (default 60; 0: dead-lettered at once). Meanwhile the input is not committed past it
+    /// (a replay rebuilds it, as for held orders); past the wait it is dead-lettered (stage
+    /// `refund`) with the reason, and counts once replayed after its order, or when the order's
+    /// own record lists it.
+    #[serde(default = "default_early_refund_wait_minutes")]
+    pub early_refund_wait_minutes: u32,
 }
 
 fn default_group() -> String {
@@ -93,6 +100,9 @@ fn default_max_event_time_ahead_ms() -> u64 {
 fn default_expire_after_days() -> u32 {
     400
 }
+fn default_early_refund_wait_minutes() -> u32 {
+    60
+}
 
 impl Default for Config {
     fn default() -> Self {
@@ -104,6 +114,7 @@ impl Default for Config {
             state_dir: None,
             max_event_time_ahead_ms: default_max_event_time_ahead_ms(),
             expire_after_days: default_expire_after_days(),
+            early_refund_wait_minutes: default_early_refund_wait_minutes(),
         }
     }
 }
@@ -237,8 +248,10 @@ impl Processor {
                 };
                 let expire_after = (self.config.expire_after_days > 0)
                     .then(|| i64::from(self.config.expire_after_days) * DAY_MS);
-                let state =
-                    PartitionState::with_settled(settled, watermark).expiring_after(expire_after);
+                let early_refund_wait = i64::from(self.config.early_refund_wait_minutes) * 60_000;
+                let state = PartitionState::with_settled(settled, watermark)
+                    .expiring_after(expire_after)
+                    .holding_early_refunds_for(early_refund_wait);
                 (partition, state)
             })
             .collect();
@@ -269,11 +282,13 @@ impl Processor {
     }
 
     /// Everything one input record produces: its own outputs, then the attributions of every held
-    /// order the watermark has now passed. Control data is read once per record.
+    /// order the watermark has now passed, and the dead letters of refunds that waited for their
+    /// order in vain. Control data is read once per record.
     fn process(
         &self,
         message: &BorrowedMessage<'_>,
         state: &mut PartitionState,
+        letters: &mut EarlyLetters,
     ) -> Result<Vec<Output>, StateStoreError> {
         let mut envelope = match message.payload().map(WebhookEnvelope::from_avro) {
             Some(Ok(envelope)) => envelope,
@@ -297,7 +312,7 @@ impl Processor {
         let mut outputs = if envelope.is_idle_tick() {
             Vec::new()
         } else {
-            process_envelope(message, &envelope, state, &control)?
+            process_envelope(message, &envelope, state, letters, &control)?
         };
         if envelope.carries_event_time() {
             state.observe(envelope.triggered_at_ms);
@@ -317,6 +332,29 @@ impl Processor {
                 key,
                 attribution.to_avro(),
             ));
+        }
+        let wait_minutes = self.config.early_refund_wait_minutes;
+        for (offset, refund) in state.give_up_early_refunds() {
+            let order = order_key(&refund.shop_domain, refund.order_id);
+            let reason = format!(
+                "refund {} came before its order {}, which did not arrive within {wait_minutes} min of event time; replay it once the order is in (the order's own record listing the refund also counts it)",
+                refund.refund.refund_id, refund.order_id
+            );
+            let Some(waiting) = letters.get_mut(&order) else {
+                tracing::error!(
+                    order,
+                    offset,
+                    "no record kept for a refund given up; it stays in the input at that offset"
+                );
+                continue;
+            };
+            if let Some(at) = waiting.iter().position(|m| m.offset() == offset) {
+                let letter = waiting.remove(at);
+                outputs.push(dead_letter(&letter, DeadLetterStage::Refund, &reason));
+            }
+            if waiting.is_empty() {
+                letters.remove(&order);
+            }
         }
         // At a deterministic position (the first record of each day of watermark), so a replay
         // expires the same orders at the same place.
@@ -348,13 +386,20 @@ impl Processor {
 struct Partition {
     orders: PartitionState,
     last_read: Instant,
+    /// The records of the refunds waiting for their order, by order key: what is dead-lettered
+    /// if the order does not come.
+    early_letters: EarlyLetters,
 }
+
+/// Records of refunds that came before their order, by order key.
+type EarlyLetters = HashMap<String, Vec<OwnedMessage>>;
 
 impl Default for Partition {
     fn default() -> Self {
         Self {
             orders: PartitionState::default(),
             last_read: Instant::now(),
+            early_letters: HashMap::new(),
         }
     }
 }
@@ -386,7 +431,12 @@ impl Stage for Processing<'_> {
             .into_iter()
             .map(|(partition, orders)| {
                 let last_read = Instant::now();
-                (partition, Partition { orders, last_read })
+                let partition_state = Partition {
+                    orders,
+                    last_read,
+                    early_letters: HashMap::new(),
+                };
+                (partition, partition_state)
             })
             .collect())
     }
@@ -400,7 +450,7 @@ impl Stage for Processing<'_> {
         partition.last_read = Instant::now();
         let outputs = self
             .processor
-            .process(message, &mut partition.orders)
+            .process(message, &mut partition.orders, &mut partition.early_letters)
             .map_err(StageError::stage)?;
         for output in outputs {
             out.send(output).await?;
@@ -443,9 +493,12 @@ impl Stage for Processing<'_> {
             let orders = &partition.orders;
             metrics::gauge!("tributary_processor_held_orders", "partition" => label.clone())
                 .set(orders.held_len() as f64);
+            metrics::gauge!("tributary_processor_early_refunds", "partition" => label.clone())
+                .set(orders.early_refunds_len() as f64);
             metrics::gauge!("tributary_processor_watermark_ms", "partition" => label)
                 .set(orders.watermark_ms() as f64);
-            if orders.held_len() > 0 && partition.last_read.elapsed() >= self.idle_tick_after {
+            let waiting = orders.held_len() + orders.early_refunds_len();
+            if waiting > 0 && partition.last_read.elapsed() >= self.idle_tick_after {
                 out.send(idle_tick(number)).await?;
                 partition.last_read = Instant::now();
             }
@@ -458,6 +511,7 @@ fn process_envelope(
     message: &BorrowedMessage<'_>,
     envelope: &WebhookEnvelope,
     state: &mut PartitionState,
+    letters: &mut EarlyLetters,
     control: &Control,
 ) -> Result<Vec<Output>, StateStoreError> {
     let normalized = match normalize(envelope) {
@@ -492,8 +546,16 @@ fn process_envelope(
         return Ok(Vec::new());
     };
     match normalized {
-        Normalized::Order(event) => process_order(message, &event, state, store, control),
-        Normalized::Refund(refund) => process_refund(message, &refund, state),
+        Normalized::Order(event) => {
+            let outputs = process_order(message, &event, state, store, control)?;
+            // Refunds that waited for this order went with it.
+            let key = order_key(&event.shop_domain, event.order_id);
+            if letters.contains_key(&key) && !state.has_early_refunds(&key) {
+                letters.remove(&key);
+            }
+            Ok(outputs)
+        }
+        Normalized::Refund(refund) => process_refund(message, &refund, state, letters),
         Normalized::Manual(command) => process_manual(message, &command, state, store, control),
         Normalized::Approval(command) => process_approval(message, &command, state),
         Normalized::Skipped => Ok(Vec::new()),
@@ -526,7 +588,8 @@ fn process_order(
             encoded(message, topics::ATTRIBUTIONS, key(), attribution.to_avro()),
         ],
         Applied::Refused(reason) => vec![dead_letter(message, DeadLetterStage::Expired, &reason)],
-        Applied::UnknownOrder => Vec::new(),
+        // Only refunds wait for an order, and an order is never unknown to itself.
+        Applied::UnknownOrder | Applied::Waiting => Vec::new(),
     })
 }
 
@@ -534,6 +597,7 @@ fn process_refund(
     message: &BorrowedMessage<'_>,
     refund: &RefundEvent,
     state: &mut PartitionState,
+    letters: &mut EarlyLetters,
 ) -> Result<Vec<Output>, StateStoreError> {
     let key = order_key(&refund.shop_domain, refund.order_id).into_bytes();
     Ok(match state.apply_refund(refund, message.offset())? {
@@ -541,6 +605,11 @@ fn process_refund(
             vec![encoded(message, topics::ATTRIBUTIONS, key, attribution.to_avro())]
         }
         Applied::Unchanged(verdict) => dropped(verdict),
+        Applied::Waiting => {
+            let order = order_key(&refund.shop_domain, refund.order_id);
+            letters.entry(order).or_default().push(message.detach());
+            Vec::new()
+        }
         Applied::Held | Applied::Refused(_) => Vec::new(),
         Applied::UnknownOrder => vec![dead_letter(
             message,
@@ -608,7 +677,7 @@ fn command_outputs(
             let key = order_key(shop_domain, order_id).into_bytes();
             vec![encoded(message, topics::ATTRIBUTIONS, key, attribution.to_avro())]
         }
-        Applied::Held | Applied::Unchanged(_) => Vec::new(),
+        Applied::Held | Applied::Unchanged(_) | Applied::Waiting => Vec::new(),
         Applied::UnknownOrder => vec![dead_letter(
             message,
             stage,
@@ -696,7 +765,7 @@ fn committed_watermarks<C: ConsumerContext>(
         .collect()
 }
 
-fn dead_letter(message: &BorrowedMessage<'_>, stage: DeadLetterStage, error: &str) -> Output {
+fn dead_letter(message: &impl Message, stage: DeadLetterStage, error: &str) -> Output {
     let letter = DeadLetterRecord::new(message, stage, error);
     Output {
         topic: topics::DEAD_LETTERS,

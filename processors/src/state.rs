@@ -16,6 +16,14 @@
 //! After settling, later versions update the order's latest facts (status, cancellation) but never
 //! its gross or its advocate, as the contract says.
 //!
+//! **Refunds before their order.** Shopify guarantees no order of delivery, so a refund may come
+//! before any version of its order. It waits in the partition (`processor.early_refund_wait_minutes`
+//! of event time past its own trigger time) and is applied when the order arrives, whether the
+//! order settles at once or is held. Like held orders it is not written anywhere: the input is not
+//! committed past it, so a replay rebuilds it. Past the wait it is handed back
+//! ([`PartitionState::give_up_early_refunds`]) to be dead-lettered with the reason; a replay of
+//! the dead letter once the order is in, or the order's own record listing the refund, counts it.
+//!
 //! **Expiry.** With a horizon (`processor.expire_after_days`), a settled order that has not
 //! changed for that long in event time leaves the state with a tombstone on the changelog, and a
 //! record for an order created before the horizon that the partition no longer knows is refused
@@ -46,6 +54,8 @@ pub enum Applied {
     Unchanged(Verdict),
     /// A refund or command for an order this partition has never seen.
     UnknownOrder,
+    /// A refund for an order not seen yet, waiting for it (see the module's doc).
+    Waiting,
     /// A command that cannot apply, for this reason.
     Refused(String),
 }
@@ -65,10 +75,26 @@ struct Held {
     watermark_before: i64,
 }
 
+/// A refund that came before its order, waiting for it.
+#[derive(Debug)]
+struct EarlyRefund {
+    refund: RefundEvent,
+    /// Input position of the refund's record, and the watermark just before it: where a replay
+    /// must start to rebuild it.
+    offset: i64,
+    watermark_before: i64,
+    /// Event time past which it stops waiting.
+    give_up_at_ms: i64,
+}
+
 #[derive(Debug, Default)]
 pub struct PartitionState {
     settled: SettledOrders,
     held: HashMap<String, Held>,
+    /// Refunds waiting for their order, by order key.
+    early_refunds: HashMap<String, Vec<EarlyRefund>>,
+    /// How long a refund waits for its order, in ms of event time (0: it does not wait).
+    early_refund_wait_ms: i64,
     /// Held orders by (settle time, key): settling order is deterministic.
     due: BTreeSet<(i64, String)>,
     watermark_ms: i64,
@@ -99,6 +125,39 @@ impl PartitionState {
     pub fn expiring_after(mut self, after_ms: Option<i64>) -> Self {
         self.expire_after_ms = after_ms;
         self
+    }
+
+    /// Lets a refund that comes before its order wait `wait_ms` of event time for it.
+    pub fn holding_early_refunds_for(mut self, wait_ms: i64) -> Self {
+        self.early_refund_wait_ms = wait_ms.max(0);
+        self
+    }
+
+    /// Whether refunds wait for the order of `key`.
+    pub fn has_early_refunds(&self, key: &str) -> bool {
+        self.early_refunds.contains_key(key)
+    }
+
+    /// Refunds waiting for their order.
+    pub fn early_refunds_len(&self) -> usize {
+        self.early_refunds.values().map(Vec::len).sum()
+    }
+
+    /// Removes the refunds whose wait the watermark has passed and returns them with the input
+    /// offset of each one's record, in offset order, to be dead-lettered.
+    pub fn give_up_early_refunds(&mut self) -> Vec<(i64, RefundEvent)> {
+        let watermark = self.watermark_ms;
+        let mut given_up = Vec::new();
+        self.early_refunds.retain(|_, waiting| {
+            let (gone, kept): (Vec<EarlyRefund>, Vec<EarlyRefund>) = std::mem::take(waiting)
+                .into_iter()
+                .partition(|early| early.give_up_at_ms <= watermark);
+            given_up.extend(gone.into_iter().map(|early| (early.offset, early.refund)));
+            *waiting = kept;
+            !waiting.is_empty()
+        });
+        given_up.sort_by_key(|(offset, _)| *offset);
+        given_up
     }
 
     /// The start of the state's horizon: the watermark's day, less the expiry period.
@@ -154,11 +213,18 @@ impl PartitionState {
     }
 
     /// Where the input may be committed, with the watermark to store beside it: the first record
-    /// of the oldest held order, or else `processed_up_to`.
+    /// of the oldest held order or waiting refund, or else `processed_up_to`.
     pub fn commit_position(&self, processed_up_to: i64) -> (i64, i64) {
-        self.held
+        let held = self
+            .held
             .values()
-            .map(|held| (held.first_offset, held.watermark_before))
+            .map(|held| (held.first_offset, held.watermark_before));
+        let waiting = self
+            .early_refunds
+            .values()
+            .flatten()
+            .map(|early| (early.offset, early.watermark_before));
+        held.chain(waiting)
             .min()
             .unwrap_or((processed_up_to, self.watermark_ms))
     }
@@ -210,6 +276,12 @@ impl PartitionState {
                 event.triggered_at_ms,
             );
             settled.changed_at_ms = now;
+            if let Some(waiting) = self.early_refunds.remove(&key) {
+                for early in &waiting {
+                    add_refund(&mut settled, &early.refund.refund);
+                }
+                rewards::follow_refunds(&mut settled, now);
+            }
             self.settled.insert(key, settled.clone());
             return Ok(Applied::Changed(Box::new(settled)));
         }
@@ -217,12 +289,19 @@ impl PartitionState {
         let mut recent_delivery_ids = Vec::new();
         dedup::remember(&mut recent_delivery_ids, event);
         self.due.insert((settle_at_ms, key.clone()));
+        let refunds = self
+            .early_refunds
+            .remove(&key)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|early| early.refund)
+            .collect();
         self.held.insert(
             key,
             Held {
                 newest: event.clone(),
                 recent_delivery_ids,
-                refunds: Vec::new(),
+                refunds,
                 manual: None,
                 first_offset: input_offset,
                 watermark_before: self.watermark_ms,
@@ -237,6 +316,9 @@ impl PartitionState {
         refund: &RefundEvent,
         input_offset: i64,
     ) -> Result<Applied, StateStoreError> {
+        if !moves_money(&refund.refund) {
+            return Ok(Applied::Unchanged(Verdict::RefundNotSettled));
+        }
         let key = order_key(&refund.shop_domain, refund.order_id);
         let refund_id = refund.refund.refund_id.to_string();
         let now = self.watermark_ms.max(refund.triggered_at_ms);
@@ -252,7 +334,7 @@ impl PartitionState {
             return Ok(Applied::Changed(Box::new(current.clone())));
         }
         let Some(held) = self.held.get_mut(&key) else {
-            return Ok(Applied::UnknownOrder);
+            return Ok(self.wait_for_order(key, refund, input_offset));
         };
         if held
             .refunds
@@ -263,6 +345,29 @@ impl PartitionState {
         }
         held.refunds.push(refund.clone());
         Ok(Applied::Held)
+    }
+
+    /// Keeps a refund for an order not seen yet until the order comes or the wait passes.
+    fn wait_for_order(&mut self, key: String, refund: &RefundEvent, input_offset: i64) -> Applied {
+        if self.early_refund_wait_ms <= 0 {
+            return Applied::UnknownOrder;
+        }
+        let waiting = self.early_refunds.entry(key).or_default();
+        if waiting
+            .iter()
+            .any(|early| early.refund.refund.refund_id == refund.refund.refund_id)
+        {
+            return Applied::Unchanged(Verdict::DuplicateRefund);
+        }
+        waiting.push(EarlyRefund {
+            refund: refund.clone(),
+            offset: input_offset,
+            watermark_before: self.watermark_ms,
+            give_up_at_ms: refund
+                .triggered_at_ms
+                .saturating_add(self.early_refund_wait_ms),
+        });
+        Applied::Waiting
     }
 
     /// Applies an operator's attribution of an order to an advocate (`decision`). A settled order
@@ -426,11 +531,19 @@ fn update_settled(
     Applied::Changed(Box::new(current.clone()))
 }
 
-/// Counts `refund` once by its id, whichever record carried it (a refund already counted
-/// changes nothing).
+/// Whether any of the refund's transactions has succeeded. One that has none (all pending) is not
+/// counted yet, its id included: a later record showing them successful counts it. (A refund
+/// with some transactions successful and others pending counts what has succeeded; the rest is
+/// not followed.)
+fn moves_money(refund: &ListedRefund) -> bool {
+    !refund.amount.is_zero() || refund.in_currency.iter().any(|c| !c.amount.is_zero())
+}
+
+/// Counts `refund` once by its id, whichever record carried it (a refund already counted, or with
+/// nothing successful yet, changes nothing).
 fn add_refund(attribution: &mut Attribution, refund: &ListedRefund) {
     let id = refund.refund_id.to_string();
-    if attribution.refund_ids.contains(&id) {
+    if attribution.refund_ids.contains(&id) || !moves_money(refund) {
         return;
     }
     attribution.refund_ids.push(id);
@@ -729,6 +842,76 @@ mod tests {
         assert_eq!(ids, vec![3, 2]);
         assert_eq!(state.held_len(), 0);
         assert_eq!(state.len(), 2);
+    }
+
+    #[test]
+    fn a_refund_before_its_order_waits_for_it_holds_the_commit_and_gives_up_past_the_wait() {
+        const WAIT: i64 = 3_600_000;
+        let refund = |id: u64, order_id: u64, at: i64| RefundEvent {
+            shop_domain: "s".into(),
+            order_id,
+            refund: ListedRefund {
+                refund_id: id,
+                amount: 31.into(),
+                in_currency: Vec::new(),
+            },
+            webhook_id: format!("r{id}"),
+            triggered_at_ms: at,
+        };
+        let order = event("w1", None, 10, 176).order_id;
+        let mut state = PartitionState::default().holding_early_refunds_for(WAIT);
+        assert_eq!(
+            state.apply_refund(&refund(1, order, 5), 7).unwrap(),
+            Applied::Waiting
+        );
+        assert_eq!(
+            state.apply_refund(&refund(1, order, 5), 8).unwrap(),
+            Applied::Unchanged(Verdict::DuplicateRefund),
+            "a redelivery waits once"
+        );
+        state.observe(5);
+        assert_eq!(state.commit_position(9), (7, 0), "never committed past it");
+        // The order comes and settles at once: the refund counts.
+        let Applied::Changed(settled) = state
+            .apply(&event("w1", None, 10, 176), 9, 0, decision)
+            .unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (settled.refunded, settled.net, settled.refund_ids.clone()),
+            (31.into(), 145.into(), vec!["1".to_owned()])
+        );
+        assert_eq!(state.early_refunds_len(), 0);
+        assert_eq!(state.commit_position(10).0, 10);
+
+        // A held order takes the refunds that waited for it.
+        let mut held = PartitionState::default().holding_early_refunds_for(WAIT);
+        held.apply_refund(&refund(2, order, 5), 0).unwrap();
+        assert_eq!(
+            held.apply(&event("w1", None, 10, 176), 1, 600_000, decision)
+                .unwrap(),
+            Applied::Held
+        );
+        held.observe(600_000);
+        let settled = held.settle_due(2, |_| Some(decision()));
+        assert_eq!(settled[0].refunded, 31.into());
+
+        // An order that never comes: the refund is handed back once the wait has passed.
+        let mut orphan = PartitionState::default().holding_early_refunds_for(WAIT);
+        orphan.apply_refund(&refund(3, 42, 1_000), 4).unwrap();
+        orphan.observe(1_000 + WAIT - 1);
+        assert!(orphan.give_up_early_refunds().is_empty());
+        orphan.observe(1_000 + WAIT);
+        let given_up = orphan.give_up_early_refunds();
+        assert_eq!(
+            given_up
+                .iter()
+                .map(|(offset, r)| (*offset, r.refund.refund_id))
+                .collect::<Vec<_>>(),
+            [(4, 3)]
+        );
+        assert_eq!(orphan.commit_position(5).0, 5, "the commit moves on");
     }
 
     #[test]

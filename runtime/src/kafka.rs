@@ -218,14 +218,31 @@ pub async fn publish_record<T: tributary_schemas::AvroRecord>(
     key: &str,
     record: &T,
 ) -> Result<(i32, i64), TopicError> {
-    let payload = record.to_avro()?;
+    send_keyed(producer, topic, key, Some(&record.to_avro()?)).await
+}
+
+/// Publishes a tombstone for `key` (a compacted topic then forgets it) and waits for the broker;
+/// returns the (partition, offset) it was written at.
+pub async fn publish_tombstone(
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    key: &str,
+) -> Result<(i32, i64), TopicError> {
+    send_keyed(producer, topic, key, None).await
+}
+
+async fn send_keyed(
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    key: &str,
+    payload: Option<&[u8]>,
+) -> Result<(i32, i64), TopicError> {
+    let mut record = rdkafka::producer::FutureRecord::<str, [u8]>::to(topic).key(key);
+    if let Some(payload) = payload {
+        record = record.payload(payload);
+    }
     let delivered = producer
-        .send(
-            rdkafka::producer::FutureRecord::to(topic)
-                .key(key)
-                .payload(&payload),
-            Duration::from_secs(30),
-        )
+        .send(record, Duration::from_secs(30))
         .await
         .map_err(|(error, _)| error)?;
     Ok((delivered.partition, delivered.offset))

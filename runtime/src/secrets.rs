@@ -175,34 +175,47 @@ impl MasterKey {
 
     /// Opens a secret sealed under any key of the ring.
     pub fn open(&self, purpose: &str, sealed: &str) -> Result<Secret, SecretError> {
-        let bytes = B64.decode(sealed).map_err(|_| SecretError::Malformed)?;
-        if bytes.len() < 12 + 16 {
-            return Err(SecretError::Malformed);
-        }
-        let (nonce, ciphertext) = bytes.split_at(12);
         let plain = std::iter::once(&self.current)
             .chain(&self.previous)
-            .find_map(|key| {
-                Aes256Gcm::new(key)
-                    .decrypt(
-                        Nonce::from_slice(nonce),
-                        Payload {
-                            msg: ciphertext,
-                            aad: purpose.as_bytes(),
-                        },
-                    )
-                    .ok()
-            })
-            .ok_or(SecretError::WrongKey)?;
+            .find_map(|key| decrypt(key, purpose, sealed).transpose())
+            .ok_or(SecretError::WrongKey)??;
         String::from_utf8(plain)
             .map(Secret)
             .map_err(|_| SecretError::Malformed)
+    }
+
+    /// Whether `sealed` opens under the ring's current key (a reseal has nothing to do for it).
+    pub fn sealed_under_current(&self, purpose: &str, sealed: &str) -> bool {
+        matches!(decrypt(&self.current, purpose, sealed), Ok(Some(_)))
     }
 
     /// The secret sealed again under the current key.
     pub fn reseal(&self, purpose: &str, sealed: &str) -> Result<String, SecretError> {
         Ok(self.seal(purpose, self.open(purpose, sealed)?.expose()))
     }
+}
+
+/// `sealed` (base64 of nonce and ciphertext) opened with `key`: `None` when it was sealed under
+/// another key or for another purpose.
+fn decrypt(
+    key: &Key<Aes256Gcm>,
+    purpose: &str,
+    sealed: &str,
+) -> Result<Option<Vec<u8>>, SecretError> {
+    let bytes = B64.decode(sealed).map_err(|_| SecretError::Malformed)?;
+    if bytes.len() < 12 + 16 {
+        return Err(SecretError::Malformed);
+    }
+    let (nonce, ciphertext) = bytes.split_at(12);
+    Ok(Aes256Gcm::new(key)
+        .decrypt(
+            Nonce::from_slice(nonce),
+            Payload {
+                msg: ciphertext,
+                aad: purpose.as_bytes(),
+            },
+        )
+        .ok())
 }
 
 /// Writes the ring (mode 0600). `replace`: atomically over the existing file (a temporary file
