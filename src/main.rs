@@ -763,7 +763,7 @@ async fn keys(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
         KeysCommand::Reseal { retire } => {
             let key = MasterKey::load(path)?;
             let n = tributary_control::keys::reseal_stores(&bootstrap(config)?, &key).await?;
-            println!("re-sealed the secrets of {n} store(s) under the current key");
+            println!("published {n} store record(s), every store's secrets now sealed under the current key");
             if retire {
                 MasterKey::retire_previous(path)?;
                 println!("earlier keys dropped from {}", path.display());

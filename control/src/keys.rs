@@ -9,7 +9,10 @@
 //! writes instead: after publishing, it reads the topic again, and a store changed by someone else
 //! between the reseal's read and its write (which the write overwrote with older content) is
 //! published again from that newer record, re-sealed. It repeats until every store's latest record
-//! is sealed under the current key and no change was overwritten.
+//! is sealed under the current key and none of its writes is the latest over a change it
+//! overwrote. What it cannot see: a change it overwrote that a third write, made after it from its
+//! stale record, carried on (that writer read the overwritten state), and a change compaction
+//! removed before the re-read. Reseal when connections are quiet to avoid both.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};

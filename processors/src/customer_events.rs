@@ -401,11 +401,11 @@ impl Stage for Emit<'_> {
     /// Writes the state changed since the last flush to the store with `tributary.events`' end.
     async fn checkpointed(
         &mut self,
-        member: &Member,
         states: &mut HashMap<i32, CustomerEvents>,
         when: CommitWhen,
+        out: &Outbox,
     ) -> Result<(), StageError> {
-        state::checkpoint(member, topics::EVENTS, states, when, |s| s).await
+        Ok(state::checkpoint(topics::EVENTS, states, when, out, |s| s)?)
     }
 }
 

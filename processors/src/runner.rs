@@ -471,14 +471,17 @@ impl Stage for Processing<'_> {
     /// runs ahead of its changelog.
     async fn checkpointed(
         &mut self,
-        member: &Member,
         states: &mut HashMap<i32, Partition>,
         when: CommitWhen,
+        out: &Outbox,
     ) -> Result<(), StageError> {
-        keyed_state::checkpoint(member, topics::ATTRIBUTIONS, states, when, |p| {
-            p.orders.settled_mut()
-        })
-        .await
+        Ok(keyed_state::checkpoint(
+            topics::ATTRIBUTIONS,
+            states,
+            when,
+            out,
+            |p| p.orders.settled_mut(),
+        )?)
     }
 
     /// Gauges, and an idle tick for each partition that holds orders and has read nothing for

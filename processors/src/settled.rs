@@ -181,7 +181,7 @@ impl SettledOrders {
         self.rows.insert(key, record);
     }
 
-    /// Settled orders in all (stored and in memory; an estimate between flushes).
+    /// Settled orders in all: on disk, those stored at the last flush; in memory, every one.
     pub fn len(&self) -> usize {
         self.rows.len()
     }
@@ -213,13 +213,20 @@ impl Changelogged for SettledOrders {
 
     /// Writes the rows that changed, with the expiry index, in one transaction.
     fn flush(&mut self, changelog_next: i64) -> Result<(), StateStoreError> {
-        let index_below = self.index_below.take();
+        let index_below = self.index_below;
         let partition = self.rows.disk().map(|(_, partition)| *partition);
         self.rows
             .flush_with(changelog_next, |tx, rows| match partition {
                 Some(partition) => write_index(tx, partition, rows, index_below),
                 None => Ok(()),
-            })
+            })?;
+        // Only once written: a failed flush sweeps the index again next time.
+        self.index_below = None;
+        Ok(())
+    }
+
+    fn changelog_next(&self) -> Option<i64> {
+        self.rows.changelog_next()
     }
 }
 

@@ -196,7 +196,7 @@ impl PartitionState {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.settled.is_empty() && self.held.is_empty()
+        self.settled.is_empty() && self.held.is_empty() && self.early_refunds.is_empty()
     }
 
     pub fn held_len(&self) -> usize {
@@ -289,22 +289,24 @@ impl PartitionState {
         let mut recent_delivery_ids = Vec::new();
         dedup::remember(&mut recent_delivery_ids, event);
         self.due.insert((settle_at_ms, key.clone()));
-        let refunds = self
-            .early_refunds
-            .remove(&key)
-            .unwrap_or_default()
-            .into_iter()
-            .map(|early| early.refund)
-            .collect();
+        // Refunds that waited go with the order, and so does their place in the input: the
+        // commit must not pass them before the order settles, or a replay would lose them.
+        let waited = self.early_refunds.remove(&key).unwrap_or_default();
+        let (first_offset, watermark_before) = waited
+            .iter()
+            .map(|early| (early.offset, early.watermark_before))
+            .chain([(input_offset, self.watermark_ms)])
+            .min()
+            .unwrap_or((input_offset, self.watermark_ms));
         self.held.insert(
             key,
             Held {
                 newest: event.clone(),
                 recent_delivery_ids,
-                refunds,
+                refunds: waited.into_iter().map(|early| early.refund).collect(),
                 manual: None,
-                first_offset: input_offset,
-                watermark_before: self.watermark_ms,
+                first_offset,
+                watermark_before,
             },
         );
         Ok(Applied::Held)
@@ -892,6 +894,11 @@ mod tests {
             held.apply(&event("w1", None, 10, 176), 1, 600_000, decision)
                 .unwrap(),
             Applied::Held
+        );
+        assert_eq!(
+            held.commit_position(2).0,
+            0,
+            "held with its order, the refund still holds the commit"
         );
         held.observe(600_000);
         let settled = held.settle_due(2, |_| Some(decision()));

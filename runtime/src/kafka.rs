@@ -281,13 +281,13 @@ pub fn read_partitions(
 
 /// Reads `topic`'s partitions from the given offsets (`None`: the beginning; an offset below the
 /// log start reads from there) up to their high watermarks at the start, calling `each` for
-/// every record. Returns each partition's high watermark. Blocking.
+/// every record. Returns each partition's (low, high) watermarks as seen at the start. Blocking.
 pub fn read_partitions_from(
     bootstrap_servers: &str,
     topic: &str,
     starts: &[(i32, Option<i64>)],
     mut each: impl FnMut(&BorrowedMessage<'_>),
-) -> Result<Vec<(i32, i64)>, TopicError> {
+) -> Result<Vec<(i32, i64, i64)>, TopicError> {
     let consumer: BaseConsumer = client_config(bootstrap_servers)
         .set("group.id", "tributary-partition-reader")
         .set("enable.auto.commit", "false")
@@ -297,7 +297,7 @@ pub fn read_partitions_from(
     let mut highs = Vec::new();
     for &(partition, start) in starts {
         let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
-        highs.push((partition, high));
+        highs.push((partition, low, high));
         let from = start.map_or(low, |start| start.max(low));
         if high > from {
             assignment.add_partition_offset(topic, partition, Offset::Offset(from))?;

@@ -110,14 +110,15 @@ pub trait Stage: Send {
         (next, String::new())
     }
 
-    /// After each checkpoint's commit (state written to disk, say).
+    /// After each checkpoint's commit, with everything sent through `out` acknowledged (state
+    /// written to disk, say: see [`crate::state::checkpoint`]).
     fn checkpointed(
         &mut self,
-        member: &Member,
         states: &mut HashMap<i32, Self::State>,
         when: CommitWhen,
+        out: &Outbox,
     ) -> impl Future<Output = Result<(), StageError>> + Send {
-        let _ = (member, states, when);
+        let _ = (states, when, out);
         async { Ok(()) }
     }
 
@@ -236,7 +237,11 @@ pub struct Output {
 pub struct Outbox {
     producer: FutureProducer,
     stage: DeadLetterStage,
-    in_flight: Vec<DeliveryFuture>,
+    in_flight: Vec<(&'static str, DeliveryFuture)>,
+    /// Per (topic, partition): the offset after the last record of this member's the broker has
+    /// acknowledged. What a state store may record as its changelog's end: never another
+    /// member's records, which a fetched high watermark could include.
+    acked_ends: HashMap<(&'static str, i32), i64>,
     /// The first delivery that failed: from then on nothing is committed, since a record whose
     /// output was lost must be processed again.
     failed: Option<String>,
@@ -248,14 +253,26 @@ impl Outbox {
             producer,
             stage,
             in_flight: Vec::new(),
+            acked_ends: HashMap::new(),
             failed: None,
         }
+    }
+
+    /// The offset after the last record this member produced to `topic`'s `partition` that the
+    /// broker has acknowledged (`None`: none yet).
+    pub fn acked_end(&self, topic: &'static str, partition: i32) -> Option<i64> {
+        self.acked_ends.get(&(topic, partition)).copied()
+    }
+
+    fn acked(&mut self, topic: &'static str, (partition, offset): (i32, i64)) {
+        let end = self.acked_ends.entry((topic, partition)).or_default();
+        *end = (*end).max(offset + 1);
     }
 
     /// Enqueues `output`; when the producer's queue is full, first waits for what is in flight.
     pub async fn send(&mut self, output: Output) -> Result<(), StageError> {
         let delivery = self.enqueue(&output).await?;
-        self.in_flight.push(delivery);
+        self.in_flight.push((output.topic, delivery));
         Ok(())
     }
 
@@ -263,9 +280,16 @@ impl Outbox {
     /// written before the stage acts on it. Returns its (partition, offset).
     pub async fn send_now(&mut self, output: Output) -> Result<(i32, i64), StageError> {
         let delivery = self.enqueue(&output).await?;
-        acknowledged(delivery).await.inspect_err(|error| {
-            self.failed.get_or_insert_with(|| error.to_string());
-        })
+        match acknowledged(delivery).await {
+            Ok(position) => {
+                self.acked(output.topic, position);
+                Ok(position)
+            }
+            Err(error) => {
+                self.failed.get_or_insert_with(|| error.to_string());
+                Err(error)
+            }
+        }
     }
 
     /// Enqueues a dead letter for `message` with the reason (see [`DeadLetterRecord`]).
@@ -293,9 +317,12 @@ impl Outbox {
     /// Waits until everything enqueued is acknowledged.
     /// Every delivery is awaited, also after one failed; after a failure this always fails.
     pub async fn drain(&mut self) -> Result<(), StageError> {
-        for delivery in std::mem::take(&mut self.in_flight) {
-            if let Err(error) = acknowledged(delivery).await {
-                self.failed.get_or_insert_with(|| error.to_string());
+        for (topic, delivery) in std::mem::take(&mut self.in_flight) {
+            match acknowledged(delivery).await {
+                Ok(position) => self.acked(topic, position),
+                Err(error) => {
+                    self.failed.get_or_insert_with(|| error.to_string());
+                }
             }
         }
         match &self.failed {
@@ -586,7 +613,7 @@ impl<S: Stage> Running<'_, S> {
             self.forget_revoked(member);
             self.commit(member, when).await?;
             self.stage
-                .checkpointed(member, &mut self.states, when)
+                .checkpointed(&mut self.states, when, &self.outbox)
                 .await?;
         }
         if let Some(paused) = paused {

@@ -8,8 +8,10 @@
 //! the changelog's end in one transaction, then forgets them, so memory holds only what changed
 //! between two checkpoints plus redb's page cache. A restart reads only the changelog after
 //! `changelog_next` ([`restore`]); a missing or unreadable database, or one that records an offset
-//! past the log's end (another log), is rebuilt from the whole changelog. The store never runs
-//! ahead of the changelog: only acknowledged records are written.
+//! past the log's end (another log) or below its start (records it never saw were deleted), is
+//! rebuilt from the whole changelog. The store never runs ahead of the changelog, and never
+//! records another member's records as read: a flush records the end of this member's own
+//! acknowledged records ([`checkpoint`]).
 //!
 //! **In memory** (no `state_dir`): every key stays in memory; a restart rebuilds the partition
 //! from the whole changelog. This is what the embedded broker uses: its log lives only as long as
@@ -23,14 +25,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::Consumer;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::Message;
 use redb::{Database, ReadableTableMetadata, TableDefinition, TableHandle, WriteTransaction};
 
 use crate::kafka::{read_partitions_from, TopicError};
 use crate::member::CommitWhen;
-use crate::stage::{Member, StageError};
+use crate::stage::{Outbox, StageError};
 
 /// A read-only snapshot of one partition's table.
 type Snapshot = redb::ReadOnlyTable<&'static str, &'static [u8]>;
@@ -53,7 +54,9 @@ pub enum StateStoreError {
     Store(Box<redb::Error>),
     #[error("state store {path}: {message}")]
     Io { path: String, message: String },
-    /// A row this release cannot read: the store is rebuilt from the changelog.
+    /// A row this release cannot read: the stage stops with it. Rows are the stage's own format,
+    /// changed only with a new table name; a file from elsewhere is removed to rebuild it from
+    /// the changelog.
     #[error("state store row: {0}")]
     Row(String),
 }
@@ -89,7 +92,7 @@ impl From<StateStoreError> for StageError {
 }
 
 /// A value kept per key, as the store writes it. The changelog is the contract; a row is the
-/// stage's own business, and one that does not decode makes the partition rebuild.
+/// stage's own business: one that does not decode stops the stage ([`StateStoreError::Row`]).
 pub trait Row: Sized {
     fn encode(&self) -> Result<Vec<u8>, StateStoreError>;
     fn decode(bytes: &[u8]) -> Result<Self, StateStoreError>;
@@ -258,6 +261,8 @@ pub struct KeyedState<R> {
     /// What the store held at the last flush, read until the next one (`None`: not opened yet).
     snapshot: Option<Option<Snapshot>>,
     flushed_at: Instant,
+    /// The changelog offset the last flush recorded (`None`: never flushed).
+    changelog_next: Option<i64>,
 }
 
 impl<R> Default for KeyedState<R> {
@@ -268,6 +273,7 @@ impl<R> Default for KeyedState<R> {
             disk: None,
             snapshot: None,
             flushed_at: Instant::now(),
+            changelog_next: None,
         }
     }
 }
@@ -355,7 +361,8 @@ impl<R: Row> KeyedState<R> {
         self.disk.as_ref()
     }
 
-    /// Rows in all (stored and in memory; an estimate between flushes).
+    /// Rows in all: on disk, those stored at the last flush (rows added since are not counted);
+    /// in memory, every row.
     pub fn len(&self) -> usize {
         match &self.disk {
             Some((store, partition)) => store.len(*partition).unwrap_or_default() as usize,
@@ -384,6 +391,7 @@ impl<R: Row> KeyedState<R> {
             self.recent.clear();
             self.deleted.clear();
             self.flushed_at = Instant::now();
+            self.changelog_next = Some(changelog_next);
         }
         Ok(())
     }
@@ -398,9 +406,8 @@ impl<R: Row> Changelogged for KeyedState<R> {
         self.recent.len()
     }
 
-    /// Always when `stopping`, else every few seconds or once enough keys wait (finding the
-    /// changelog's end costs a round trip to the broker, so a flush is not made at every
-    /// checkpoint).
+    /// Always when `stopping`, else every few seconds or once enough keys wait (a redb commit
+    /// rewrites pages, so a flush is not made at every checkpoint).
     fn wants_flush(&self, stopping: bool) -> bool {
         self.disk.is_some()
             && !(self.recent.is_empty() && self.deleted.is_empty())
@@ -415,6 +422,10 @@ impl<R: Row> Changelogged for KeyedState<R> {
 
     fn flush(&mut self, changelog_next: i64) -> Result<(), StateStoreError> {
         self.flush_with(changelog_next, |_, _| Ok(()))
+    }
+
+    fn changelog_next(&self) -> Option<i64> {
+        self.changelog_next
     }
 }
 
@@ -431,6 +442,8 @@ pub trait Changelogged: Sized {
     fn release_snapshot(&mut self);
     /// Writes what changed with the changelog offset it reflects (see [`KeyedState::flush_with`]).
     fn flush(&mut self, changelog_next: i64) -> Result<(), StateStoreError>;
+    /// The changelog offset the last flush recorded (`None`: never flushed).
+    fn changelog_next(&self) -> Option<i64>;
 }
 
 /// Implements [`Changelogged`] for a `Default` type whose changelogged state is its field
@@ -455,6 +468,9 @@ macro_rules! changelogged_by {
             }
             fn flush(&mut self, changelog_next: i64) -> Result<(), $crate::state::StateStoreError> {
                 $crate::state::Changelogged::flush(&mut self.$field, changelog_next)
+            }
+            fn changelog_next(&self) -> Option<i64> {
+                $crate::state::Changelogged::changelog_next(&self.$field)
             }
         }
     };
@@ -482,7 +498,8 @@ impl From<RestoreError> for StageError {
 /// The state of `partitions`, from the store brought up to the changelog's end, in one pass over
 /// the changelog `topic`: for each partition only the tail after the store's recorded offset is
 /// read, unless the store has nothing for it or records an offset past the log's end (a log it
-/// did not come from), when the partition is rebuilt from its whole changelog. Without a store,
+/// did not come from) or below its start (a gap retention left), when the partition is rebuilt
+/// from its whole changelog. Without a store,
 /// every partition is read whole into memory. `absorb` takes each record (tombstones included)
 /// in offset order. Memory stays bounded on disk: what is read is written in chunks.
 ///
@@ -555,18 +572,21 @@ fn restore_blocking<S: Changelogged>(
             return Err(error);
         }
         let mut again = Vec::new();
-        for (partition, high) in highs {
+        for (partition, low, high) in highs {
             let start = starts
                 .iter()
                 .find(|(p, _)| *p == partition)
                 .and_then(|(_, start)| *start);
-            if start.is_some_and(|start| start > high) {
+            // Past the log's end: another log. Below its start: records the store never saw
+            // are gone (retention). Either way the store cannot be trusted.
+            if let Some(start) = start.filter(|&start| start > high || start < low) {
                 tracing::warn!(
                     topic,
                     partition,
                     recorded = start,
+                    log_start = low,
                     log_end = high,
-                    "the state store is ahead of its changelog (another log); rebuilding"
+                    "the state store does not match its changelog; rebuilding"
                 );
                 again.push((partition, None));
                 continue;
@@ -581,46 +601,35 @@ fn restore_blocking<S: Changelogged>(
     Ok(restored)
 }
 
-/// After a checkpoint's commit: writes the state of every partition that wants a flush to disk
-/// with its changelog's end. Every record emitted so far is acknowledged by then, so the store
-/// never runs ahead of its changelog. `state` picks the changelogged part of a stage's state.
-pub async fn checkpoint<T, S: Changelogged>(
-    member: &Member,
+/// After a checkpoint's commit: writes the state of every partition that wants a flush to disk,
+/// recording as the changelog's end the offset after this member's last acknowledged record in
+/// that partition of `changelog` (or, if it wrote none since, what the last flush recorded).
+/// Never a high watermark fetched now: a member that lost its partition without knowing yet
+/// would record the new owner's records as read, and a later restore would skip them. Everything
+/// `out` sent is acknowledged by then, so the store never runs ahead of its changelog.
+/// `state` picks the changelogged part of a stage's state.
+pub fn checkpoint<T, S: Changelogged>(
     changelog: &'static str,
     states: &mut HashMap<i32, T>,
     when: CommitWhen,
+    out: &Outbox,
     state: impl Fn(&mut T) -> &mut S,
-) -> Result<(), StageError> {
-    for partition in states.values_mut() {
-        state(partition).release_snapshot();
-    }
-    let dirty: Vec<i32> = states
-        .iter_mut()
-        .filter_map(|(&number, p)| {
-            state(p)
-                .wants_flush(when == CommitWhen::Stopping)
-                .then_some(number)
-        })
-        .collect();
-    if dirty.is_empty() {
-        return Ok(());
-    }
-    let reader = member.clone();
-    let ends = tokio::task::spawn_blocking(move || {
-        dirty
-            .into_iter()
-            .map(|p| {
-                let (_, high) = reader.fetch_watermarks(changelog, p, Duration::from_secs(10))?;
-                Ok((p, high))
-            })
-            .collect::<Result<Vec<(i32, i64)>, rdkafka::error::KafkaError>>()
-    })
-    .await
-    .map_err(|e| TopicError::Task(e.to_string()))??;
-    for (partition, end) in ends {
-        if let Some(p) = states.get_mut(&partition) {
-            state(p).flush(end)?;
+) -> Result<(), StateStoreError> {
+    for (&partition, held) in states.iter_mut() {
+        let held = state(held);
+        held.release_snapshot();
+        if !held.wants_flush(when == CommitWhen::Stopping) {
+            continue;
         }
+        let next = match (out.acked_end(changelog, partition), held.changelog_next()) {
+            (Some(acked), Some(flushed)) => acked.max(flushed),
+            (acked, flushed) => match acked.or(flushed) {
+                Some(next) => next,
+                // Restored states have always flushed once; nothing to record against.
+                None => continue,
+            },
+        };
+        held.flush(next)?;
     }
     Ok(())
 }

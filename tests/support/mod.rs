@@ -34,11 +34,24 @@ pub fn clickhouse_url() -> String {
     std::env::var("TRIBUTARY_CH_URL").unwrap_or_else(|_| "http://127.0.0.1:18123".into())
 }
 
+/// A port no other test of this process gets, free when asked. Taken below the kernel's
+/// ephemeral range (32768 and up on Linux), which outgoing connections draw from: a port found free
+/// there can be taken by a client socket (Kafka, ClickHouse) before the service binds it.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 1_000) as u16 * 10;
+    let _ = NEXT.compare_exchange(0, base, Ordering::SeqCst, Ordering::SeqCst);
+    loop {
+        let port = NEXT.fetch_add(1, Ordering::SeqCst);
+        if port >= 32_000 {
+            NEXT.store(20_000, Ordering::SeqCst);
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A config for one test: its own database, ports and master key file.

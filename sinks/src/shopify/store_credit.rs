@@ -771,11 +771,17 @@ impl Stage for Pusher<'_> {
     /// `tributary.store_credits`' end.
     async fn checkpointed(
         &mut self,
-        member: &Member,
         states: &mut HashMap<i32, Pushes>,
         when: CommitWhen,
+        out: &Outbox,
     ) -> Result<(), StageError> {
-        state::checkpoint(member, topics::STORE_CREDITS, states, when, |s| s).await
+        Ok(state::checkpoint(
+            topics::STORE_CREDITS,
+            states,
+            when,
+            out,
+            |s| s,
+        )?)
     }
 }
 
