@@ -358,26 +358,14 @@ impl Stage for Emit<'_> {
         _member: &Member,
         partitions: Vec<i32>,
     ) -> Result<Vec<(i32, CustomerEvents)>, StageError> {
-        let states = state::restore(
+        let states = state::restore_records(
             &self.brokers.bootstrap_servers,
             topics::EVENTS,
             self.store.as_ref(),
             partitions,
-            |state: &mut CustomerEvents, message| {
-                if let Some(payload) = message.payload() {
-                    let event = CustomerEvent::from_avro(payload)
-                        .map_err(|e| TopicError::unreadable(topics::EVENTS, message, e))?;
-                    state.absorb(event)?;
-                }
-                Ok(())
-            },
+            CustomerEvents::absorb,
         )
         .await?;
-        tracing::info!(
-            partitions = ?states.iter().map(|(p, _)| p).collect::<Vec<_>>(),
-            rows = states.iter().map(|(_, s)| s.rows.len()).sum::<usize>(),
-            "customer events state restored"
-        );
         Ok(states)
     }
 

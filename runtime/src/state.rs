@@ -524,6 +524,43 @@ where
     .map_err(|e| TopicError::Task(e.to_string()))?
 }
 
+/// [`restore`] for a changelog of `T` records without tombstones: `absorb` takes each record,
+/// decoded. A record this release cannot read stops the restore ([`TopicError::unreadable`]).
+pub async fn restore_records<T, S, A>(
+    bootstrap: &str,
+    topic: &'static str,
+    store: Option<&StateStore>,
+    partitions: Vec<i32>,
+    mut absorb: A,
+) -> Result<Vec<(i32, S)>, RestoreError>
+where
+    T: tributary_schemas::AvroRecord,
+    S: Changelogged + Send + 'static,
+    A: FnMut(&mut S, T) -> Result<(), StateStoreError> + Send + 'static,
+{
+    let restored = restore(
+        bootstrap,
+        topic,
+        store,
+        partitions,
+        move |state: &mut S, message| {
+            if let Some(payload) = message.payload() {
+                let record =
+                    T::from_avro(payload).map_err(|e| TopicError::unreadable(topic, message, e))?;
+                absorb(state, record)?;
+            }
+            Ok(())
+        },
+    )
+    .await?;
+    tracing::info!(
+        topic,
+        partitions = ?restored.iter().map(|(p, _)| p).collect::<Vec<_>>(),
+        "state restored"
+    );
+    Ok(restored)
+}
+
 fn restore_blocking<S: Changelogged>(
     bootstrap: &str,
     topic: &'static str,

@@ -735,26 +735,17 @@ impl Stage for Pusher<'_> {
         _member: &Member,
         partitions: Vec<i32>,
     ) -> Result<Vec<(i32, Pushes)>, StageError> {
-        let states = state::restore(
+        let states = state::restore_records(
             &self.stage.brokers.bootstrap_servers,
             topics::STORE_CREDITS,
             self.store.as_ref(),
             partitions,
-            |pushes: &mut Pushes, message| {
-                if let Some(payload) = message.payload() {
-                    let push = StoreCreditPush::from_avro(payload)
-                        .map_err(|e| TopicError::unreadable(topics::STORE_CREDITS, message, e))?;
-                    pushes.insert(push);
-                }
+            |pushes: &mut Pushes, push| {
+                pushes.insert(push);
                 Ok(())
             },
         )
         .await?;
-        tracing::info!(
-            partitions = ?states.iter().map(|(p, _)| p).collect::<Vec<_>>(),
-            rows = states.iter().map(|(_, s)| s.rows.len()).sum::<usize>(),
-            "store credit state restored"
-        );
         Ok(states)
     }
 
