@@ -419,12 +419,6 @@ pub fn plan(
                 Credit::Nobody => expected.unattributed_orders += 1,
                 Credit::Excluded => expected.excluded_orders += 1,
             }
-            // About one refunded order in eight has its first refund delivered before any version
-            // of the order (Shopify guarantees no order of delivery): it waits for the order.
-            let mut refunds = refunds;
-            if !refunds.is_empty() && rng.gen_range(0..8) == 0 {
-                deliveries.insert(0, refunds.remove(0));
-            }
             deliveries.extend(refunds);
             planned.push(deliveries.into_iter().map(|(d, _)| d).collect());
         }
