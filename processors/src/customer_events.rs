@@ -296,12 +296,7 @@ impl EventsStage {
         };
         let repartition = input(&self.config.repartition_group_id, topics::ATTRIBUTIONS);
         let emit = input(&self.config.group_id, topics::ORDERS_BY_CUSTOMER);
-        let store = self
-            .config
-            .state_dir
-            .as_deref()
-            .map(|dir| StateStore::open(dir, STORE_NAME))
-            .transpose()?;
+        let store = StateStore::open_configured(self.config.state_dir.as_deref(), STORE_NAME)?;
         let (mut repartitioner, mut emitter) = (
             Repartition,
             Emit {

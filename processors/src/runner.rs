@@ -173,13 +173,8 @@ impl Processor {
         ready: Arc<AtomicBool>,
         shutdown: CancellationToken,
     ) -> Result<(), StageError> {
-        let store = self
-            .config
-            .state_dir
-            .as_deref()
-            .map(|dir| StateStore::open(dir, settled::STORE_NAME))
-            .transpose()
-            .map_err(StageError::stage)?;
+        let store =
+            StateStore::open_configured(self.config.state_dir.as_deref(), settled::STORE_NAME)?;
         let mut stage = Processing {
             processor: self,
             store,

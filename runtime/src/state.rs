@@ -155,6 +155,15 @@ impl StateStore {
         })
     }
 
+    /// [`StateStore::open`] in `dir` when a stage has one configured; `None` keeps the state in
+    /// memory.
+    pub fn open_configured(
+        dir: Option<&Path>,
+        name: &'static str,
+    ) -> Result<Option<Self>, StateStoreError> {
+        dir.map(|dir| Self::open(dir, name)).transpose()
+    }
+
     /// The database, for a stage's own tables beside the rows (an index, say). Name them
     /// `<table>/<partition>`: [`StateStore::clear`] deletes them with the partition.
     pub fn database(&self) -> &Database {

@@ -402,12 +402,7 @@ impl StoreCreditStage {
             commit_interval: Duration::from_millis(self.config.commit_interval_ms),
             max_in_flight: usize::MAX,
         };
-        let store = self
-            .config
-            .state_dir
-            .as_deref()
-            .map(|dir| StateStore::open(dir, STORE_NAME))
-            .transpose()?;
+        let store = StateStore::open_configured(self.config.state_dir.as_deref(), STORE_NAME)?;
         let mut pusher = Pusher { stage: self, store };
         stage::run(&mut pusher, input, ready, shutdown).await
     }
