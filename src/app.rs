@@ -8,6 +8,8 @@ use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
 use rdkafka::producer::FutureProducer;
 use tokio_util::sync::CancellationToken;
+use tributary_ingest::shopify_reconcile::edits::OrderEdits;
+use tributary_ingest::shopify_reconcile::{Reconciler, Watermarks};
 use tributary_ingest::shopify_webhooks::{self, StoreSecrets};
 use tributary_processors::customer_events::EventsStage;
 use tributary_processors::runner::Processor;
@@ -16,6 +18,7 @@ use tributary_runtime::kafka::producer_config;
 use tributary_runtime::ops::{install_metrics, ops_router, serve_with, Readiness};
 use tributary_runtime::secrets::MasterKey;
 use tributary_schemas::{topics, Store};
+use tributary_shopify::oauth::AccessTokens;
 use tributary_shopify::AdminClient;
 use tributary_sinks::clickhouse::ClickHouseSink;
 use tributary_sinks::shopify::store_credit::StoreCreditStage;
@@ -59,9 +62,46 @@ pub async fn run_ingest(
         shutdown.clone(),
     );
     let router = shopify_webhooks::router(&config.ingest, producer, stores, backpressure)
-        .merge(ops_router(readiness, metrics));
+        .merge(ops_router(readiness.clone(), metrics));
+    let reconcile = run_reconcile(config, bootstrap, &readiness, shutdown.clone());
     ready.store(true, Ordering::SeqCst);
-    Ok(serve_with(config.ingest.listen, router, &config.http, shutdown).await?)
+    let (served, reconciled) = tokio::join!(
+        serve_with(config.ingest.listen, router, &config.http, shutdown),
+        reconcile
+    );
+    served?;
+    reconciled
+}
+
+/// The sources that read Shopify's Admin API, beside the webhook receiver (all three produce
+/// into `shopify.webhooks`): the scheduled reconciliation passes (`reconcile.interval_minutes`; 0:
+/// none) and the re-read of edited orders.
+async fn run_reconcile(
+    config: &Config,
+    bootstrap: &str,
+    readiness: &Readiness,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let edits_ready = readiness.flag("order-edits");
+    let master_key = MasterKey::load(&config.secrets.master_key_file)?;
+    let control = follow_stores_and_advocates(bootstrap, &shutdown, readiness).await?;
+    let tokens = AccessTokens::follow(bootstrap, &config.shopify, master_key, &shutdown).await?;
+    let watermarks = Watermarks::follow(bootstrap, &shutdown).await?;
+    let producer = producer_config(bootstrap, Duration::from_secs(30)).create()?;
+    let admin = Arc::new(AdminClient::new(config.shopify.clone())?);
+    let mut edits = OrderEdits::new(
+        &config.kafka.brokers(bootstrap),
+        config.reconcile.clone(),
+        admin.clone(),
+        control.clone(),
+        tokens.clone(),
+    );
+    let reconciler = Reconciler::new(admin, producer, config.reconcile.clone());
+    let (edited, ()) = tokio::join!(
+        edits.run(edits_ready, shutdown.clone()),
+        reconciler.run_scheduled(control, tokens, watermarks, shutdown)
+    );
+    Ok(edited?)
 }
 
 pub async fn run_processor(
@@ -123,12 +163,13 @@ pub async fn run_writeback(
     let master_key = MasterKey::load(&config.secrets.master_key_file)?;
     let control = follow_stores_and_advocates(bootstrap, &shutdown, &readiness).await?;
     let admin = Arc::new(AdminClient::new(config.shopify.clone())?);
+    let tokens = AccessTokens::follow(bootstrap, &config.shopify, master_key, &shutdown).await?;
     let auto_mint = tributary_control::jobs::auto_mint(
         Duration::from_millis(config.writeback.auto_mint_interval_ms),
         bootstrap,
         admin.clone(),
         control.clone(),
-        master_key.clone(),
+        tokens.clone(),
         shutdown.clone(),
     );
     let store_credit = StoreCreditStage::new(
@@ -136,14 +177,14 @@ pub async fn run_writeback(
         config.store_credit.clone(),
         admin.clone(),
         control.clone(),
-        master_key.clone(),
+        tokens.clone(),
     );
     let sink = WritebackSink::new(
         &config.kafka.brokers(bootstrap),
         config.writeback.clone(),
         admin,
         control,
-        master_key,
+        tokens,
     );
     let (sink, store_credit, auto_mint) = tokio::join!(
         sink.run(ready, shutdown.clone()),

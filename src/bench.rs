@@ -831,3 +831,99 @@ mod tests {
         assert_eq!(quantile::<u64>(&[], 0.5), 0);
     }
 }
+
+/// One bucket's reconciliation throughput (`tributary bench --reconcile-orders N`).
+#[derive(Debug)]
+pub struct ReconcileFigures {
+    pub bucket: &'static str,
+    pub orders: i64,
+    pub elapsed: Duration,
+    pub requests: u64,
+}
+
+/// Reads `orders` orders of the first store with Admin access back through the reconciliation
+/// pull, from a fake Shopify under Shopify's standard and Plus cost buckets (each starting empty,
+/// so the figure is the sustained rate) and unthrottled (the pull's own limit: the fake, the
+/// client and Kafka), into an embedded broker.
+pub async fn reconcile_throughput(
+    stores: &[StoreEntry],
+    advocates: &[control_files::AdvocateLine],
+    orders: usize,
+    seed: u64,
+) -> anyhow::Result<Vec<ReconcileFigures>> {
+    let store = stores
+        .iter()
+        .find(|s| s.admin.is_some())
+        .context("no store with Admin API access")?;
+    let shop = store.domain.trim().to_ascii_lowercase();
+    let token = store
+        .admin
+        .as_ref()
+        .map(|a| a.access_token.clone())
+        .unwrap_or_default();
+    let plan =
+        generate::plan_with_losses(std::slice::from_ref(store), advocates, orders, seed, 100)?;
+    // The embedded broker creates topics as they are first written.
+    let broker = EmbeddedBroker::start(1, 4)?;
+    let bootstrap = broker.bootstrap_servers();
+    let producer: rdkafka::producer::FutureProducer =
+        tributary_runtime::kafka::producer_config(&bootstrap, Duration::from_secs(30)).create()?;
+    let stores_file = control_files::StoresFile {
+        store: vec![store.clone()],
+    };
+    // Shopify's rate-limit page: standard 100 points/s, Plus 1,000/s; buckets as public
+    // answers show them (`maximumAvailable` 2,000 and 20,000).
+    let buckets: [(&'static str, f64, f64); 3] = [
+        ("standard (2,000 points, 100/s)", 2_000.0, 100.0),
+        ("Plus (20,000 points, 1,000/s)", 20_000.0, 1_000.0),
+        ("unthrottled", 1e12, 1e12),
+    ];
+    let mut figures = Vec::new();
+    for (bucket, size, rate) in buckets {
+        let fake = crate::dev::start_fake_shopify(
+            ([127, 0, 0, 1], 0).into(),
+            &stores_file,
+            &[],
+            size,
+            rate,
+        )
+        .await?;
+        for (_, node) in &plan.order_nodes {
+            fake.put_order_node(&shop, node.clone());
+        }
+        // From an empty bucket: the sustained rate, not a burst the bucket's size pays for.
+        fake.drain_bucket(&shop);
+        let mut admin_config = tributary_shopify::AdminConfig {
+            base_url: Some(fake.base_url()),
+            ..Default::default()
+        };
+        if rate > 1e9 {
+            admin_config.requests_per_second = 1_000_000;
+        }
+        let admin = std::sync::Arc::new(tributary_shopify::AdminClient::new(admin_config)?);
+        let reconciler = tributary_ingest::shopify_reconcile::Reconciler::new(
+            admin,
+            producer.clone(),
+            Default::default(),
+        );
+        let access = tributary_shopify::StoreAccess {
+            shop_domain: &shop,
+            access_token: &token,
+        };
+        let started = Instant::now();
+        let pass = reconciler
+            .pass(
+                access,
+                tributary_ingest::shopify_reconcile::Start::Since(0),
+                &|_| {},
+            )
+            .await?;
+        figures.push(ReconcileFigures {
+            bucket,
+            orders: pass.orders_read,
+            elapsed: started.elapsed(),
+            requests: fake.requests(&shop).0,
+        });
+    }
+    Ok(figures)
+}

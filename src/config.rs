@@ -30,6 +30,10 @@ pub struct Config {
     /// `[store_credit]`: approved rewards pushed to the advocates' Shopify store credit.
     #[serde(default)]
     pub store_credit: tributary_sinks::shopify::store_credit::StoreCreditConfig,
+    /// `[reconcile]`: the reconciliation pull (scheduled in the ingest service, and
+    /// `tributary reconcile`).
+    #[serde(default)]
+    pub reconcile: tributary_ingest::shopify_reconcile::Config,
     /// `[connections]`: the control plane (`tributary control`).
     #[serde(default)]
     pub connections: tributary_control::connections::ConnectionsConfig,

@@ -120,8 +120,16 @@ impl Expected {
 }
 
 pub struct Plan {
-    /// Each order's deliveries, to be sent in this order.
+    /// Each order's deliveries, to be sent in this order (without the lost ones, see
+    /// [`plan_with_losses`]).
     pub orders: Vec<Vec<Delivery>>,
+    /// Orders with at least one version delivered: the ones the pipeline holds before a
+    /// reconciliation pass.
+    pub orders_delivered: usize,
+    /// With losses: every order of a store with Admin access as Shopify shows it at the end (its
+    /// newest version, every refund listed), an Admin GraphQL `Order` node by store, for the fake
+    /// Shopify to answer the reconciliation pull with.
+    pub order_nodes: Vec<(String, Value)>,
     /// Operators' commands (manual attributions, then reward approvals), (shop, command), to
     /// publish once their orders are sent.
     pub commands: Vec<(String, OperatorCommand)>,
@@ -146,6 +154,8 @@ impl Plan {
                     .collect();
                 Plan {
                     orders: orders.to_vec(),
+                    orders_delivered: 0,
+                    order_nodes: Vec::new(),
                     commands: self
                         .commands
                         .iter()
@@ -231,7 +241,34 @@ pub fn plan(
     orders: usize,
     seed: u64,
 ) -> anyhow::Result<Plan> {
+    build(stores, advocates, orders, seed, None)
+}
+
+/// A plan in which each webhook of a store with Admin access (a version, a cancellation, a
+/// refund, a redelivery) is lost with probability `lost_percent`%, as Shopify may never deliver
+/// one; its expectation is what the pipeline must show once one reconciliation pass has read
+/// [`Plan::order_nodes`]: an order none of whose versions came settles with its newest version
+/// (`../shared/BRIEF.md`, the attribution contract), and every refund counts.
+pub fn plan_with_losses(
+    stores: &[StoreEntry],
+    advocates: &[AdvocateLine],
+    orders: usize,
+    seed: u64,
+    lost_percent: u32,
+) -> anyhow::Result<Plan> {
+    build(stores, advocates, orders, seed, Some(lost_percent))
+}
+
+fn build(
+    stores: &[StoreEntry],
+    advocates: &[AdvocateLine],
+    orders: usize,
+    seed: u64,
+    lost_percent: Option<u32>,
+) -> anyhow::Result<Plan> {
     let mut rng = StdRng::seed_from_u64(seed);
+    let mut orders_delivered = 0;
+    let mut order_nodes = Vec::new();
     let mut expected = Expected::default();
     let mut planned = Vec::new();
     let mut commands = Vec::new();
@@ -349,15 +386,28 @@ pub fn plan(
             };
             let pattern = pick(&mut rng, &PATTERNS);
             let mut deliveries = deliveries(&mut rng, &order, pattern, &secret);
-            // With no delay the first delivered version settles; with one, the newest.
+            // Only a store with Admin access can get back what was lost.
+            let lost_percent = lost_percent.filter(|_| store.admin.is_some());
+            if let Some(percent) = lost_percent {
+                deliveries.retain(|_| rng.gen_range(0..100) >= percent);
+            }
+            orders_delivered += usize::from(!deliveries.is_empty());
+            // With no delay the first delivered version settles; with one, the newest; with none
+            // delivered, the newest version, as reconciliation reads it.
             let settled = if delay_ms == 0 {
                 deliveries.first()
             } else {
                 deliveries.iter().max_by_key(|(d, _)| d.triggered_at_ms)
             };
-            let gross = settled.map(|(_, total)| *total).unwrap_or_default();
-            let refunds = refunds(&mut rng, &order, gross, &secret);
+            let newest = newest_version(&order, pattern);
+            let gross = settled.map_or(newest.total, |(_, total)| *total);
+            let mut refunds = refunds(&mut rng, &order, gross, &secret);
+            // Every refund counts, delivered or read back by reconciliation.
             let refunded: Decimal = refunds.iter().map(|(_, amount)| *amount).sum();
+            if let Some(percent) = lost_percent {
+                order_nodes.push((domain.clone(), order.node(&newest, &refunds)));
+                refunds.retain(|_| rng.gen_range(0..100) >= percent);
+            }
             // A cancelled order nets to zero (its cancellation is its newest version).
             let net = if matches!(pattern, Pattern::Cancelled) {
                 Decimal::ZERO
@@ -425,9 +475,33 @@ pub fn plan(
     }
     Ok(Plan {
         orders: planned,
+        orders_delivered,
+        order_nodes,
         commands,
         expected,
     })
+}
+
+/// An order's newest version: what Shopify shows once every webhook has fired.
+struct Newest {
+    updated_ms: i64,
+    total: Decimal,
+    cancelled: bool,
+}
+
+/// The newest of the versions [`deliveries`] sends for `pattern`.
+fn newest_version(order: &OrderSpec, pattern: Pattern) -> Newest {
+    let (minutes, total, cancelled) = match pattern {
+        Pattern::Once | Pattern::Redelivered | Pattern::EventResent => (0, order.total, false),
+        Pattern::NewerFirst => (2, order.upsell_total(), false),
+        Pattern::Cancelled => (2, order.total, true),
+        Pattern::UpdatesOutOfOrder => (3, order.upsell_total(), false),
+    };
+    Newest {
+        updated_ms: order.created_ms + minutes * 60_000,
+        total,
+        cancelled,
+    }
 }
 
 enum Credit<'a> {
@@ -511,6 +585,60 @@ impl OrderSpec {
         }
     }
 
+    /// The total after the post-purchase upsell some patterns add.
+    fn upsell_total(&self) -> Decimal {
+        self.total + Decimal::new(1800, 2)
+    }
+
+    /// The order as the Admin GraphQL API shows it at the end: its `newest` version, less the
+    /// refunds (each `(delivery, amount)` of [`refunds`]; a redelivery has amount 0), which it
+    /// lists; updated at the last of them. Times are UTC at second precision, as GraphQL gives them.
+    fn node(&self, newest: &Newest, refunds: &[(Delivery, Decimal)]) -> Value {
+        let given: Vec<(u64, i64, Decimal)> = refunds
+            .iter()
+            .filter(|(_, amount)| !amount.is_zero())
+            .enumerate()
+            .map(|(k, (_, amount))| {
+                let at_ms = self.created_ms + 4 * 60_000 + k as i64 * 30_000;
+                (self.id * 10 + k as u64, at_ms, *amount)
+            })
+            .collect();
+        let refunded: Decimal = given.iter().map(|(_, _, amount)| *amount).sum();
+        let updated_ms = given
+            .iter()
+            .map(|(_, at_ms, _)| *at_ms)
+            .fold(newest.updated_ms, i64::max);
+        let money = |amount: Decimal| {
+            let presentment = if self.presentment_currency == "EUR" {
+                (amount * Decimal::new(92, 2)).round_dp(2)
+            } else {
+                amount
+            };
+            json!({"shopMoney": {"amount": amount.to_string(), "currencyCode": "USD"},
+                   "presentmentMoney": {"amount": presentment.to_string(), "currencyCode": self.presentment_currency}})
+        };
+        let time = tributary_schemas::time::format_rfc3339_seconds;
+        json!({
+            "id": format!("gid://shopify/Order/{}", self.id), "legacyResourceId": self.id.to_string(),
+            "name": format!("#{}", 1000 + self.number), "createdAt": time(self.created_ms),
+            "updatedAt": time(updated_ms), "cancelledAt": newest.cancelled.then(|| time(newest.updated_ms)),
+            "test": self.test, "sourceName": self.source_name,
+            "tags": self.tags.split(',').map(str::trim).filter(|t| !t.is_empty()).collect::<Vec<_>>(),
+            "email": self.email, "discountCodes": self.codes,
+            "displayFinancialStatus": if newest.cancelled { "VOIDED" } else if refunded.is_zero() { "PAID" } else { "PARTIALLY_REFUNDED" },
+            "currentTotalPriceSet": money((newest.total - refunded).max(Decimal::ZERO)),
+            "totalPriceSet": money(newest.total),
+            "customer": {"legacyResourceId": self.customer_id().to_string()},
+            "customerJourneySummary": {"ready": true, "firstVisit": {"landingPage": self.landing_site}},
+            "refunds": given.iter().map(|(id, at_ms, amount)| json!({
+                "legacyResourceId": id.to_string(), "createdAt": time(*at_ms),
+                "transactions": {"nodes": [
+                    {"kind": "REFUND", "status": "SUCCESS", "amountSet": {"shopMoney": {"amount": amount.to_string(), "currencyCode": "USD"}}},
+                    {"kind": "REFUND", "status": "FAILURE", "amountSet": {"shopMoney": {"amount": "1.00", "currencyCode": "USD"}}}]}
+            })).collect::<Vec<_>>(),
+        })
+    }
+
     /// A realistic Shopify REST order payload (about 3–7 KB).
     fn body(&self, updated_ms: i64, total: Decimal, financial_status: &str) -> Vec<u8> {
         let money = |amount: Decimal| {
@@ -581,7 +709,7 @@ fn deliveries(
     pattern: Pattern,
     secret: &str,
 ) -> Vec<(Delivery, Decimal)> {
-    let upsell = order.total + Decimal::new(1800, 2);
+    let upsell = order.upsell_total();
     let version = |topic: &'static str, n: i64, total: Decimal, status: &str, id: &str| {
         let updated = order.created_ms + n * 60_000;
         (

@@ -14,5 +14,6 @@ pub mod dev;
 #[cfg(feature = "dev")]
 pub mod generate;
 pub mod progress;
+pub mod reconcile;
 pub mod replay;
 pub mod report;

@@ -138,6 +138,20 @@ enum Command {
     #[cfg(feature = "dev")]
     /// Send a realistic stream of signed webhooks and print what it should add up to.
     Generate(GenerateArgs),
+    /// Read through the Admin API the orders Shopify never delivered: one reconciliation pass
+    /// over every active store with Admin access (or one), from each store's watermark less the
+    /// overlap, into shopify.webhooks; or print the watermarks.
+    Reconcile {
+        /// Only this store.
+        #[arg(long)]
+        shop: Option<String>,
+        /// Read orders updated since this RFC 3339 time instead (a backfill).
+        #[arg(long)]
+        since: Option<String>,
+        /// Print each store's watermark and last pass instead.
+        #[arg(long, conflicts_with_all = ["shop", "since"])]
+        status: bool,
+    },
     /// Print per-advocate revenue from ClickHouse.
     Report,
     /// Replay a topic for a consumer group from the beginning, a time or per-partition offsets
@@ -373,6 +387,10 @@ struct BenchArgs {
     /// order on disk and in memory, write rate, restart to the first order.
     #[arg(long)]
     settled_orders: Option<usize>,
+    /// Measure only the reconciliation pull: read this many orders of one store back through the
+    /// Admin API (a fake Shopify under the standard and Plus cost buckets, and unthrottled).
+    #[arg(long)]
+    reconcile_orders: Option<usize>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -568,6 +586,23 @@ async fn run() -> anyhow::Result<()> {
             println!("expected per advocate (the orders and gross columns are empty: this is the generator's side)\n{table}");
             Ok(())
         }
+        Command::Reconcile {
+            shop,
+            since,
+            status,
+        } => {
+            let bootstrap = bootstrap(&config)?;
+            if status {
+                return tributary::reconcile::status(&bootstrap, &shutdown).await;
+            }
+            let request = tributary::reconcile::Request {
+                shop,
+                since,
+                progress: true,
+            };
+            tributary::reconcile::run(&config, &bootstrap, &request, &shutdown).await?;
+            Ok(())
+        }
         Command::Report => {
             let totals = report::advocate_totals(&config.clickhouse.client()).await?;
             for ((shop, advocate), totals) in totals {
@@ -647,6 +682,28 @@ async fn run() -> anyhow::Result<()> {
         }
         #[cfg(feature = "dev")]
         Command::Demo(args) => demo(config, args, shutdown).await,
+        #[cfg(feature = "dev")]
+        Command::Bench(args) if args.reconcile_orders.is_some() => {
+            let orders = args.reconcile_orders.unwrap_or_default();
+            let stores = control_files::StoresFile::read(&args.generate.stores)?.store;
+            let advocates = control_files::read_advocates(&args.generate.advocates)?;
+            let figures =
+                bench::reconcile_throughput(&stores, &advocates, orders, args.generate.seed)
+                    .await?;
+            println!("reconciliation pull, {orders} orders of one store:");
+            for f in figures {
+                let seconds = f.elapsed.as_secs_f64().max(1e-9);
+                println!(
+                    "  {:<32} {:>7} orders in {:>7.2} s: {:>8.1} orders/s, {} requests",
+                    f.bucket,
+                    f.orders,
+                    seconds,
+                    f.orders as f64 / seconds,
+                    f.requests
+                );
+            }
+            Ok(())
+        }
         #[cfg(feature = "dev")]
         Command::Bench(args) if args.settled_orders.is_some() => {
             let orders = args.settled_orders.unwrap_or_default();
@@ -881,6 +938,13 @@ async fn codes(
         CodesCommand::Mint { shop } => {
             let shop = shop.trim().to_ascii_lowercase();
             let master_key = MasterKey::load(&config.secrets.master_key_file)?;
+            let tokens = tributary_shopify::oauth::AccessTokens::follow(
+                &bootstrap,
+                &config.shopify,
+                master_key,
+                &shutdown,
+            )
+            .await?;
             let admin = tributary_shopify::AdminClient::new(config.shopify.clone())?;
             let producer: rdkafka::producer::FutureProducer =
                 tributary_runtime::kafka::producer_config(&bootstrap, Duration::from_secs(30))
@@ -890,7 +954,7 @@ async fn codes(
             let summary = minting::mint_missing(
                 &admin,
                 &control,
-                &master_key,
+                &tokens,
                 &producer,
                 &shop,
                 &|needing| bar.set_length(needing as u64),

@@ -15,7 +15,10 @@ use tributary_schemas::{topics, AvroRecord, DeadLetter};
 /// The consumer groups of `config`'s stages that read `topic`: the only groups a replay moves.
 pub fn groups_reading<'c>(config: &'c crate::config::Config, topic: &str) -> Vec<&'c str> {
     match topic {
-        topics::WEBHOOKS => vec![config.processor.group_id.as_str()],
+        topics::WEBHOOKS => vec![
+            config.processor.group_id.as_str(),
+            config.reconcile.edits_group_id.as_str(),
+        ],
         topics::ATTRIBUTIONS => vec![
             config.clickhouse.group_id.as_str(),
             config.writeback.group_id.as_str(),

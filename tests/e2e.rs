@@ -1067,8 +1067,23 @@ async fn held_orders_merge_upsells_settle_on_event_time_and_survive_a_restart() 
     let mut b_upsell = order(7_000_000_000_002, "75.00", 11);
     b_upsell.updated_minute = 3;
     send(b_upsell.clone(), "orders/updated", "b-upsell").await;
-    // The upsell's `orders/edited` carries only the edit: it is recorded in the order's partition
-    // and changes nothing (the `orders/updated` above carries the new total).
+    // The upsell's `orders/edited` carries only the edit: it is recorded in the order's partition,
+    // and the order is read again through the Admin API (the store has it), where Shopify shows
+    // the state the `orders/updated` above carried: the same version, which changes nothing.
+    p.shopify.put_order_node(
+        UPSELL_SHOP,
+        serde_json::json!({
+            "id": format!("gid://shopify/Order/{}", b_upsell.id), "legacyResourceId": b_upsell.id.to_string(),
+            "name": "#2", "createdAt": "2025-11-28T12:11:00Z", "updatedAt": "2025-11-28T12:14:00Z",
+            "cancelledAt": null, "test": false, "sourceName": "web", "tags": [], "email": b_upsell.email,
+            "discountCodes": ["kemi"], "displayFinancialStatus": "PAID",
+            "currentTotalPriceSet": {"shopMoney": {"amount": "75.00", "currencyCode": "USD"}, "presentmentMoney": {"amount": "75.00", "currencyCode": "USD"}},
+            "totalPriceSet": {"shopMoney": {"amount": "75.00", "currencyCode": "USD"}, "presentmentMoney": {"amount": "75.00", "currencyCode": "USD"}},
+            "customer": {"legacyResourceId": "42"},
+            "customerJourneySummary": {"ready": true, "firstVisit": {"landingPage": "/"}},
+            "refunds": []
+        }),
+    );
     let edit = serde_json::json!({"order_edit": {
         "id": 78912328, "app_id": null, "created_at": "2025-11-28T12:14:00Z", "notice": "",
         "order_id": b_upsell.id,

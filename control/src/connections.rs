@@ -33,6 +33,7 @@ use tributary_schemas::topics::{self, store_key};
 use tributary_schemas::{
     Alert, AlertKind, AlertStatus, AvroRecord, Store, StoreAdmin, StoreFeatures, StoreStatus, Team,
 };
+use tributary_shopify::oauth::AccessTokens;
 use tributary_shopify::operations::{SHOP, WEBHOOK_SUBSCRIPTIONS, WEBHOOK_SUBSCRIPTION_CREATE};
 use tributary_shopify::{AdminClient, AdminError, StoreAccess};
 
@@ -245,6 +246,8 @@ pub struct ControlPlane {
     config: ConnectionsConfig,
     admin: AdminClient,
     master_key: MasterKey,
+    /// Each store's Admin API token, refreshed where it expires.
+    tokens: AccessTokens,
     control: Arc<RwLock<Control>>,
     teams: Arc<RwLock<HashMap<String, Team>>>,
     producer: FutureProducer,
@@ -342,10 +345,13 @@ impl ControlPlane {
             },
         )
         .await?;
+        let tokens =
+            AccessTokens::follow(bootstrap, &config.shopify, master_key.clone(), shutdown).await?;
         Ok(Self {
             config: config.connections.clone(),
             admin: AdminClient::new(config.shopify.clone())?,
             master_key,
+            tokens,
             control,
             teams,
             producer: producer_config(bootstrap, Duration::from_secs(10)).create()?,
@@ -613,9 +619,14 @@ impl ControlPlane {
             .filter(|s| s.status != StoreStatus::Disconnected && s.admin.is_some())
             .ok_or(ConnectionError::NotFound)?;
         let mut problems = Vec::new();
-        let sealed = store.admin.as_ref().map(|a| a.access_token_sealed.clone());
-        match sealed.map(|s| self.master_key.open_access_token(&domain, &s)) {
-            Some(Ok(token)) => {
+        let sealed = store
+            .admin
+            .as_ref()
+            .map(|a| a.access_token_sealed.clone())
+            .unwrap_or_default();
+        // A credential refused for good fails the check: the store is locked with an alert.
+        match self.tokens.open(&domain, &sealed).await {
+            Ok(token) => {
                 let access = StoreAccess {
                     shop_domain: &domain,
                     access_token: token.expose(),
@@ -668,7 +679,7 @@ impl ControlPlane {
                     Err(error) => problems.push(ConnectionError::from(error).to_string()),
                 }
             }
-            _ => problems.push("the access token cannot be opened with this master key".into()),
+            Err(error) => problems.push(error.to_string()),
         }
         let now = now_ms();
         let alert = |status: AlertStatus, message: String| Alert {

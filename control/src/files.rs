@@ -27,12 +27,13 @@ use rdkafka::producer::FutureProducer;
 use rdkafka::Message;
 use serde::Deserialize;
 use tributary_runtime::control::{normalize_code, normalize_identifier};
+use tributary_runtime::credentials::seal_new;
 use tributary_runtime::kafka::{now_ms, producer_config, publish_record, read_topic};
 use tributary_runtime::secrets::{access_token_purpose, webhook_secret_purpose, MasterKey};
 use tributary_schemas::topics::{self, advocate_key, store_key};
 use tributary_schemas::{
-    Advocate, AdvocateStatus, AvroRecord, OperatorCommand, RewardActivity, Store, StoreAdmin,
-    StoreFeatures, StoreStatus, WebhookEnvelope,
+    Advocate, AdvocateStatus, AvroRecord, Credential, CredentialGrant, OperatorCommand,
+    RewardActivity, Store, StoreAdmin, StoreFeatures, StoreStatus, WebhookEnvelope,
 };
 
 #[derive(Debug, Clone, Deserialize)]
@@ -83,8 +84,21 @@ pub struct StoreEntry {
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminEntry {
-    /// The Admin API access token; sealed before it leaves this process.
+    /// The Admin API access token that does not expire; sealed before it leaves this process.
+    /// Empty with an expiring credential (`client_id`).
+    #[serde(default)]
     pub access_token: String,
+    /// An access token that expires, from the app's `client_id` and `client_secret`: with
+    /// `refresh_token`, Shopify's expiring offline token, refreshed with a refresh token that
+    /// rotates on use; without, the client credentials grant (Dev Dashboard apps). Sealed into
+    /// `tributary.control.credentials`; the first use refreshes (see
+    /// `tributary_runtime::credentials`).
+    #[serde(default)]
+    pub client_id: Option<String>,
+    #[serde(default)]
+    pub client_secret: Option<String>,
+    #[serde(default)]
+    pub refresh_token: Option<String>,
     /// Writeback tags are `<prefix>` and `<prefix>:advocate:<identifier>`.
     #[serde(default = "default_tag_prefix")]
     pub tag_prefix: String,
@@ -341,6 +355,30 @@ pub async fn publish_stores(
             (store_key(&record.domain), record)
         })
         .collect();
+    // Expiring credentials first: a service that sees the store finds its credential.
+    let credentials: Vec<(String, Credential)> = entries
+        .iter()
+        .filter_map(|entry| {
+            let admin = entry.admin.as_ref()?;
+            let (id, secret) = (admin.client_id.as_ref()?, admin.client_secret.as_ref()?);
+            let grant = match admin.refresh_token {
+                Some(_) => CredentialGrant::RefreshToken,
+                None => CredentialGrant::ClientCredentials,
+            };
+            let connection =
+                tributary_shopify::oauth::connection(&entry.domain.trim().to_ascii_lowercase());
+            let record = seal_new(
+                master_key,
+                &connection,
+                grant,
+                id,
+                secret,
+                admin.refresh_token.as_deref(),
+            );
+            Some((connection, record))
+        })
+        .collect();
+    publish(bootstrap, topics::CREDENTIALS, &credentials).await?;
     publish(bootstrap, topics::STORES, &records).await
 }
 

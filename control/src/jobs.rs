@@ -7,7 +7,7 @@ use rdkafka::producer::FutureProducer;
 use tokio_util::sync::CancellationToken;
 use tributary_runtime::control::Control;
 use tributary_runtime::kafka::producer_config;
-use tributary_runtime::secrets::MasterKey;
+use tributary_shopify::oauth::AccessTokens;
 use tributary_shopify::AdminClient;
 use tributary_sinks::shopify::minting;
 
@@ -18,7 +18,7 @@ pub async fn auto_mint(
     bootstrap: &str,
     admin: Arc<AdminClient>,
     control: Arc<RwLock<Control>>,
-    master_key: MasterKey,
+    tokens: AccessTokens,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let producer: FutureProducer = producer_config(bootstrap, Duration::from_secs(30)).create()?;
@@ -39,7 +39,7 @@ pub async fn auto_mint(
             let minting = minting::mint_missing(
                 &admin,
                 &control,
-                &master_key,
+                &tokens,
                 &producer,
                 &shop,
                 &|_| {},

@@ -6,4 +6,5 @@
 //!   [`admin_schema`], Shopify's published schema.
 
 pub mod admin_schema;
+pub mod graphql;
 pub mod shopify;

@@ -5,7 +5,9 @@
 //!   `X-Shopify-Access-Token` (401 otherwise; 404 for a store it does not hold). Production puts
 //!   the shop in the host name; a single local server puts it first in the path.
 //! - Root fields: `shop`, `productsCount`, `currentAppInstallation`, `webhookSubscriptions`,
-//!   `webhookSubscriptionCreate`, `order`, `tagsAdd`, `tagsRemove`, `orderUpdate`,
+//!   `webhookSubscriptionCreate`, `order`, `orders` (held order nodes updated within the query's
+//!   `updated_at` bounds, `sortKey: UPDATED_AT`, cursor pages of at most 250; answered with only
+//!   the fields selected, see [`crate::graphql`]), `tagsAdd`, `tagsRemove`, `orderUpdate`,
 //!   `codeDiscountNodeByCode`, `discountRedeemCodeBulkAdd` (at most 250 codes, asynchronous) and
 //!   `discountRedeemCodeBulkCreation` (polled). Arguments are read from the request's variables.
 //! - Costs as Shopify calculates them (mutation 10, object 1, connection 2 + nodes), charged from
@@ -15,6 +17,11 @@
 //!   currency, opened by the first credit) and their transactions, newest first;
 //!   `storeCreditAccountCredit` and `storeCreditAccountDebit` (refused below the balance), by
 //!   customer or account id. Neither is idempotent, as in Shopify.
+//! - Expiring tokens on demand ([`FakeShopify::enable_oauth`]): `POST
+//!   /<shop>/admin/oauth/access_token` with the refresh token grant (the refresh token rotates;
+//!   using a new one invalidates the one it replaced) or the client credentials grant; an access
+//!   token it issued opens the Admin API until it expires (then 401). It counts stale refresh
+//!   tokens and expired access tokens presented ([`OAuthStats`]).
 //! - Faults on demand: `THROTTLED`, 429 with `Retry-After`, 5xx, a hang, or a request applied
 //!   whose answer is lost (a 503 after the write).
 //! - Every mutation it accepts (no user errors) is counted, so tests can prove nothing was
@@ -108,6 +115,56 @@ struct CreditAccount {
     transactions: Vec<FakeTransaction>,
 }
 
+/// A store's app that uses expiring tokens (shopify.dev, "Offline access tokens" with expiry):
+/// who may call the token endpoint and how long what it issues lives.
+#[derive(Debug, Clone)]
+pub struct OAuthSetup {
+    pub client_id: String,
+    pub client_secret: String,
+    /// Seconds an issued access token lives (Shopify: 3,600 for expiring offline tokens, about
+    /// 24 h for the client credentials grant).
+    pub access_token_lifetime: Duration,
+    /// How long the token endpoint takes to answer, after it has rotated (a kill in between
+    /// loses the answer, not the rotation).
+    pub answer_delay: Duration,
+}
+
+/// What the token endpoint saw.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OAuthStats {
+    /// Access tokens issued.
+    pub issued: u64,
+    /// Refreshes with a refresh token already invalidated or never issued: a client that lost
+    /// track of its rotation.
+    pub stale_refreshes: u64,
+    /// Admin API calls with an access token past its expiry.
+    pub expired_calls: u64,
+}
+
+struct IssuedRefresh {
+    /// The token this one was issued for; using this one invalidates it.
+    parent: Option<String>,
+    valid: bool,
+}
+
+struct OAuth {
+    setup: OAuthSetup,
+    refresh_tokens: HashMap<String, IssuedRefresh>,
+    access_tokens: HashMap<String, Instant>,
+    stats: OAuthStats,
+    serial: u64,
+}
+
+impl OAuth {
+    fn next(&mut self, prefix: &str) -> String {
+        self.serial += 1;
+        format!(
+            "{prefix}_{:016x}",
+            self.serial.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        )
+    }
+}
+
 /// An order as the fake store holds it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FakeOrder {
@@ -152,6 +209,9 @@ struct Shop {
     /// Each fault with the root field it waits for (`None`: the next request).
     faults: VecDeque<(Option<String>, Fault)>,
     orders: BTreeMap<u64, FakeOrder>,
+    /// Orders as the Admin GraphQL API's `Order` nodes (every field tributary reads), by id,
+    /// with their `updatedAt` in ms: what `orders` and `order` answer from.
+    order_nodes: BTreeMap<u64, (i64, Value)>,
     webhooks: Vec<(String, String, String)>,
     /// Code (uppercased, as Shopify compares them) to the discount that holds it.
     codes: HashMap<String, String>,
@@ -166,6 +226,7 @@ struct Shop {
     redundant_writes: u64,
     requests: u64,
     throttled: u64,
+    oauth: Option<OAuth>,
 }
 
 #[derive(Default)]
@@ -192,6 +253,7 @@ impl FakeShopify {
         let stores = Arc::new(Mutex::new(Stores::default()));
         let app = Router::new()
             .route("/{shop}/admin/api/{version}/graphql.json", post(graphql))
+            .route("/{shop}/admin/oauth/access_token", post(access_token))
             .with_state(stores.clone());
         let listener = tokio::net::TcpListener::bind(listen).await?;
         let address = listener.local_addr()?;
@@ -230,6 +292,7 @@ impl FakeShopify {
                 bucket,
                 faults: VecDeque::new(),
                 orders: BTreeMap::new(),
+                order_nodes: BTreeMap::new(),
                 webhooks: Vec::new(),
                 codes: HashMap::new(),
                 discounts: BTreeSet::new(),
@@ -241,6 +304,7 @@ impl FakeShopify {
                 redundant_writes: 0,
                 requests: 0,
                 throttled: 0,
+                oauth: None,
             },
         );
     }
@@ -270,6 +334,36 @@ impl FakeShopify {
         });
     }
 
+    /// Turns on expiring tokens for the store's app; returns the first refresh token, as the
+    /// install's token exchange would hand it out.
+    pub fn enable_oauth(&self, shop: &str, setup: OAuthSetup) -> String {
+        self.with_shop(shop, |s| {
+            let mut oauth = OAuth {
+                setup,
+                refresh_tokens: HashMap::new(),
+                access_tokens: HashMap::new(),
+                stats: OAuthStats::default(),
+                serial: 0,
+            };
+            let first = oauth.next("shprt");
+            oauth.refresh_tokens.insert(
+                first.clone(),
+                IssuedRefresh {
+                    parent: None,
+                    valid: true,
+                },
+            );
+            s.oauth = Some(oauth);
+            first
+        })
+    }
+
+    pub fn oauth_stats(&self, shop: &str) -> OAuthStats {
+        self.with_shop(shop, |s| {
+            s.oauth.as_ref().map(|o| o.stats).unwrap_or_default()
+        })
+    }
+
     pub fn set_scopes(&self, shop: &str, scopes: &[&str]) {
         self.with_shop(shop, |s| {
             s.setup.scopes = scopes.iter().map(|s| s.to_string()).collect()
@@ -291,6 +385,23 @@ impl FakeShopify {
     /// Seeds an order, e.g. with the merchant's own note.
     pub fn put_order(&self, shop: &str, order_id: u64, order: FakeOrder) {
         self.with_shop(shop, |s| s.orders.insert(order_id, order));
+    }
+
+    /// Holds `node`, an Admin GraphQL `Order` with every field (`legacyResourceId` and
+    /// `updatedAt` required; refunds' transactions as `{"nodes": [...]}`), replacing the order's
+    /// earlier state: the order as Shopify shows it now.
+    pub fn put_order_node(&self, shop: &str, node: Value) {
+        let id = node
+            .get("legacyResourceId")
+            .and_then(Value::as_str)
+            .and_then(|id| id.parse::<u64>().ok())
+            .expect("an order node has a legacyResourceId");
+        let updated_ms = node
+            .get("updatedAt")
+            .and_then(Value::as_str)
+            .and_then(tributary_schemas::time::parse_rfc3339_ms)
+            .expect("an order node has an updatedAt");
+        self.with_shop(shop, |s| s.order_nodes.insert(id, (updated_ms, node)));
     }
 
     pub fn order(&self, shop: &str, order_id: u64) -> Option<FakeOrder> {
@@ -406,7 +517,7 @@ const INVALID_TOKEN: &str =
 
 async fn graphql(
     State(stores): State<Arc<Mutex<Stores>>>,
-    Path((shop, _version)): Path<(String, String)>,
+    Path((shop, version)): Path<(String, String)>,
     headers: HeaderMap,
     body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
@@ -420,7 +531,15 @@ async fn graphql(
         let Some(store) = stores.shops.get_mut(&shop) else {
             return (StatusCode::NOT_FOUND, Json(json!({"errors": "Not Found"}))).into_response();
         };
-        if store.setup.access_token != token {
+        let issued = store.oauth.as_mut().and_then(|oauth| {
+            let expires = *oauth.access_tokens.get(&token)?;
+            let live = Instant::now() < expires;
+            if !live {
+                oauth.stats.expired_calls += 1;
+            }
+            Some(live)
+        });
+        if !(store.setup.access_token == token || issued == Some(true)) {
             return (
                 StatusCode::UNAUTHORIZED,
                 Json(json!({ "errors": INVALID_TOKEN })),
@@ -478,7 +597,7 @@ async fn graphql(
         .unwrap_or_default();
     let variables = body.get("variables").cloned().unwrap_or(Value::Null);
     // Shopify validates a document before running it and answers 200 with the errors.
-    if let Err(errors) = crate::admin_schema::validate(document) {
+    if let Err(errors) = crate::admin_schema::validate(&version, document) {
         let errors: Vec<Value> = errors.lines().map(|m| json!({"message": m})).collect();
         return Json(json!({ "errors": errors })).into_response();
     }
@@ -486,7 +605,14 @@ async fn graphql(
         return Json(json!({"errors": [{"message": "syntax error: could not read the document"}]}))
             .into_response();
     };
-    let response = charge_and_execute(&stores, &shop, is_mutation, &fields, &variables);
+    let request = Request {
+        version: &version,
+        document,
+        is_mutation,
+        fields: &fields,
+        variables: &variables,
+    };
+    let response = charge_and_execute(&stores, &shop, &request);
     match fault {
         Some(Fault::AppliedAnswerLost) => {
             (StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable").into_response()
@@ -499,48 +625,186 @@ async fn graphql(
     }
 }
 
-/// Charges the request's cost and executes its root fields.
-fn charge_and_execute(
-    stores: &Mutex<Stores>,
-    shop: &str,
+/// A validated request.
+struct Request<'a> {
+    version: &'a str,
+    document: &'a str,
     is_mutation: bool,
-    fields: &[String],
-    variables: &Value,
+    fields: &'a [String],
+    variables: &'a Value,
+}
+
+/// Root fields answered from stored nodes: their selection decides the answer and its cost
+/// (see [`crate::graphql`]).
+const SELECTED_FIELDS: [&str; 2] = ["orders", "order"];
+
+/// `POST /{shop}/admin/oauth/access_token`: the refresh token grant (JSON) and the client
+/// credentials grant (form or JSON). A refresh token rotates on use: the answer carries a new one,
+/// and using that one invalidates the one it replaced (Shopify's rule since 2026-08-28: the old
+/// token works until its successor is first used). Refusals are OAuth's: 400 `invalid_grant`,
+/// 401 `invalid_client`.
+async fn access_token(
+    State(stores): State<Arc<Mutex<Stores>>>,
+    Path(shop): Path<String>,
+    body: axum::body::Bytes,
 ) -> Response {
+    let form: HashMap<String, String> = serde_json::from_slice(&body)
+        .ok()
+        .or_else(|| {
+            std::str::from_utf8(&body).ok().map(|text| {
+                text.split('&')
+                    .filter_map(|pair| pair.split_once('='))
+                    .map(|(k, v)| (k.to_owned(), v.replace("%2F", "/").replace('+', " ")))
+                    .collect()
+            })
+        })
+        .unwrap_or_default();
+    let field = |name: &str| form.get(name).cloned().unwrap_or_default();
+    let refusal = |status: StatusCode, error: &str, description: &str| {
+        (
+            status,
+            Json(json!({"error": error, "error_description": description})),
+        )
+            .into_response()
+    };
+    let (answer, delay) = {
+        let mut stores = stores.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(oauth) = stores.shops.get_mut(&shop).and_then(|s| s.oauth.as_mut()) else {
+            return (StatusCode::NOT_FOUND, Json(json!({"errors": "Not Found"}))).into_response();
+        };
+        if field("client_id") != oauth.setup.client_id
+            || field("client_secret") != oauth.setup.client_secret
+        {
+            return refusal(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "Client authentication failed",
+            );
+        }
+        let lifetime = oauth.setup.access_token_lifetime;
+        let refresh_token = match field("grant_type").as_str() {
+            "refresh_token" => {
+                let used = field("refresh_token");
+                let Some(parent) = oauth
+                    .refresh_tokens
+                    .get(&used)
+                    .filter(|t| t.valid)
+                    .map(|t| t.parent.clone())
+                else {
+                    oauth.stats.stale_refreshes += 1;
+                    return refusal(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_grant",
+                        "The refresh token is invalid, expired or revoked",
+                    );
+                };
+                if let Some(parent) = parent.and_then(|p| oauth.refresh_tokens.get_mut(&p)) {
+                    parent.valid = false;
+                }
+                let next = oauth.next("shprt");
+                oauth.refresh_tokens.insert(
+                    next.clone(),
+                    IssuedRefresh {
+                        parent: Some(used),
+                        valid: true,
+                    },
+                );
+                Some(next)
+            }
+            "client_credentials" => None,
+            other => {
+                return refusal(StatusCode::BAD_REQUEST, "unsupported_grant_type", other);
+            }
+        };
+        let access = oauth.next("shpat");
+        oauth
+            .access_tokens
+            .insert(access.clone(), Instant::now() + lifetime);
+        oauth.stats.issued += 1;
+        let mut answer = json!({"access_token": access, "scope": "read_orders,write_orders", "expires_in": lifetime.as_secs()});
+        if let Some(next) = refresh_token {
+            answer["refresh_token"] = json!(next);
+            answer["refresh_token_expires_in"] = json!(90 * 86_400);
+        }
+        (answer, oauth.setup.answer_delay)
+    };
+    tokio::time::sleep(delay).await;
+    Json(answer).into_response()
+}
+
+/// Charges the request's cost, executes its root fields, and refunds what the answer did not
+/// cost.
+fn charge_and_execute(stores: &Mutex<Stores>, shop: &str, request: &Request) -> Response {
     let mut stores = stores.lock().unwrap_or_else(|e| e.into_inner());
     let Some(store) = stores.shops.get_mut(shop) else {
         return (StatusCode::NOT_FOUND, Json(json!({"errors": "Not Found"}))).into_response();
     };
-    let cost: f64 = fields
+    let selected: BTreeMap<&str, apollo_compiler::Node<apollo_compiler::executable::Field>> =
+        request
+            .fields
+            .iter()
+            .filter(|f| !request.is_mutation && SELECTED_FIELDS.contains(&f.as_str()))
+            .filter_map(|f| {
+                crate::graphql::root_field(request.version, request.document, f)
+                    .map(|node| (f.as_str(), node))
+            })
+            .collect();
+    let cost: f64 = request
+        .fields
         .iter()
-        .map(|f| cost_of(f, is_mutation, variables))
+        .map(|f| match selected.get(f.as_str()) {
+            Some(field) => crate::graphql::requested_cost(field, request.variables),
+            None => cost_of(f, request.is_mutation, request.variables),
+        })
         .sum();
     store.bucket.refill(Instant::now());
+    if cost > crate::graphql::MAX_QUERY_COST {
+        return Json(json!({
+            "errors": [{"message": format!("Query cost is {cost}, which exceeds the single query max cost limit ({}).", crate::graphql::MAX_QUERY_COST),
+                        "extensions": {"code": "MAX_COST_EXCEEDED", "cost": cost, "maxCost": crate::graphql::MAX_QUERY_COST}}],
+            "extensions": {"cost": {"requestedQueryCost": cost, "actualQueryCost": null, "throttleStatus": store.bucket.status()}}
+        }))
+        .into_response();
+    }
     if cost > store.bucket.available {
         store.throttled += 1;
         return Json(throttled(cost, store.bucket.status())).into_response();
     }
     store.bucket.available -= cost;
+    let mut actual = 0.0;
     let mut data = serde_json::Map::new();
-    for field in fields {
-        match store.execute(field, variables) {
+    for field in request.fields {
+        match store.execute(field, request.variables) {
             Ok(value) => {
                 let refused = value
                     .get("userErrors")
                     .and_then(Value::as_array)
                     .is_some_and(|errors| !errors.is_empty());
-                if is_mutation && !refused {
+                if request.is_mutation && !refused {
                     *store.writes.entry(field.clone()).or_default() += 1;
                 }
+                let value = match selected.get(field.as_str()) {
+                    Some(selection) => {
+                        let answer = crate::graphql::project(selection, &value, request.variables);
+                        actual += crate::graphql::actual_cost(selection, &answer);
+                        answer
+                    }
+                    None => {
+                        actual += cost_of(field, request.is_mutation, request.variables);
+                        value
+                    }
+                };
                 data.insert(field.clone(), value);
             }
             Err(message) => {
-                return Json(json!({"errors": [{"message": message}], "extensions": {"cost": cost_extension(cost, &store.bucket)}}))
+                return Json(json!({"errors": [{"message": message}], "extensions": {"cost": cost_extension(cost, cost, &store.bucket)}}))
                     .into_response();
             }
         }
     }
-    Json(json!({"data": data, "extensions": {"cost": cost_extension(cost, &store.bucket)}}))
+    // Shopify charges the requested cost up front and refunds what the answer did not use.
+    store.bucket.available = (store.bucket.available + cost - actual).min(store.bucket.size);
+    Json(json!({"data": data, "extensions": {"cost": cost_extension(cost, actual, &store.bucket)}}))
         .into_response()
 }
 
@@ -551,8 +815,8 @@ fn throttled(cost: f64, status: Value) -> Value {
     })
 }
 
-fn cost_extension(cost: f64, bucket: &Bucket) -> Value {
-    json!({"requestedQueryCost": cost, "actualQueryCost": cost, "throttleStatus": bucket.status()})
+fn cost_extension(requested: f64, actual: f64, bucket: &Bucket) -> Value {
+    json!({"requestedQueryCost": requested, "actualQueryCost": actual, "throttleStatus": bucket.status()})
 }
 
 /// Shopify's calculated cost of one root field.
@@ -674,8 +938,16 @@ impl Shop {
             "order" => {
                 let id = order_id(variables)?;
                 let order = self.orders.entry(id).or_default();
-                json!({"id": format!("gid://shopify/Order/{id}"), "note": order.note, "tags": order.tags})
+                let mut node = match self.order_nodes.get(&id) {
+                    Some((_, node)) => node.clone(),
+                    None => json!({}),
+                };
+                node["id"] = json!(format!("gid://shopify/Order/{id}"));
+                node["note"] = json!(order.note);
+                node["tags"] = json!(order.tags);
+                node
             }
+            "orders" => self.orders_page(variables)?,
             "tagsAdd" | "tagsRemove" => {
                 let id = order_id(variables)?;
                 let order = self.orders.entry(id).or_default();
@@ -815,6 +1087,43 @@ impl Shop {
     }
 
     /// A credit or a debit, as Shopify answers it: the transaction, or user errors with codes.
+    /// `orders(first:, after:, query:, sortKey: UPDATED_AT)`: the held order nodes whose
+    /// `updatedAt` is within the query's `updated_at` bounds, oldest update first (ties by id),
+    /// after the cursor. `first` above 250 is refused, as Shopify does.
+    fn orders_page(&self, variables: &Value) -> Result<Value, String> {
+        let first = variables.get("first").and_then(Value::as_u64).unwrap_or(0) as usize;
+        if first > 250 {
+            return Err(format!(
+                "The first argument of orders may not be greater than 250 (got {first})"
+            ));
+        }
+        let query = variables
+            .get("query")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let within = updated_at_bounds(query)?;
+        let after = match variables.get("after").and_then(Value::as_str) {
+            Some(cursor) => Some(decode_cursor(cursor)?),
+            None => None,
+        };
+        let mut matching: Vec<(i64, u64, &Value)> = self
+            .order_nodes
+            .iter()
+            .filter(|(_, (updated_ms, _))| within(*updated_ms))
+            .map(|(id, (updated_ms, node))| (*updated_ms, *id, node))
+            .filter(|(updated_ms, id, _)| after.is_none_or(|a| (*updated_ms, *id) > a))
+            .collect();
+        matching.sort_by_key(|(updated_ms, id, _)| (*updated_ms, *id));
+        let page: Vec<&(i64, u64, &Value)> = matching.iter().take(first).collect();
+        let end_cursor = page
+            .last()
+            .map(|(updated_ms, id, _)| format!("{updated_ms:x}.{id:x}"));
+        Ok(json!({
+            "pageInfo": {"hasNextPage": matching.len() > page.len(), "endCursor": end_cursor},
+            "nodes": page.iter().map(|(_, _, node)| (*node).clone()).collect::<Vec<_>>(),
+        }))
+    }
+
     fn move_store_credit(&mut self, credit: bool, variables: &Value) -> Value {
         let refuse = |field: &str, code: &str, message: &str| json!({"storeCreditAccountTransaction": null, "userErrors": [{"field": [field], "message": message, "code": code}]});
         let id = variables
@@ -902,6 +1211,42 @@ impl Shop {
         account.transactions.push(transaction.clone());
         json!({"storeCreditAccountTransaction": {"id": transaction.id, "amount": money(signed, &currency)}, "userErrors": []})
     }
+}
+
+/// The `updated_at` terms of an orders search query (`updated_at:>='2026-03-01T10:00:00Z'`,
+/// with `>=`, `>`, `<=` or `<`, joined by spaces or `AND`), as a predicate on ms. Any other term
+/// is refused: the fake answers only what it can answer faithfully.
+fn updated_at_bounds(query: &str) -> Result<impl Fn(i64) -> bool, String> {
+    let (mut from, mut to) = (i64::MIN, i64::MAX);
+    for term in query.split_whitespace().filter(|t| *t != "AND") {
+        let condition = term.strip_prefix("updated_at:").ok_or_else(|| {
+            format!("the fake's orders search takes only updated_at terms: {term}")
+        })?;
+        let (op, value) = [">=", "<=", ">", "<"]
+            .iter()
+            .find_map(|op| condition.strip_prefix(op).map(|v| (*op, v)))
+            .ok_or_else(|| format!("unsupported updated_at comparison: {term}"))?;
+        let ms = tributary_schemas::time::parse_rfc3339_ms(
+            value.trim_matches(|c| c == '\'' || c == '"'),
+        )
+        .ok_or_else(|| format!("not a time: {value}"))?;
+        match op {
+            ">=" => from = from.max(ms),
+            ">" => from = from.max(ms.saturating_add(1)),
+            "<=" => to = to.min(ms),
+            _ => to = to.min(ms.saturating_sub(1)),
+        }
+    }
+    Ok(move |ms: i64| (from..=to).contains(&ms))
+}
+
+fn decode_cursor(cursor: &str) -> Result<(i64, u64), String> {
+    let invalid = || format!("Invalid cursor '{cursor}'");
+    let (updated, id) = cursor.split_once('.').ok_or_else(invalid)?;
+    Ok((
+        i64::from_str_radix(updated, 16).map_err(|_| invalid())?,
+        u64::from_str_radix(id, 16).map_err(|_| invalid())?,
+    ))
 }
 
 fn money(amount: Decimal, currency: &str) -> Value {

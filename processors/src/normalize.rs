@@ -2,6 +2,9 @@
 //!
 //! Handled topics: `orders/create` (PLACED), `orders/updated` (UPDATED), `orders/paid` (PAID),
 //! `orders/fulfilled` (FULFILLED), `orders/cancelled` (CANCELLED); each carries the full order.
+//! An order read through the Admin API (topic [`WebhookEnvelope::TOPIC_ADMIN_ORDER`], the
+//! reconciliation pull) is an UPDATED event built from the same fields by their GraphQL names
+//! (`../shared/research/shopify-remaining.md` §1.4).
 //! `refunds/create` becomes a [`RefundEvent`]: the sum of its successful refund transactions.
 //! Every other topic (`orders/edited`, products, privacy, …) is skipped and
 //! counted in `tributary_normalize_skipped_total{topic}`; the envelope stays in `shopify.webhooks`
@@ -143,13 +146,20 @@ pub fn normalize(envelope: &WebhookEnvelope) -> Result<Normalized, NormalizeErro
     if envelope.topic == "refunds/create" {
         return normalize_refund(envelope);
     }
-    let Some(kind) = kind_of(&envelope.topic) else {
-        metrics::counter!("tributary_normalize_skipped_total", "topic" => envelope.topic.clone())
-            .increment(1);
-        return Ok(Normalized::Skipped);
+    let (kind, order) = if envelope.topic == WebhookEnvelope::TOPIC_ADMIN_ORDER {
+        let node: AdminOrder = serde_json::from_slice(&envelope.body)
+            .map_err(|e| NormalizeError::Json(e.to_string()))?;
+        (OrderEventKind::Updated, node.into_rest()?)
+    } else {
+        let Some(kind) = kind_of(&envelope.topic) else {
+            metrics::counter!("tributary_normalize_skipped_total", "topic" => envelope.topic.clone())
+                .increment(1);
+            return Ok(Normalized::Skipped);
+        };
+        let order: ShopifyOrder = serde_json::from_slice(&envelope.body)
+            .map_err(|e| NormalizeError::Json(e.to_string()))?;
+        (kind, order)
     };
-    let order: ShopifyOrder =
-        serde_json::from_slice(&envelope.body).map_err(|e| NormalizeError::Json(e.to_string()))?;
     let order_id = id("order id", order.id)?;
     let customer_id = order
         .customer
@@ -384,6 +394,192 @@ struct DiscountCode {
     code: String,
 }
 
+/// The fields of an Admin GraphQL `Order` node that tributary reads
+/// (`tributary_shopify::operations::RECONCILE_ORDERS`): camelCase, ids as strings, money as
+/// `MoneyBag`s, enums in capitals.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AdminOrder {
+    /// `UnsignedInt64`: a JSON string of digits.
+    legacy_resource_id: String,
+    name: Option<String>,
+    email: Option<String>,
+    created_at: String,
+    updated_at: String,
+    cancelled_at: Option<String>,
+    #[serde(default)]
+    test: bool,
+    source_name: Option<String>,
+    #[serde(default)]
+    tags: Vec<String>,
+    #[serde(default)]
+    discount_codes: Vec<String>,
+    display_financial_status: Option<String>,
+    current_total_price_set: AdminMoneyBag,
+    total_price_set: Option<AdminMoneyBag>,
+    customer: Option<AdminCustomer>,
+    customer_journey_summary: Option<AdminJourney>,
+    #[serde(default)]
+    refunds: Vec<AdminRefund>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AdminMoneyBag {
+    shop_money: AdminMoney,
+    presentment_money: AdminMoney,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AdminMoney {
+    #[serde(with = "rust_decimal::serde::str")]
+    amount: Decimal,
+    currency_code: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AdminCustomer {
+    legacy_resource_id: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AdminJourney {
+    first_visit: Option<AdminVisit>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AdminVisit {
+    landing_page: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AdminRefund {
+    legacy_resource_id: String,
+    transactions: AdminTransactions,
+}
+
+#[derive(Deserialize)]
+struct AdminTransactions {
+    nodes: Vec<AdminTransaction>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AdminTransaction {
+    kind: String,
+    status: String,
+    amount_set: AdminShopMoney,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AdminShopMoney {
+    shop_money: AdminMoney,
+}
+
+impl From<AdminMoney> for Money {
+    fn from(m: AdminMoney) -> Self {
+        Money {
+            amount: m.amount,
+            currency_code: m.currency_code,
+        }
+    }
+}
+
+impl From<AdminMoneyBag> for MoneySet {
+    fn from(bag: AdminMoneyBag) -> Self {
+        MoneySet {
+            shop_money: bag.shop_money.into(),
+            presentment_money: bag.presentment_money.into(),
+        }
+    }
+}
+
+/// A `legacyResourceId`: digits in a string.
+fn legacy_id(field: &'static str, text: &str) -> Result<u64, NormalizeError> {
+    text.parse()
+        .map_err(|_| NormalizeError::Json(format!("{field} {text:?} is not a number")))
+}
+
+impl AdminOrder {
+    /// The order as its webhook would carry it: the one reading of an order's fields
+    /// (`REST ↔ GraphQL` map, `../shared/research/shopify-remaining.md` §1.4). Transactions come
+    /// with their shop money; statuses and kinds are compared in lower case as in REST.
+    fn into_rest(self) -> Result<ShopifyOrder, NormalizeError> {
+        let refunds = self
+            .refunds
+            .into_iter()
+            .map(|r| {
+                Ok(OrderRefund {
+                    id: legacy_id("refund legacyResourceId", &r.legacy_resource_id)?,
+                    transactions: r
+                        .transactions
+                        .nodes
+                        .into_iter()
+                        .map(|t| RefundTransaction {
+                            kind: t.kind.to_ascii_lowercase(),
+                            status: t.status.to_ascii_lowercase(),
+                            amount: t.amount_set.shop_money.amount,
+                            currency: None,
+                            amount_set: Some(ShopMoneySet {
+                                shop_money: t.amount_set.shop_money.into(),
+                            }),
+                        })
+                        .collect(),
+                })
+            })
+            .collect::<Result<Vec<_>, NormalizeError>>()?;
+        let customer = self
+            .customer
+            .map(|c| {
+                Ok::<_, NormalizeError>(Customer {
+                    id: legacy_id("customer legacyResourceId", &c.legacy_resource_id)?,
+                    email: None,
+                })
+            })
+            .transpose()?;
+        let current = MoneySet::from(self.current_total_price_set);
+        Ok(ShopifyOrder {
+            id: legacy_id("order legacyResourceId", &self.legacy_resource_id)?,
+            name: self.name,
+            email: self.email,
+            contact_email: None,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            currency: current.shop_money.currency_code.clone(),
+            current_total_price: Some(current.shop_money.amount),
+            total_price: None,
+            presentment_currency: Some(current.presentment_money.currency_code.clone()),
+            current_total_price_set: Some(current),
+            total_price_set: self.total_price_set.map(MoneySet::from),
+            discount_codes: self
+                .discount_codes
+                .into_iter()
+                .map(|code| DiscountCode { code })
+                .collect(),
+            landing_site: self
+                .customer_journey_summary
+                .and_then(|j| j.first_visit)
+                .and_then(|v| v.landing_page),
+            source_name: self.source_name,
+            tags: self.tags.join(", "),
+            test: self.test,
+            financial_status: self
+                .display_financial_status
+                .map(|s| s.to_ascii_lowercase()),
+            fulfillment_status: None,
+            cancelled_at: self.cancelled_at,
+            refunds,
+            customer,
+        })
+    }
+}
+
 #[derive(Deserialize)]
 struct Customer {
     id: u64,
@@ -450,6 +646,91 @@ mod tests {
                 in_currency: vec![],
             }]
         );
+    }
+
+    /// The Admin API's `Order` node of an order reads as the webhook of the same order does.
+    #[test]
+    fn an_admin_api_order_reads_as_its_webhook_does() {
+        let node = r##"{"id": "gid://shopify/Order/9007199254740993", "legacyResourceId": "9007199254740993",
+            "name": "#1001", "createdAt": "2025-11-28T15:00:00Z", "updatedAt": "2025-11-28T15:00:01Z",
+            "cancelledAt": null, "test": false, "sourceName": "web", "tags": ["vip", "Exclude"],
+            "email": "Buyer@Example.com", "discountCodes": ["anna10"], "displayFinancialStatus": "PARTIALLY_REFUNDED",
+            "currentTotalPriceSet": {"shopMoney": {"amount": "100.10", "currencyCode": "USD"},
+                                     "presentmentMoney": {"amount": "92.35", "currencyCode": "EUR"}},
+            "totalPriceSet": {"shopMoney": {"amount": "120.00", "currencyCode": "USD"},
+                              "presentmentMoney": {"amount": "110.70", "currencyCode": "EUR"}},
+            "customer": {"legacyResourceId": "207119551"},
+            "customerJourneySummary": {"ready": true, "firstVisit": {"landingPage": "https://s.myshopify.com/?ref=anna"}},
+            "refunds": [{"legacyResourceId": "509562969", "transactions": {"nodes": [
+                {"kind": "REFUND", "status": "SUCCESS", "amountSet": {"shopMoney": {"amount": "19.90", "currencyCode": "USD"}}},
+                {"kind": "REFUND", "status": "PENDING", "amountSet": {"shopMoney": {"amount": "5.00", "currencyCode": "USD"}}}]}}]}"##;
+        let mut read = envelope(WebhookEnvelope::TOPIC_ADMIN_ORDER, node);
+        read.source = WebhookEnvelope::SOURCE_RECONCILE.into();
+        let Normalized::Order(admin) = normalize(&read).unwrap() else {
+            panic!()
+        };
+        let Normalized::Order(webhook) = normalize(&envelope("orders/updated", ORDER)).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(admin.kind, OrderEventKind::Updated);
+        assert_eq!(
+            (admin.order_id, admin.created_at_ms, admin.updated_at_ms),
+            (
+                webhook.order_id,
+                webhook.created_at_ms,
+                webhook.updated_at_ms
+            )
+        );
+        assert_eq!(
+            (
+                &admin.currency,
+                admin.current_total_price,
+                &admin.presentment_currency,
+                admin.current_total_price_presentment
+            ),
+            (
+                &webhook.currency,
+                webhook.current_total_price,
+                &webhook.presentment_currency,
+                webhook.current_total_price_presentment
+            )
+        );
+        assert_eq!(
+            (
+                &admin.discount_codes,
+                &admin.tags,
+                admin.customer_id,
+                &admin.source_name
+            ),
+            (
+                &webhook.discount_codes,
+                &webhook.tags,
+                webhook.customer_id,
+                &webhook.source_name
+            )
+        );
+        assert_eq!(
+            admin.landing_site.as_deref(),
+            Some("https://s.myshopify.com/?ref=anna")
+        );
+        // Only the successful transaction counts; the pending one waits for a later record.
+        assert_eq!(
+            admin.refunds,
+            vec![ListedRefund {
+                refund_id: 509_562_969,
+                amount: Decimal::from_str("19.90").unwrap(),
+                in_currency: vec![],
+            }]
+        );
+        let bad_id = node.replace(
+            r#""legacyResourceId": "9007199254740993""#,
+            r#""legacyResourceId": "x""#,
+        );
+        assert!(matches!(
+            normalize(&envelope(WebhookEnvelope::TOPIC_ADMIN_ORDER, &bad_id)),
+            Err(NormalizeError::Json(_))
+        ));
     }
 
     #[test]

@@ -513,18 +513,26 @@ fn update_settled(
         current.latest_version(),
         event,
     );
-    if verdict != Verdict::Fresh {
+    let counted = |r: &ListedRefund| current.refund_ids.contains(&r.refund_id.to_string());
+    let uncounted = event.refunds.iter().any(|r| !counted(r) && moves_money(r));
+    // An older version still brings the refunds it lists that are not counted yet (a refund
+    // counts from any record); nothing else of it applies.
+    let fresh = verdict == Verdict::Fresh;
+    let brings_refunds = verdict == Verdict::Stale && uncounted;
+    if !(fresh || brings_refunds) {
         return Applied::Unchanged(verdict);
     }
     current.revision += 1;
     current.changed_at_ms = now;
-    current.latest_updated_at_ms = event.updated_at_ms;
-    current.latest_triggered_at_ms = event.triggered_at_ms;
-    current.financial_status = event.financial_status.clone();
-    current.cancelled |= event.cancelled_at_ms.is_some();
-    current.net = net(current.gross, current.refunded, current.cancelled);
     current.input_offset = input_offset;
     dedup::remember(&mut current.recent_delivery_ids, event);
+    if fresh {
+        current.latest_updated_at_ms = event.updated_at_ms;
+        current.latest_triggered_at_ms = event.triggered_at_ms;
+        current.financial_status = event.financial_status.clone();
+        current.cancelled |= event.cancelled_at_ms.is_some();
+        current.net = net(current.gross, current.refunded, current.cancelled);
+    }
     // Refunds this version lists count once by id, whatever record brought them first.
     for refund in &event.refunds {
         add_refund(current, refund);
@@ -733,6 +741,42 @@ mod tests {
         assert_eq!(
             (newer.revision, newer.gross, newer.latest_updated_at_ms),
             (2, 100.into(), 11)
+        );
+    }
+
+    #[test]
+    fn an_older_version_still_brings_a_refund_not_counted_yet_and_nothing_else() {
+        let mut state = PartitionState::default();
+        state
+            .apply(&event("w1", None, 10, 100), 0, 0, decision)
+            .unwrap();
+        state
+            .apply(&event("w2", None, 20, 130), 1, 0, decision)
+            .unwrap();
+        // A reconciled copy of version 15 lists a refund nobody delivered.
+        let mut older = event("reconcile-15", None, 15, 80);
+        older.refunds = vec![ListedRefund {
+            refund_id: 7,
+            amount: 20.into(),
+            in_currency: vec![],
+        }];
+        let Applied::Changed(after) = state.apply(&older, 2, 0, decision).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (
+                after.gross,
+                after.refunded,
+                after.net,
+                after.latest_updated_at_ms
+            ),
+            (100.into(), 20.into(), 80.into(), 20)
+        );
+        // Again: nothing left to count.
+        older.webhook_id = "reconcile-15-again".into();
+        assert_eq!(
+            state.apply(&older, 3, 0, decision).unwrap(),
+            Applied::Unchanged(Verdict::Stale)
         );
     }
 

@@ -47,10 +47,12 @@ pub enum DeadLetterStage {
     Events,
     EventsRepartition,
     SinkClickHouse,
+    /// An `orders/edited` whose order could not be read again.
+    OrderEdits,
 }
 
 impl DeadLetterStage {
-    pub const ALL: [DeadLetterStage; 12] = [
+    pub const ALL: [DeadLetterStage; 13] = [
         Self::Decode,
         Self::Normalize,
         Self::Refund,
@@ -63,6 +65,7 @@ impl DeadLetterStage {
         Self::Events,
         Self::EventsRepartition,
         Self::SinkClickHouse,
+        Self::OrderEdits,
     ];
 
     /// The name in the `tributary.stage` header and the [`DeadLetter`](tributary_schemas::DeadLetter)'s `stage`.
@@ -80,6 +83,7 @@ impl DeadLetterStage {
             Self::Events => "events",
             Self::EventsRepartition => "events-repartition",
             Self::SinkClickHouse => "sink-clickhouse",
+            Self::OrderEdits => "order-edits",
         }
     }
 }

@@ -12,10 +12,13 @@
 //!   checkpointed against its changelog;
 //! - [`control`]: the tables of stores and advocates, followed from their control topics;
 //! - [`secrets`]: the master key and the secrets it seals at rest;
+//! - [`credentials`]: credentials that expire, refreshed by one refresher per connection and
+//!   persisted before use;
 //! - [`ops`]: readiness, health and metrics routes, and the HTTP server every endpoint runs on.
 
 pub mod changelog;
 pub mod control;
+pub mod credentials;
 pub mod dead_letter;
 pub mod kafka;
 pub mod member;

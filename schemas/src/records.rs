@@ -31,7 +31,13 @@ avro_record!(WebhookEnvelope, "webhook_envelope");
 
 impl WebhookEnvelope {
     pub const SOURCE_WEBHOOK: &'static str = "shopify_webhook";
+    /// An order read through the Admin API by the reconciliation pull (or re-read after an
+    /// `orders/edited`); its topic is [`Self::TOPIC_ADMIN_ORDER`].
     pub const SOURCE_RECONCILE: &'static str = "shopify_reconcile";
+    /// The topic of a reconciled order: its body is the Admin GraphQL API's `Order` node as
+    /// Shopify answered it (`tributary_shopify::operations::RECONCILE_ORDERS`), camelCase with
+    /// gid ids, which the normalizer maps to the same event as an order webhook.
+    pub const TOPIC_ADMIN_ORDER: &'static str = "admin_api/order";
     /// The processor's own record: it carries only an event time, written into a partition that
     /// holds orders but has been idle, so that they settle (see `processors::state`).
     pub const SOURCE_IDLE_TICK: &'static str = "tributary_idle_tick";
@@ -530,6 +536,68 @@ pub struct Alert {
 }
 avro_record!(Alert, "alert");
 
+/// A store's reconciliation watermark (topic `tributary.control.reconciliation`), written after
+/// each complete pass of the reconciliation pull (`tributary_ingest::shopify_reconcile`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reconciliation {
+    pub shop_domain: String,
+    /// Every order updated (Shopify's `Order.updatedAt`) at or before this time, in ms, has been
+    /// read by a complete pass; the next pass reads from here less the overlap.
+    pub watermark_ms: i64,
+    pub pass_started_at_ms: i64,
+    pub completed_at_ms: i64,
+    /// Orders the pass read and produced.
+    pub orders_read: i64,
+    /// Orders left for a later pass (their customer journey was not ready).
+    pub held_back: i64,
+}
+avro_record!(Reconciliation, "reconciliation");
+
+/// How a credential that expires is renewed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum CredentialGrant {
+    /// A refresh token that rotates on use (Shopify's expiring offline tokens, TikTok Shop).
+    RefreshToken,
+    /// A new token from the app's client id and secret (Shopify's Dev Dashboard apps).
+    ClientCredentials,
+}
+
+/// A connection's credential that expires (topic `tributary.control.credentials`, keyed by
+/// connection, e.g. `shopify/<shop domain>`), written when the connection is made and after every
+/// refresh, before the new token is used (see `tributary_runtime::credentials`). Every secret is
+/// sealed.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credential {
+    pub connection: String,
+    pub grant: CredentialGrant,
+    pub client_id: String,
+    pub client_secret_sealed: String,
+    pub access_token_sealed: Option<String>,
+    pub access_expires_at_ms: i64,
+    pub refresh_token_sealed: Option<String>,
+    pub refresh_token_expires_at_ms: Option<i64>,
+    /// Refreshes so far; 0 when connected.
+    pub generation: i64,
+    pub refreshed_at_ms: i64,
+    /// Why the platform refused the grant for good; the connection is locked until connected again.
+    pub failure: Option<String>,
+}
+avro_record!(Credential, "credential");
+
+impl std::fmt::Debug for Credential {
+    // Sealed, but ciphertext has no business in a log either.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credential")
+            .field("connection", &self.connection)
+            .field("grant", &self.grant)
+            .field("access_expires_at_ms", &self.access_expires_at_ms)
+            .field("generation", &self.generation)
+            .field("failure", &self.failure)
+            .finish_non_exhaustive()
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum StoreCreditDirection {
@@ -739,6 +807,27 @@ mod tests {
             name: "Outdoors".into(),
             api_key_sha256: "00".into(),
             created_at_ms: 1,
+        });
+        round_trip(Reconciliation {
+            shop_domain: "a.myshopify.com".into(),
+            watermark_ms: 1_780_000_000_000,
+            pass_started_at_ms: 1_780_000_060_000,
+            completed_at_ms: 1_780_000_065_000,
+            orders_read: 250,
+            held_back: 1,
+        });
+        round_trip(Credential {
+            connection: "shopify/a.myshopify.com".into(),
+            grant: CredentialGrant::RefreshToken,
+            client_id: "id".into(),
+            client_secret_sealed: "c2VhbGVk".into(),
+            access_token_sealed: Some("dG9rZW4=".into()),
+            access_expires_at_ms: 1_780_000_000_000,
+            refresh_token_sealed: Some("cmVmcmVzaA==".into()),
+            refresh_token_expires_at_ms: Some(1_787_776_000_000),
+            generation: 7,
+            refreshed_at_ms: 1_779_996_400_000,
+            failure: None,
         });
         round_trip(Alert {
             alert_id: "a.myshopify.com/CODE_NOT_MINTED/7".into(),

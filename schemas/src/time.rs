@@ -13,3 +13,11 @@ pub fn format_rfc3339_ms(ms: i64) -> String {
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         .unwrap_or_default()
 }
+
+/// `ms` truncated to the second, as Shopify's `DateTime` scalar writes times
+/// (`2019-09-07T15:50:00Z`; shopify.dev/docs/api/admin-graphql/latest/scalars/DateTime).
+pub fn format_rfc3339_seconds(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms.div_euclid(1000) * 1000)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default()
+}

@@ -13,6 +13,8 @@
 //! | `tributary.control.advocates` | [`Advocate`](crate::Advocate) | `<shop>/<advocate id>` | compact |
 //! | `tributary.control.teams` | [`Team`](crate::Team) | its `team_id` | compact |
 //! | `tributary.alerts` | [`Alert`](crate::Alert) | its `alert_id` | compact |
+//! | `tributary.control.reconciliation` | [`Reconciliation`](crate::Reconciliation) | `<shop>` | compact |
+//! | `tributary.control.credentials` | [`Credential`](crate::Credential) | `<platform>/<account>` | compact |
 //! | `tributary.dlq` | [`DeadLetter`](crate::DeadLetter) | the failed record's key | delete |
 //!
 //! Partitioning: producers hash keys with `murmur2_random` (the Java client's partitioner, so other
@@ -41,6 +43,10 @@ pub const ADVOCATES: &str = "tributary.control.advocates";
 pub const DEAD_LETTERS: &str = "tributary.dlq";
 pub const ALERTS: &str = "tributary.alerts";
 pub const TEAMS: &str = "tributary.control.teams";
+/// Each store's reconciliation watermark (see `tributary_ingest::shopify_reconcile`).
+pub const RECONCILIATION: &str = "tributary.control.reconciliation";
+/// Credentials that expire, with their current tokens (see `tributary_runtime::credentials`).
+pub const CREDENTIALS: &str = "tributary.control.credentials";
 
 /// librdkafka's name for the Java client's default partitioner.
 pub const PARTITIONER: &str = "murmur2_random";
@@ -59,7 +65,7 @@ pub struct TopicSpec {
     pub single_partition: bool,
 }
 
-pub const ALL: [TopicSpec; 12] = [
+pub const ALL: [TopicSpec; 14] = [
     TopicSpec {
         name: WEBHOOKS,
         cleanup: Cleanup::Delete,
@@ -121,6 +127,16 @@ pub const ALL: [TopicSpec; 12] = [
         cleanup: Cleanup::Compact,
         single_partition: true,
     },
+    TopicSpec {
+        name: RECONCILIATION,
+        cleanup: Cleanup::Compact,
+        single_partition: true,
+    },
+    TopicSpec {
+        name: CREDENTIALS,
+        cleanup: Cleanup::Compact,
+        single_partition: true,
+    },
 ];
 
 pub fn order_key(shop_domain: &str, order_id: u64) -> String {
@@ -171,6 +187,21 @@ pub fn webhook_key(shopify_topic: &str, shop_domain: &str, body: &[u8]) -> Strin
     #[derive(Deserialize)]
     struct EditProbe {
         order_id: Option<u64>,
+    }
+    /// An Admin API `Order` node: its numeric id is `legacyResourceId`, a string of digits.
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct NodeProbe {
+        legacy_resource_id: String,
+    }
+    if shopify_topic == crate::WebhookEnvelope::TOPIC_ADMIN_ORDER {
+        return match serde_json::from_slice::<NodeProbe>(body)
+            .ok()
+            .and_then(|n| n.legacy_resource_id.parse::<u64>().ok())
+        {
+            Some(id) => order_key(shop_domain, id),
+            None => store_key(shop_domain),
+        };
     }
     let order_id = match serde_json::from_slice::<Probe>(body) {
         Ok(p) if shopify_topic == "orders/edited" => p.order_edit.and_then(|e| e.order_id),

@@ -71,6 +71,8 @@ pub fn test_config(name: &str, dir: &Path) -> Config {
     config.kafka.partitions = 4;
     config.shopify.timeout_ms = 2_000;
     config.writeback.batch_ms = 50;
+    // Reconciliation passes run when a test asks (tributary::reconcile::run).
+    config.reconcile.interval_minutes = 0;
     config
 }
 
@@ -526,6 +528,21 @@ pub fn demo_plan(orders: usize, seed: u64) -> tributary::generate::Plan {
     let advocates =
         control_files::read_advocates(&repo_path("deploy/demo/advocates.csv")).expect("advocates");
     tributary::generate::plan(&stores.store, &advocates, orders, seed).expect("plan")
+}
+
+/// A generated stream over the demo stores and advocates in which `lost_percent`% of the
+/// webhooks of the stores with Admin access never arrive (see `generate::plan_with_losses`).
+pub fn demo_plan_with_losses(
+    orders: usize,
+    seed: u64,
+    lost_percent: u32,
+) -> tributary::generate::Plan {
+    let stores =
+        control_files::StoresFile::read(&repo_path("deploy/demo/stores.toml")).expect("stores");
+    let advocates =
+        control_files::read_advocates(&repo_path("deploy/demo/advocates.csv")).expect("advocates");
+    tributary::generate::plan_with_losses(&stores.store, &advocates, orders, seed, lost_percent)
+        .expect("plan")
 }
 
 /// Partitions `group` has revoked from its members in this process so far (its metrics).

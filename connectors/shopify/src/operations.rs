@@ -158,14 +158,74 @@ pub const STORE_CREDIT_DEBIT: Operation = Operation {
     safe_to_repeat: false,
 };
 
+/// An `Order` node's selection: what the reconciliation pull reads, mapped by the normalizer to
+/// the same event as an order webhook (`processors::normalize`). `$refunds` refunds with up to 5
+/// transactions each. Costs by Shopify's rule (an object 1, a connection 2 plus its nodes, a list
+/// with `first` that many times its element): the order 1, two money bags 3 each, the customer 1,
+/// the journey 2, and each refund 18 (1, its transactions' connection 2, and 5 transactions of 3).
+macro_rules! order_node {
+    ($refunds:literal) => {
+        concat!(
+            "id legacyResourceId name createdAt updatedAt cancelledAt test sourceName tags email discountCodes displayFinancialStatus ",
+            "currentTotalPriceSet { shopMoney { amount currencyCode } presentmentMoney { amount currencyCode } } ",
+            "totalPriceSet { shopMoney { amount currencyCode } presentmentMoney { amount currencyCode } } ",
+            "customer { legacyResourceId } ",
+            "customerJourneySummary { ready firstVisit { landingPage } } ",
+            "refunds(first: ", $refunds, ") { legacyResourceId transactions(first: 5) { nodes { kind status amountSet { shopMoney { amount currencyCode } } } } }"
+        )
+    };
+}
+
+/// What one order of [`RECONCILE_ORDERS`] costs: 1 + 3 + 3 + 1 + 2 + 5 refunds × 18.
+pub const RECONCILE_ORDER_COST: f64 = 100.0;
+/// Refunds one order of a [`RECONCILE_ORDERS`] page lists at most; an order that lists this many
+/// is read again alone with [`ORDER`], which lists up to [`ORDER_REFUNDS`].
+pub const PAGE_REFUNDS: usize = 5;
+/// Refunds [`ORDER`] lists at most.
+pub const ORDER_REFUNDS: usize = 50;
+
+/// One page of the orders updated in a window, oldest update first: the reconciliation pull
+/// (shopify.dev/docs/api/admin-graphql/latest/queries/orders, `sortKey: UPDATED_AT`, search
+/// syntax `updated_at:>='…'`). `$first` is sized so the requested cost stays within Shopify's
+/// 1,000 per query: 2 for the connection plus [`RECONCILE_ORDER_COST`] per order.
+pub const RECONCILE_ORDERS: Operation = Operation {
+    name: "TributaryReconcileOrders",
+    document: concat!(
+        "query TributaryReconcileOrders($first: Int!, $after: String, $query: String!) { orders(first: $first, after: $after, query: $query, sortKey: UPDATED_AT) { pageInfo { hasNextPage endCursor } nodes { ",
+        order_node!(5),
+        " } } }"
+    ),
+    charge: Charge::PerItem {
+        base: 2.0,
+        per: "first",
+        each: RECONCILE_ORDER_COST,
+    },
+    safe_to_repeat: true,
+};
+
+/// One order by id with up to [`ORDER_REFUNDS`] refunds: an order whose page entry lists
+/// [`PAGE_REFUNDS`] refunds (there may be more), read again alone. Costs 10 + 50 × 18.
+pub const ORDER: Operation = Operation {
+    name: "TributaryOrder",
+    document: concat!(
+        "query TributaryOrder($id: ID!) { order(id: $id) { ",
+        order_node!(50),
+        " } }"
+    ),
+    charge: Charge::Fixed(910.0),
+    safe_to_repeat: true,
+};
+
 /// The global id Shopify uses for an order.
 pub fn order_gid(order_id: u64) -> String {
     format!("gid://shopify/Order/{order_id}")
 }
 
 /// Every operation tributary sends.
-pub const ALL: [&Operation; 13] = [
+pub const ALL: [&Operation; 15] = [
     &SHOP,
+    &RECONCILE_ORDERS,
+    &ORDER,
     &WEBHOOK_SUBSCRIPTIONS,
     &WEBHOOK_SUBSCRIPTION_CREATE,
     &ORDER_NOTE_AND_TAGS,
@@ -185,19 +245,28 @@ mod tests {
     use super::*;
 
     /// Shopify validates every document against the version's schema before running it; so do
-    /// the tests, against the schema of the version tributary targets.
+    /// the tests, against the schema of the version tributary targets and of the one before it
+    /// (a store may still be answered by it while an upgrade rolls out).
     #[test]
     fn every_document_is_valid_against_the_published_admin_schema() {
         assert_eq!(
-            tributary_fakes::admin_schema::VERSION,
-            crate::admin::API_VERSION
+            tributary_fakes::admin_schema::VERSIONS.last().copied(),
+            Some(crate::admin::API_VERSION)
+        );
+        assert_eq!(
+            tributary_fakes::admin_schema::VERSIONS,
+            ["2026-01", "2026-04"]
         );
         let invalid: Vec<String> = ALL
             .iter()
-            .filter_map(|op| {
-                tributary_fakes::admin_schema::validate(op.document)
-                    .err()
-                    .map(|errors| format!("{}: {errors}", op.name))
+            .flat_map(|op| {
+                tributary_fakes::admin_schema::VERSIONS
+                    .iter()
+                    .filter_map(move |version| {
+                        tributary_fakes::admin_schema::validate(version, op.document)
+                            .err()
+                            .map(|errors| format!("{} ({version}): {errors}", op.name))
+                    })
             })
             .collect();
         assert!(invalid.is_empty(), "{}", invalid.join("\n"));

@@ -13,9 +13,9 @@ use std::sync::RwLock;
 use rdkafka::producer::FutureProducer;
 use tributary_runtime::control::Control;
 use tributary_runtime::kafka::{now_ms, publish_record};
-use tributary_runtime::secrets::{MasterKey, UnopenedAccessToken};
 use tributary_schemas::topics::{self, advocate_key};
 use tributary_schemas::{Advocate, AdvocateStatus, Alert, AlertKind, AlertStatus, StoreStatus};
+use tributary_shopify::oauth::{AccessTokenError, AccessTokens};
 use tributary_shopify::{AdminClient, StoreAccess};
 
 use super::codes::{mint_codes, MintError, MintTarget};
@@ -29,7 +29,7 @@ pub enum MintingError {
     #[error("{0}: the store has no Admin API access, code pattern or discount template")]
     NotConfigured(String),
     #[error(transparent)]
-    Token(#[from] UnopenedAccessToken),
+    Token(#[from] AccessTokenError),
     #[error(transparent)]
     Mint(#[from] MintError),
     #[error("publishing: {0}")]
@@ -72,13 +72,13 @@ pub struct MintSummary {
 pub async fn mint_missing(
     admin: &AdminClient,
     control: &RwLock<Control>,
-    master_key: &MasterKey,
+    tokens: &AccessTokens,
     producer: &FutureProducer,
     shop: &str,
     on_start: &(dyn Fn(usize) + Sync),
     progress: &(dyn Fn(usize) + Sync),
 ) -> Result<MintSummary, MintingError> {
-    let (token, template_id, pattern, needing, held) = {
+    let (sealed, template_id, pattern, needing, held) = {
         let control = control.read().unwrap_or_else(|e| e.into_inner());
         let store = control
             .store(shop)
@@ -94,7 +94,7 @@ pub async fn mint_missing(
         ) else {
             return Err(MintingError::NotConfigured(shop.into()));
         };
-        let token = master_key.open_access_token(shop, &access.access_token_sealed)?;
+        let sealed = access.access_token_sealed.clone();
         let advocates = control.advocates(shop);
         let held: HashSet<String> = advocates
             .all()
@@ -107,8 +107,9 @@ pub async fn mint_missing(
             .collect();
         // A stable order: a re-run meets the advocates as the first run did.
         needing.sort_by(|a, b| a.id.cmp(&b.id));
-        (token, template, pattern, needing, held)
+        (sealed, template, pattern, needing, held)
     };
+    let token = tokens.open(shop, &sealed).await?;
     on_start(needing.len());
     if needing.is_empty() {
         return Ok(MintSummary::default());

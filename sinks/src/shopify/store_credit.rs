@@ -38,13 +38,13 @@ use tributary_runtime::control::Control;
 use tributary_runtime::dead_letter::DeadLetterStage;
 use tributary_runtime::kafka::{now_ms, TopicError};
 use tributary_runtime::member::{Brokers, CommitWhen};
-use tributary_runtime::secrets::MasterKey;
 use tributary_runtime::stage::{self, Failure, Input, Member, Outbox, Output, Stage, StageError};
 use tributary_runtime::state::{self, KeyedState, Row, StateStore, StateStoreError};
 use tributary_schemas::{
     topics, Attribution, AvroRecord, RewardEntry, RewardEntryKind, StoreCreditDirection,
     StoreCreditPush, StoreCreditState, StoreStatus,
 };
+use tributary_shopify::oauth::AccessTokens;
 use tributary_shopify::operations::{
     CUSTOMER_STORE_CREDIT, STORE_CREDIT_CREDIT, STORE_CREDIT_DEBIT,
 };
@@ -367,7 +367,7 @@ pub struct StoreCreditStage {
     config: StoreCreditConfig,
     admin: Arc<AdminClient>,
     control: Arc<RwLock<Control>>,
-    master_key: MasterKey,
+    tokens: AccessTokens,
 }
 
 impl StoreCreditStage {
@@ -376,14 +376,14 @@ impl StoreCreditStage {
         config: StoreCreditConfig,
         admin: Arc<AdminClient>,
         control: Arc<RwLock<Control>>,
-        master_key: MasterKey,
+        tokens: AccessTokens,
     ) -> Self {
         Self {
             brokers: brokers.clone(),
             config,
             admin,
             control,
-            master_key,
+            tokens,
         }
     }
 
@@ -449,11 +449,9 @@ impl StoreCreditStage {
         if todo.is_empty() {
             return Ok(());
         }
-        let token = match self
-            .master_key
-            .open_access_token(&order.shop_domain, &sealed_token)
-        {
+        let token = match self.tokens.open(&order.shop_domain, &sealed_token).await {
             Ok(token) => token,
+            Err(error) if error.is_transient() => return Err(Failure::Retry(error.to_string())),
             Err(error) => return Err(Failure::DeadLetter(error.to_string())),
         };
         for movement in todo {

@@ -31,9 +31,9 @@ use tributary_runtime::control::Control;
 use tributary_runtime::dead_letter::DeadLetterStage;
 use tributary_runtime::kafka::TopicError;
 use tributary_runtime::member::Brokers;
-use tributary_runtime::secrets::MasterKey;
 use tributary_runtime::stage::{self, FlushError, Input, Outbox, Stage, StageError};
 use tributary_schemas::{topics, Attribution, AvroRecord, Outcome, StoreStatus};
+use tributary_shopify::oauth::AccessTokens;
 use tributary_shopify::operations::{
     order_gid, ORDER_NOTE_AND_TAGS, ORDER_UPDATE_NOTE, TAGS_ADD, TAGS_REMOVE,
 };
@@ -212,7 +212,7 @@ pub struct WritebackSink {
     config: WritebackConfig,
     admin: Arc<AdminClient>,
     control: Arc<RwLock<Control>>,
-    master_key: MasterKey,
+    tokens: AccessTokens,
     /// What this process last wrote (or found) per order, so a revision that changes nothing
     /// Shopify shows (a refund, a reward) costs no read. Bounded (least recently written go
     /// first) and lost on restart, which only costs reads.
@@ -225,7 +225,7 @@ impl WritebackSink {
         config: WritebackConfig,
         admin: Arc<AdminClient>,
         control: Arc<RwLock<Control>>,
-        master_key: MasterKey,
+        tokens: AccessTokens,
     ) -> Self {
         Self {
             brokers: brokers.clone(),
@@ -233,7 +233,7 @@ impl WritebackSink {
             config,
             admin,
             control,
-            master_key,
+            tokens,
         }
     }
 
@@ -275,9 +275,13 @@ impl WritebackSink {
         }
         // Opened only for orders that need Shopify, not for every revision read.
         let token = self
-            .master_key
-            .open_access_token(&record.shop_domain, &sealed_token)
-            .map_err(|e| Failure::DeadLetter(e.to_string()))?;
+            .tokens
+            .open(&record.shop_domain, &sealed_token)
+            .await
+            .map_err(|e| match e.is_transient() {
+                true => Failure::Retry(e.to_string()),
+                false => Failure::DeadLetter(e.to_string()),
+            })?;
         let store = StoreAccess {
             shop_domain: &record.shop_domain,
             access_token: token.expose(),

@@ -1,0 +1,200 @@
+//! The fake's answers to fields it serves from stored JSON (orders): only the fields a document
+//! selects, lists and connections cut to their `first`, and Shopify's cost of them.
+//!
+//! Cost follows Shopify's published rule (shopify.dev/docs/apps/build/graphql-admin/rate-limits):
+//! a scalar or enum costs 0, an object 1, a connection 2 plus its nodes (`first`) times a node's
+//! cost, a list taken with `first` that many times an element; `PageInfo` is free. The requested
+//! cost is computed from the document before running it; the actual cost from what came back,
+//! and the difference is refunded to the bucket.
+
+use apollo_compiler::ast::Value as Literal;
+use apollo_compiler::executable::{Field, Selection, SelectionSet};
+use apollo_compiler::{ExecutableDocument, Node};
+use serde_json::{Map, Value};
+
+/// Shopify refuses a query whose requested cost is above this, whatever the bucket holds.
+pub const MAX_QUERY_COST: f64 = 1_000.0;
+
+/// The root field `name` of the document's (first) operation, validated against `version`.
+pub fn root_field(version: &str, document: &str, name: &str) -> Option<Node<Field>> {
+    let doc = ExecutableDocument::parse_and_validate(
+        crate::admin_schema::schema(version),
+        document,
+        "request.graphql",
+    )
+    .ok()?;
+    let operation = doc.operations.iter().next()?;
+    fields(&operation.selection_set)
+        .into_iter()
+        .find(|f| f.name == name)
+        .cloned()
+}
+
+/// The fields of a selection set, inline fragments flattened (tributary's documents use no named
+/// fragments).
+fn fields(set: &SelectionSet) -> Vec<&Node<Field>> {
+    let mut out = Vec::new();
+    for selection in &set.selections {
+        match selection {
+            Selection::Field(field) => out.push(field),
+            Selection::InlineFragment(fragment) => out.extend(fields(&fragment.selection_set)),
+            Selection::FragmentSpread(_) => {}
+        }
+    }
+    out
+}
+
+/// The field's `first` (or `last`) argument, literal or variable.
+fn count(field: &Field, variables: &Value) -> Option<usize> {
+    let argument = field
+        .arguments
+        .iter()
+        .find(|a| a.name == "first" || a.name == "last")?;
+    match argument.value.as_ref() {
+        Literal::Int(n) => n.try_to_i32().ok().map(|n| n.max(0) as usize),
+        Literal::Variable(name) => variables
+            .get(name.as_str())
+            .and_then(Value::as_u64)
+            .map(|n| n as usize),
+        _ => None,
+    }
+}
+
+fn is_connection(field: &Field) -> bool {
+    field
+        .definition
+        .ty
+        .inner_named_type()
+        .as_str()
+        .ends_with("Connection")
+}
+
+fn is_free(field: &Field) -> bool {
+    field.selection_set.selections.is_empty()
+        || field.definition.ty.inner_named_type().as_str() == "PageInfo"
+}
+
+/// Shopify's requested cost of `field`, before it runs.
+pub fn requested_cost(field: &Field, variables: &Value) -> f64 {
+    if is_free(field) {
+        return 0.0;
+    }
+    let children: f64 = fields(&field.selection_set)
+        .into_iter()
+        .map(|f| requested_cost(f, variables))
+        .sum();
+    let n = count(field, variables).unwrap_or(1) as f64;
+    if is_connection(field) {
+        // Its `nodes` (a list without `first`) cost 1 + a node's fields each, `n` of them.
+        2.0 + n * children
+    } else if count(field, variables).is_some() {
+        n * (1.0 + children)
+    } else {
+        1.0 + children
+    }
+}
+
+/// Shopify's actual cost of `value`, the answer to `field`.
+pub fn actual_cost(field: &Field, value: &Value) -> f64 {
+    if is_free(field) {
+        return 0.0;
+    }
+    let children = |v: &Value| -> f64 {
+        fields(&field.selection_set)
+            .into_iter()
+            .map(|f| actual_cost(f, v.get(response_key(f)).unwrap_or(&Value::Null)))
+            .sum()
+    };
+    match value {
+        Value::Null => 0.0,
+        Value::Array(items) => items.iter().map(|v| 1.0 + children(v)).sum(),
+        v if is_connection(field) => 2.0 + children(v),
+        v => 1.0 + children(v),
+    }
+}
+
+fn response_key(field: &Field) -> &str {
+    field.alias.as_ref().unwrap_or(&field.name).as_str()
+}
+
+/// `stored` (a node as the fake holds it, with every field) as the answer to `field`: only the
+/// fields selected, under their response keys; a list cut to `first`, a connection's `nodes`
+/// too. A field the fake does not hold is `null`.
+pub fn project(field: &Field, stored: &Value, variables: &Value) -> Value {
+    if field.selection_set.selections.is_empty() {
+        return stored.clone();
+    }
+    let limit = count(field, variables);
+    match stored {
+        Value::Array(items) => Value::Array(
+            items
+                .iter()
+                .take(limit.unwrap_or(usize::MAX))
+                .map(|v| project_object(field, v, variables, None))
+                .collect(),
+        ),
+        Value::Object(_) => project_object(field, stored, variables, limit),
+        other => other.clone(),
+    }
+}
+
+fn project_object(field: &Field, stored: &Value, variables: &Value, nodes: Option<usize>) -> Value {
+    let Value::Object(map) = stored else {
+        return stored.clone();
+    };
+    let mut out = Map::new();
+    for child in fields(&field.selection_set) {
+        let value = match (child.name.as_str(), map.get(child.name.as_str())) {
+            ("__typename", None) => {
+                Value::String(field.definition.ty.inner_named_type().as_str().to_owned())
+            }
+            ("nodes", Some(Value::Array(items))) if nodes.is_some() => {
+                let cut: Vec<Value> = items
+                    .iter()
+                    .take(nodes.unwrap_or(usize::MAX))
+                    .cloned()
+                    .collect();
+                project(child, &Value::Array(cut), variables)
+            }
+            (_, Some(value)) => project(child, value, variables),
+            (_, None) => Value::Null,
+        };
+        out.insert(response_key(child).to_owned(), value);
+    }
+    Value::Object(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const DOC: &str = "query Q($first: Int!) { orders(first: $first, query: \"\") { pageInfo { hasNextPage } nodes { id name refunds(first: 2) { legacyResourceId transactions(first: 1) { nodes { kind amountSet { shopMoney { amount } } } } } } } }";
+
+    #[test]
+    fn costs_follow_the_connection_rule_and_answers_hold_only_what_was_asked() {
+        let vars = json!({"first": 3});
+        let field = root_field("2026-04", DOC, "orders").unwrap();
+        // A transaction 3 (itself, its amountSet, its shopMoney); its connection 2 + 1 × 3; a
+        // refund 1 + 5, two of them 12; an order 1 + 12; the orders 2 + 3 × 13.
+        assert_eq!(requested_cost(&field, &vars), 41.0);
+        let stored = json!({"pageInfo": {"hasNextPage": false}, "nodes": [
+            {"id": "gid://shopify/Order/1", "name": "#1", "email": "a@b.c", "refunds": [
+                {"legacyResourceId": "7", "note": "x", "transactions": {"nodes": [
+                    {"kind": "REFUND", "status": "SUCCESS", "amountSet": {"shopMoney": {"amount": "1.00", "currencyCode": "USD"}}},
+                    {"kind": "REFUND", "status": "SUCCESS", "amountSet": {"shopMoney": {"amount": "2.00", "currencyCode": "USD"}}}]}},
+                {"legacyResourceId": "8", "transactions": {"nodes": []}},
+                {"legacyResourceId": "9", "transactions": {"nodes": []}}]}]});
+        let answer = project(&field, &stored, &vars);
+        assert_eq!(
+            answer,
+            json!({"pageInfo": {"hasNextPage": false}, "nodes": [
+                {"id": "gid://shopify/Order/1", "name": "#1", "refunds": [
+                    {"legacyResourceId": "7", "transactions": {"nodes": [
+                        {"kind": "REFUND", "amountSet": {"shopMoney": {"amount": "1.00"}}}]}},
+                    {"legacyResourceId": "8", "transactions": {"nodes": []}}]}]})
+        );
+        // One order of two refunds, one transaction: 2 + (1 + (1 + 2 + 3) + (1 + 2)).
+        assert_eq!(actual_cost(&field, &answer), 12.0);
+    }
+}
