@@ -856,11 +856,16 @@ pub async fn reconcile_throughput(
         .find(|s| s.admin.is_some())
         .context("no store with Admin API access")?;
     let shop = store.domain.trim().to_ascii_lowercase();
-    let token = store
-        .admin
-        .as_ref()
-        .map(|a| a.access_token.clone())
-        .unwrap_or_default();
+    let key = MasterKey::generate();
+    let sealed = key.seal(
+        &tributary_runtime::secrets::access_token_purpose(&shop),
+        store
+            .admin
+            .as_ref()
+            .map(|a| a.access_token.as_str())
+            .unwrap_or_default(),
+    );
+    let tokens = tributary_shopify::oauth::AccessTokens::sealed_only(key);
     let plan =
         generate::plan_with_losses(std::slice::from_ref(store), advocates, orders, seed, 100)?;
     // The embedded broker creates topics as they are first written.
@@ -906,14 +911,12 @@ pub async fn reconcile_throughput(
             producer.clone(),
             Default::default(),
         );
-        let access = tributary_shopify::StoreAccess {
-            shop_domain: &shop,
-            access_token: &token,
-        };
         let started = Instant::now();
         let pass = reconciler
             .pass(
-                access,
+                &shop,
+                &tokens,
+                &sealed,
                 tributary_ingest::shopify_reconcile::Start::Since(0),
                 &|_| {},
             )

@@ -585,6 +585,15 @@ impl OrderSpec {
         }
     }
 
+    /// `amount` (USD, the shop's money) in the order's presentment currency: EUR at 0.92.
+    fn presentment(&self, amount: Decimal) -> Decimal {
+        if self.presentment_currency == "EUR" {
+            (amount * Decimal::new(92, 2)).round_dp(2)
+        } else {
+            amount
+        }
+    }
+
     /// The total after the post-purchase upsell some patterns add.
     fn upsell_total(&self) -> Decimal {
         self.total + Decimal::new(1800, 2)
@@ -609,13 +618,8 @@ impl OrderSpec {
             .map(|(_, at_ms, _)| *at_ms)
             .fold(newest.updated_ms, i64::max);
         let money = |amount: Decimal| {
-            let presentment = if self.presentment_currency == "EUR" {
-                (amount * Decimal::new(92, 2)).round_dp(2)
-            } else {
-                amount
-            };
             json!({"shopMoney": {"amount": amount.to_string(), "currencyCode": "USD"},
-                   "presentmentMoney": {"amount": presentment.to_string(), "currencyCode": self.presentment_currency}})
+                   "presentmentMoney": {"amount": self.presentment(amount).to_string(), "currencyCode": self.presentment_currency}})
         };
         let time = tributary_schemas::time::format_rfc3339_seconds;
         json!({
@@ -642,13 +646,8 @@ impl OrderSpec {
     /// A realistic Shopify REST order payload (about 3–7 KB).
     fn body(&self, updated_ms: i64, total: Decimal, financial_status: &str) -> Vec<u8> {
         let money = |amount: Decimal| {
-            let presentment = if self.presentment_currency == "EUR" {
-                (amount * Decimal::new(92, 2)).round_dp(2)
-            } else {
-                amount
-            };
             json!({"shop_money": {"amount": amount.to_string(), "currency_code": "USD"},
-                   "presentment_money": {"amount": presentment.to_string(), "currency_code": self.presentment_currency}})
+                   "presentment_money": {"amount": self.presentment(amount).to_string(), "currency_code": self.presentment_currency}})
         };
         let line_items: Vec<Value> = self
             .lines

@@ -10,13 +10,13 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use tributary_ingest::shopify_reconcile::{reconcilable, Reconciler, Start, Watermarks};
 use tributary_runtime::control::follow_stores_and_advocates;
-use tributary_runtime::kafka::producer_config;
+use tributary_runtime::kafka::{now_ms, producer_config};
 use tributary_runtime::ops::Readiness;
 use tributary_runtime::secrets::MasterKey;
 use tributary_schemas::time::{format_rfc3339_ms, parse_rfc3339_ms};
 use tributary_schemas::Reconciliation;
 use tributary_shopify::oauth::AccessTokens;
-use tributary_shopify::{AdminClient, StoreAccess};
+use tributary_shopify::AdminClient;
 
 use crate::config::Config;
 
@@ -31,8 +31,9 @@ pub struct Request {
     pub progress: bool,
 }
 
-/// Runs one pass over each store asked for and keeps each complete one; returns them. A store
-/// that fails stops the command with its error (the passes before it are kept).
+/// Runs one pass over each store asked for and keeps each complete one (a `--since` later than
+/// the store's own start is not kept); returns them. A store that fails stops the command with
+/// its error (the passes before it are kept).
 pub async fn run(
     config: &Config,
     bootstrap: &str,
@@ -67,21 +68,20 @@ pub async fn run(
     }
     let mut kept = Vec::new();
     for (shop, sealed) in stores {
-        let token = tokens.open(&shop, &sealed).await?;
-        let store = StoreAccess {
-            shop_domain: &shop,
-            access_token: token.expose(),
-        };
+        let watermark = watermarks.get(&shop);
         let start = match since {
             Some(ms) => Start::Since(ms),
-            None => Start::Watermark(watermarks.get(&shop)),
+            None => Start::Watermark(watermark),
         };
+        // A backfill from later than the store's own start covers only part of what the
+        // watermark stands for: it is not kept.
+        let keep = since.is_none_or(|ms| ms <= reconciler.watermark_start(watermark, now_ms()));
         let bar = request
             .progress
             .then(|| crate::progress::bar(0, &format!("{shop}: orders read")));
         let started = std::time::Instant::now();
         let pass = reconciler
-            .pass(store, start, &|read| {
+            .pass(&shop, &tokens, &sealed, start, &|read| {
                 if let Some(bar) = &bar {
                     bar.set_length(read);
                     bar.set_position(read);
@@ -89,7 +89,9 @@ pub async fn run(
             })
             .await
             .with_context(|| format!("reconciling {shop}"))?;
-        reconciler.record(&pass).await?;
+        if keep {
+            reconciler.record(&pass).await?;
+        }
         if let Some(bar) = bar {
             bar.finish_and_clear();
         }

@@ -42,16 +42,9 @@ fn attempt_code(advocate: &Advocate, attempt: usize) -> String {
 
 /// Runs `tributary codes <args>` against the pipeline's broker and fake Shopify; its stdout.
 fn codes_cli(p: &Pipeline, args: &[&str]) -> String {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tributary"))
-        .arg("codes")
+    let output = p
+        .cli(&["codes"])
         .args(args)
-        .env("RUST_LOG", "warn")
-        .env("TRIBUTARY_KAFKA__BOOTSTRAP_SERVERS", &p.bootstrap)
-        .env(
-            "TRIBUTARY_SECRETS__MASTER_KEY_FILE",
-            &p.config.secrets.master_key_file,
-        )
-        .env("TRIBUTARY_SHOPIFY__BASE_URL", p.shopify.base_url())
         .output()
         .expect("tributary codes");
     assert!(output.status.success(), "{output:?}");

@@ -133,16 +133,8 @@ async fn a_process_killed_mid_refresh_starts_again_from_a_refresh_token_that_sti
     // so kills land before the answer, between the answer and the write, and after.
     connect_expiring(&p, Duration::from_secs(1), Duration::from_millis(300)).await;
     let run = || {
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tributary"));
+        let mut command = p.cli(&["reconcile", "--shop", SHOP]);
         command
-            .args(["reconcile", "--shop", SHOP])
-            .env("RUST_LOG", "warn")
-            .env("TRIBUTARY_KAFKA__BOOTSTRAP_SERVERS", &p.bootstrap)
-            .env(
-                "TRIBUTARY_SECRETS__MASTER_KEY_FILE",
-                &p.config.secrets.master_key_file,
-            )
-            .env("TRIBUTARY_SHOPIFY__BASE_URL", p.shopify.base_url())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
         command

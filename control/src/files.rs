@@ -169,8 +169,17 @@ impl StoresFile {
                 ));
             }
             if let Some(admin) = &entry.admin {
-                if admin.access_token.trim().is_empty() {
-                    problems.push(format!("{name}: admin.access_token is blank"));
+                let blank = |v: &Option<String>| v.as_deref().is_none_or(|v| v.trim().is_empty());
+                let expiring = admin.client_id.is_some() || admin.client_secret.is_some();
+                if expiring && (blank(&admin.client_id) || blank(&admin.client_secret)) {
+                    problems.push(format!(
+                        "{name}: admin.client_id and admin.client_secret go together, neither blank"
+                    ));
+                }
+                if !expiring && admin.access_token.trim().is_empty() {
+                    problems.push(format!(
+                        "{name}: admin needs an access_token, or a client_id and client_secret"
+                    ));
                 }
                 if let Some(pattern) = &admin.code_pattern {
                     if let Err(error) = tributary_sinks::shopify::codes::validate(pattern) {
@@ -355,7 +364,22 @@ pub async fn publish_stores(
             (store_key(&record.domain), record)
         })
         .collect();
-    // Expiring credentials first: a service that sees the store finds its credential.
+    // Expiring credentials first: a service that sees the store finds its credential. One that
+    // works already is kept: its refresh token has rotated since the file was written, and the
+    // file's would be refused (loading the file again must not lock the store). A locked one is
+    // replaced: that is how a store is connected again.
+    let expiring = entries
+        .iter()
+        .any(|e| e.admin.as_ref().is_some_and(|a| a.client_id.is_some()));
+    let working: HashSet<String> = match expiring {
+        true => read_credentials(bootstrap)
+            .await?
+            .into_iter()
+            .filter(|c| c.failure.is_none())
+            .map(|c| c.connection)
+            .collect(),
+        false => HashSet::new(),
+    };
     let credentials: Vec<(String, Credential)> = entries
         .iter()
         .filter_map(|entry| {
@@ -367,6 +391,9 @@ pub async fn publish_stores(
             };
             let connection =
                 tributary_shopify::oauth::connection(&entry.domain.trim().to_ascii_lowercase());
+            if working.contains(&connection) {
+                return None;
+            }
             let record = seal_new(
                 master_key,
                 &connection,
@@ -380,6 +407,42 @@ pub async fn publish_stores(
         .collect();
     publish(bootstrap, topics::CREDENTIALS, &credentials).await?;
     publish(bootstrap, topics::STORES, &records).await
+}
+
+/// The newest credential per connection in `tributary.control.credentials`.
+async fn read_credentials(bootstrap: &str) -> anyhow::Result<Vec<Credential>> {
+    let bootstrap = bootstrap.to_owned();
+    tokio::task::spawn_blocking(move || {
+        match newest_per_key::<Credential>(&bootstrap, topics::CREDENTIALS) {
+            Ok(newest) => Ok(newest.into_values().collect()),
+            // The first expiring credential of a deployment creates the topic.
+            Err(tributary_runtime::kafka::TopicError::MissingTopic(_)) => Ok(Vec::new()),
+            Err(error) => Err(error.into()),
+        }
+    })
+    .await?
+}
+
+/// The newest record per key of a compacted topic (a tombstone removes its key; an unreadable
+/// record is never a deletion: the last readable value stays). Blocking.
+fn newest_per_key<T: AvroRecord>(
+    bootstrap: &str,
+    topic: &str,
+) -> Result<HashMap<String, T>, tributary_runtime::kafka::TopicError> {
+    let mut newest = HashMap::new();
+    read_topic(bootstrap, topic, |m| {
+        let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+        match m.payload().map(T::from_avro) {
+            Some(Ok(record)) => {
+                newest.insert(key, record);
+            }
+            None => {
+                newest.remove(&key);
+            }
+            Some(Err(_)) => {}
+        }
+    })?;
+    Ok(newest)
 }
 
 /// Publishes an advocates file, after [`check_advocates`] against the stores and advocates already
@@ -407,32 +470,12 @@ pub async fn read_stores_and_advocates(
 ) -> anyhow::Result<(HashMap<String, Store>, Vec<Advocate>)> {
     let bootstrap = bootstrap.to_owned();
     tokio::task::spawn_blocking(move || {
-        let mut stores = HashMap::new();
-        read_topic(&bootstrap, topics::STORES, |m| {
-            let key = String::from_utf8_lossy(m.key().unwrap_or_default()).to_ascii_lowercase();
-            match m.payload().map(Store::from_avro) {
-                Some(Ok(store)) => {
-                    stores.insert(key, store);
-                }
-                None => {
-                    stores.remove(&key);
-                }
-                Some(Err(_)) => {}
-            }
-        })?;
-        let mut advocates = HashMap::new();
-        read_topic(&bootstrap, topics::ADVOCATES, |m| {
-            let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
-            match m.payload().map(Advocate::from_avro) {
-                Some(Ok(advocate)) => {
-                    advocates.insert(key, advocate);
-                }
-                None => {
-                    advocates.remove(&key);
-                }
-                Some(Err(_)) => {}
-            }
-        })?;
+        // Store keys are domains, written lowercased.
+        let stores = newest_per_key::<Store>(&bootstrap, topics::STORES)?
+            .into_iter()
+            .map(|(key, store)| (key.to_ascii_lowercase(), store))
+            .collect();
+        let advocates = newest_per_key::<Advocate>(&bootstrap, topics::ADVOCATES)?;
         Ok((stores, advocates.into_values().collect()))
     })
     .await?
@@ -558,6 +601,37 @@ mod tests {
         assert!(!error.contains("PLANTED-SECRET"), "{error}");
         assert!(error.contains("expected a sequence"), "{error}");
         assert!(error.starts_with("line 3, column 19: "), "{error}");
+    }
+
+    #[test]
+    fn an_expiring_credential_needs_its_client_id_and_secret_and_no_static_token() {
+        let file = |admin: &str| {
+            StoresFile::parse(&format!(
+                "[[store]]\ndomain = \"a.myshopify.com\"\nwebhook_secrets = [\"s\"]\nadmin = {admin}\n"
+            ))
+            .unwrap()
+            .check()
+        };
+        assert_eq!(
+            file(r#"{ client_id = "id", client_secret = "secret", refresh_token = "r" }"#),
+            Ok(())
+        );
+        assert_eq!(
+            file(r#"{ client_id = "id", client_secret = "secret" }"#),
+            Ok(())
+        );
+        assert_eq!(
+            file(r#"{ client_id = "id" }"#),
+            Err(vec![
+                "store 1 (a.myshopify.com): admin.client_id and admin.client_secret go together, neither blank".to_owned()
+            ])
+        );
+        assert_eq!(
+            file("{ }"),
+            Err(vec![
+                "store 1 (a.myshopify.com): admin needs an access_token, or a client_id and client_secret".to_owned()
+            ])
+        );
     }
 
     #[test]

@@ -942,9 +942,20 @@ impl Shop {
                     Some((_, node)) => node.clone(),
                     None => json!({}),
                 };
+                // The order's own tags, with those written since (writeback's).
+                let mut tags: BTreeSet<String> = node["tags"]
+                    .as_array()
+                    .map(|t| {
+                        t.iter()
+                            .filter_map(Value::as_str)
+                            .map(str::to_owned)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                tags.extend(order.tags.iter().cloned());
                 node["id"] = json!(format!("gid://shopify/Order/{id}"));
                 node["note"] = json!(order.note);
-                node["tags"] = json!(order.tags);
+                node["tags"] = json!(tags);
                 node
             }
             "orders" => self.orders_page(variables)?,

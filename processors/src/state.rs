@@ -533,11 +533,12 @@ fn update_settled(
         current.cancelled |= event.cancelled_at_ms.is_some();
         current.net = net(current.gross, current.refunded, current.cancelled);
     }
-    // Refunds this version lists count once by id, whatever record brought them first.
+    // Refunds this version lists count once by id, whatever record brought them first. An older
+    // version's refunds are followed at the partition's time, never before the reward.
     for refund in &event.refunds {
         add_refund(current, refund);
     }
-    rewards::follow_refunds(current, event.triggered_at_ms);
+    rewards::follow_refunds(current, if fresh { event.triggered_at_ms } else { now });
     Applied::Changed(Box::new(current.clone()))
 }
 

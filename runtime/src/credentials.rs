@@ -204,6 +204,15 @@ impl<R: Refresh> Credentials<R> {
         let opened = self.open(&current)?;
         let refreshed = match self.refresh.refresh(connection, &opened).await {
             Ok(refreshed) => refreshed,
+            // Another process may have rotated the refresh token meanwhile: its newer credential
+            // stands, and nothing is locked on the strength of the older one.
+            Err(RefreshError::Refused(_))
+                if self
+                    .read(connection)
+                    .is_some_and(|held| held.generation > current.generation) =>
+            {
+                return self.open_access(connection);
+            }
             Err(RefreshError::Refused(reason)) => {
                 let locked = Credential {
                     failure: Some(reason.clone()),
@@ -219,6 +228,13 @@ impl<R: Refresh> Credentials<R> {
             }
             Err(error) => {
                 metrics::counter!("tributary_credential_refresh_failures_total").increment(1);
+                // Refreshed early on purpose: the held token still serves until it expires, and
+                // the next call tries the refresh again.
+                if current.access_token_sealed.is_some() && now_ms() < current.access_expires_at_ms
+                {
+                    tracing::warn!(connection, %error, "refresh failed; the held token still serves");
+                    return self.open_access(connection);
+                }
                 return Err(TokenError::Refresh {
                     connection: connection.to_owned(),
                     error,

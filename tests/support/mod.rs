@@ -156,6 +156,22 @@ impl Pipeline {
     pub fn clickhouse(&self) -> clickhouse::Client {
         self.config.clickhouse.client()
     }
+
+    /// `tributary <args>` as a process of its own, on this pipeline's broker, master key and
+    /// fake Shopify (warnings only in its log).
+    pub fn cli(&self, args: &[&str]) -> std::process::Command {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tributary"));
+        command
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .env("TRIBUTARY_KAFKA__BOOTSTRAP_SERVERS", &self.bootstrap)
+            .env(
+                "TRIBUTARY_SECRETS__MASTER_KEY_FILE",
+                &self.config.secrets.master_key_file,
+            )
+            .env("TRIBUTARY_SHOPIFY__BASE_URL", self.shopify.base_url());
+        command
+    }
 }
 
 impl Drop for Pipeline {

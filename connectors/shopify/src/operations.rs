@@ -178,10 +178,11 @@ macro_rules! order_node {
 
 /// What one order of [`RECONCILE_ORDERS`] costs: 1 + 3 + 3 + 1 + 2 + 5 refunds × 18.
 pub const RECONCILE_ORDER_COST: f64 = 100.0;
-/// Refunds one order of a [`RECONCILE_ORDERS`] page lists at most; an order that lists this many
-/// is read again alone with [`ORDER`], which lists up to [`ORDER_REFUNDS`].
+/// Refunds one order of a [`RECONCILE_ORDERS`] page (or [`ORDER`]) lists at most; an order that
+/// lists this many is read again alone with [`ORDER_ALL_REFUNDS`], which lists up to
+/// [`ORDER_REFUNDS`].
 pub const PAGE_REFUNDS: usize = 5;
-/// Refunds [`ORDER`] lists at most.
+/// Refunds [`ORDER_ALL_REFUNDS`] lists at most.
 pub const ORDER_REFUNDS: usize = 50;
 
 /// One page of the orders updated in a window, oldest update first: the reconciliation pull
@@ -203,12 +204,25 @@ pub const RECONCILE_ORDERS: Operation = Operation {
     safe_to_repeat: true,
 };
 
-/// One order by id with up to [`ORDER_REFUNDS`] refunds: an order whose page entry lists
-/// [`PAGE_REFUNDS`] refunds (there may be more), read again alone. Costs 10 + 50 × 18.
+/// One order by id, as a [`RECONCILE_ORDERS`] page holds it (an edited order read again).
+/// Costs [`RECONCILE_ORDER_COST`].
 pub const ORDER: Operation = Operation {
     name: "TributaryOrder",
     document: concat!(
         "query TributaryOrder($id: ID!) { order(id: $id) { ",
+        order_node!(5),
+        " } }"
+    ),
+    charge: Charge::Fixed(RECONCILE_ORDER_COST),
+    safe_to_repeat: true,
+};
+
+/// One order by id with up to [`ORDER_REFUNDS`] refunds: an order that listed
+/// [`PAGE_REFUNDS`] refunds (there may be more), read again. Costs 10 + 50 × 18.
+pub const ORDER_ALL_REFUNDS: Operation = Operation {
+    name: "TributaryOrderAllRefunds",
+    document: concat!(
+        "query TributaryOrderAllRefunds($id: ID!) { order(id: $id) { ",
         order_node!(50),
         " } }"
     ),
@@ -222,10 +236,11 @@ pub fn order_gid(order_id: u64) -> String {
 }
 
 /// Every operation tributary sends.
-pub const ALL: [&Operation; 15] = [
+pub const ALL: [&Operation; 16] = [
     &SHOP,
     &RECONCILE_ORDERS,
     &ORDER,
+    &ORDER_ALL_REFUNDS,
     &WEBHOOK_SUBSCRIPTIONS,
     &WEBHOOK_SUBSCRIPTION_CREATE,
     &ORDER_NOTE_AND_TAGS,

@@ -4,7 +4,7 @@
 //! The webhook carries only the edit (`order_edit` with line item changes, no totals;
 //! shopify.dev/docs/api/webhooks, topic `orders/edited`), so the processor cannot apply it. This
 //! stage consumes `shopify.webhooks` in its own group (`reconcile.edits_group_id`), and for each
-//! `orders/edited` of an active store with Admin access reads the order ([`ORDER`]) and produces
+//! `orders/edited` of an active store with Admin access reads the order ([`read_order_again`]) and produces
 //! it as a reconciled order (the same record as the reconciliation pull) into the order's
 //! partition. It commits an input offset only once that record is acknowledged; a record read
 //! twice (a replay, a retry) is harmless, since the processor drops a version it has seen.
@@ -18,7 +18,6 @@ use std::time::Duration;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::Message;
 use serde::Deserialize;
-use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 use tributary_runtime::control::Control;
 use tributary_runtime::dead_letter::DeadLetterStage;
@@ -27,10 +26,9 @@ use tributary_runtime::member::Brokers;
 use tributary_runtime::stage::{self, Failure, Input, Outbox, Output, Stage, StageError};
 use tributary_schemas::{topics, AvroRecord, StoreStatus, WebhookEnvelope};
 use tributary_shopify::oauth::AccessTokens;
-use tributary_shopify::operations::{order_gid, ORDER};
 use tributary_shopify::{AdminClient, AdminError, StoreAccess};
 
-use super::{admin_order_record, Config};
+use super::{admin_order_record, read_order_again, Config};
 
 /// The `orders/edited` stage.
 pub struct OrderEdits {
@@ -49,11 +47,6 @@ struct EditedProbe {
 #[derive(Deserialize)]
 struct EditProbe {
     order_id: u64,
-}
-
-#[derive(Deserialize)]
-struct OrderData {
-    order: Option<Value>,
 }
 
 impl OrderEdits {
@@ -138,12 +131,8 @@ impl Stage for OrderEdits {
             shop_domain: shop,
             access_token: token.expose(),
         };
-        let node = match self
-            .admin
-            .run::<OrderData>(store, &ORDER, json!({"id": order_gid(order_id)}))
-            .await
-        {
-            Ok(data) => data.order.ok_or_else(|| {
+        let node = match read_order_again(&self.admin, store, order_id).await {
+            Ok(node) => node.ok_or_else(|| {
                 Failure::DeadLetter(format!("{shop}: order {order_id} is not in the store"))
             })?,
             Err(error @ AdminError::GaveUp { .. }) => {

@@ -38,9 +38,10 @@ use tributary_runtime::control::{follow_table, Control};
 use tributary_runtime::kafka::{now_ms, publish_record, TopicError};
 use tributary_schemas::time::{format_rfc3339_seconds, parse_rfc3339_ms};
 use tributary_schemas::{topics, AvroRecord, Reconciliation, StoreStatus, WebhookEnvelope};
-use tributary_shopify::oauth::AccessTokens;
+use tributary_shopify::oauth::{AccessTokenError, AccessTokens};
 use tributary_shopify::operations::{
-    order_gid, ORDER, PAGE_REFUNDS, RECONCILE_ORDERS, RECONCILE_ORDER_COST,
+    order_gid, Operation, ORDER, ORDER_ALL_REFUNDS, PAGE_REFUNDS, RECONCILE_ORDERS,
+    RECONCILE_ORDER_COST,
 };
 use tributary_shopify::{AdminClient, AdminError, StoreAccess};
 
@@ -111,6 +112,8 @@ pub enum ReconcileError {
     Produce { shop: String, detail: String },
     #[error(transparent)]
     Topic(#[from] TopicError),
+    #[error(transparent)]
+    Token(#[from] AccessTokenError),
 }
 
 /// Where a pass starts reading.
@@ -183,24 +186,35 @@ impl Reconciler {
         &self.config
     }
 
-    /// One complete pass over `store` from `start`; `progress` is told the orders read so far
-    /// after each page. Returns the record to keep (see [`Self::record`]); nothing is recorded
-    /// here, so a pass that fails part way leaves the watermark where it was.
+    /// Where a pass from the store's `watermark` starts reading at `now` (ms): the watermark less
+    /// the overlap, or the backfill window for a store never reconciled. A backfill `--since` a
+    /// later time does not cover what lies before it, so its pass must not be kept as the
+    /// store's watermark.
+    pub fn watermark_start(&self, watermark: Option<i64>, now: i64) -> i64 {
+        match watermark {
+            Some(watermark) => watermark - self.config.overlap_minutes as i64 * MINUTE_MS,
+            None => now - self.config.backfill_days as i64 * DAY_MS,
+        }
+    }
+
+    /// One complete pass over `shop` from `start`, with the store's token from `tokens`
+    /// (`sealed`: the store record's own), taken again for every page so a long backfill
+    /// outlives a token that expires; `progress` is told the orders read so far after each page.
+    /// Returns the record to keep (see [`Self::record`]); nothing is recorded here, so a pass
+    /// that fails part way leaves the watermark where it was.
     pub async fn pass(
         &self,
-        store: StoreAccess<'_>,
+        shop: &str,
+        tokens: &AccessTokens,
+        sealed: &str,
         start: Start,
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<Reconciliation, ReconcileError> {
         let started = now_ms();
-        let shop = store.shop_domain;
         let to_ms = (started - self.config.lag_seconds as i64 * 1000).div_euclid(1000) * 1000;
         let from_ms = match start {
             Start::Since(ms) => ms,
-            Start::Watermark(Some(watermark)) => {
-                watermark - self.config.overlap_minutes as i64 * MINUTE_MS
-            }
-            Start::Watermark(None) => started - self.config.backfill_days as i64 * DAY_MS,
+            Start::Watermark(watermark) => self.watermark_start(watermark, started),
         };
         let query = format!(
             "updated_at:>='{}' AND updated_at:<='{}'",
@@ -211,6 +225,11 @@ impl Reconciler {
         let (mut read, mut earliest_held_back, mut held_back) = (0u64, None::<i64>, 0i64);
         let mut after: Option<String> = None;
         loop {
+            let token = tokens.open(shop, sealed).await?;
+            let store = StoreAccess {
+                shop_domain: shop,
+                access_token: token.expose(),
+            };
             let variables =
                 json!({"first": self.config.page_size(), "after": after, "query": query});
             let page = self
@@ -233,12 +252,8 @@ impl Reconciler {
                     continue;
                 }
                 if probe.refunds >= PAGE_REFUNDS {
-                    // The page lists only the first refunds; read the order alone for all.
-                    node = self
-                        .admin
-                        .run::<OrderData>(store, &ORDER, json!({"id": order_gid(probe.order_id)}))
+                    node = read_order(&self.admin, store, probe.order_id, &ORDER_ALL_REFUNDS)
                         .await?
-                        .order
                         .ok_or_else(|| ReconcileError::Order {
                             shop: shop.into(),
                             order: probe.order_id.to_string(),
@@ -323,19 +338,8 @@ impl Reconciler {
     ) -> Vec<Reconciliation> {
         let mut kept = Vec::new();
         for (shop, sealed) in reconcilable(control) {
-            let token = match tokens.open(&shop, &sealed).await {
-                Ok(token) => token,
-                Err(error) => {
-                    tracing::error!(%shop, %error, "reconciliation skipped");
-                    continue;
-                }
-            };
-            let store = StoreAccess {
-                shop_domain: &shop,
-                access_token: token.expose(),
-            };
             let start = Start::Watermark(watermarks.get(&shop));
-            let outcome = match self.pass(store, start, &|_| {}).await {
+            let outcome = match self.pass(&shop, tokens, &sealed, start, &|_| {}).await {
                 Ok(pass) => self.record(&pass).await.map(|()| pass),
                 Err(error) => Err(error),
             };
@@ -381,6 +385,39 @@ impl Reconciler {
             }
         }
     }
+}
+
+/// One order node by id (`None`: not in the store) through `operation` ([`ORDER`] or
+/// [`ORDER_ALL_REFUNDS`]).
+async fn read_order(
+    admin: &AdminClient,
+    store: StoreAccess<'_>,
+    order_id: u64,
+    operation: &Operation,
+) -> Result<Option<Value>, AdminError> {
+    Ok(admin
+        .run::<OrderData>(store, operation, json!({"id": order_gid(order_id)}))
+        .await?
+        .order)
+}
+
+/// An order read again alone (after its `orders/edited`): with every refund, at the cost of a
+/// page's order unless it lists [`PAGE_REFUNDS`] or more.
+pub async fn read_order_again(
+    admin: &AdminClient,
+    store: StoreAccess<'_>,
+    order_id: u64,
+) -> Result<Option<Value>, AdminError> {
+    let node = read_order(admin, store, order_id, &ORDER).await?;
+    let listed = node
+        .as_ref()
+        .and_then(|n| n.get("refunds"))
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len);
+    if listed >= PAGE_REFUNDS {
+        return read_order(admin, store, order_id, &ORDER_ALL_REFUNDS).await;
+    }
+    Ok(node)
 }
 
 /// An order node as a record of `shopify.webhooks`: (key, encoded envelope), read at `now` with
