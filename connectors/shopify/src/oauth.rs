@@ -145,6 +145,17 @@ impl AccessTokenError {
     }
 }
 
+/// A stage that could not get a token: a later call may (retry the record), or no call will
+/// (dead-letter it with the reason).
+impl From<AccessTokenError> for tributary_runtime::stage::Failure {
+    fn from(error: AccessTokenError) -> Self {
+        match error.is_transient() {
+            true => Self::Retry(error.to_string()),
+            false => Self::DeadLetter(error.to_string()),
+        }
+    }
+}
+
 /// Every store's Admin API token: a managed credential's (refreshed when due, see
 /// [`tributary_runtime::credentials`]) where the store has one, else the non-expiring token
 /// sealed in its store record.

@@ -24,11 +24,11 @@ use tributary_runtime::dead_letter::DeadLetterStage;
 use tributary_runtime::kafka::now_ms;
 use tributary_runtime::member::Brokers;
 use tributary_runtime::stage::{self, Failure, Input, Outbox, Output, Stage, StageError};
-use tributary_schemas::{topics, AvroRecord, StoreStatus, WebhookEnvelope};
+use tributary_schemas::{topics, AvroRecord, WebhookEnvelope};
 use tributary_shopify::oauth::AccessTokens;
 use tributary_shopify::{AdminClient, AdminError, StoreAccess};
 
-use super::{admin_order_record, read_order_again, Config};
+use super::{admin_order_record, admin_token, read_order_again, Config};
 
 /// The `orders/edited` stage.
 pub struct OrderEdits {
@@ -86,11 +86,7 @@ impl OrderEdits {
     /// The store's sealed token if it is active with Admin access.
     fn sealed_token(&self, shop: &str) -> Option<String> {
         let control = self.control.read().unwrap_or_else(|e| e.into_inner());
-        control
-            .store(shop)
-            .filter(|s| s.status == StoreStatus::Active)
-            .and_then(|s| s.admin.as_ref())
-            .map(|a| a.access_token_sealed.clone())
+        control.store(shop).and_then(admin_token)
     }
 }
 
@@ -122,11 +118,7 @@ impl Stage for OrderEdits {
             .map_err(|e| Failure::DeadLetter(format!("not an orders/edited body: {e}")))?
             .order_edit
             .order_id;
-        let token = match self.tokens.open(shop, &sealed).await {
-            Ok(token) => token,
-            Err(error) if error.is_transient() => return Err(Failure::Retry(error.to_string())),
-            Err(error) => return Err(Failure::DeadLetter(error.to_string())),
-        };
+        let token = self.tokens.open(shop, &sealed).await?;
         let store = StoreAccess {
             shop_domain: shop,
             access_token: token.expose(),

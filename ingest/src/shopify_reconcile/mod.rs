@@ -455,21 +455,25 @@ pub fn reconcilable(control: &RwLock<Control>) -> Vec<(String, String)> {
     let control = control.read().unwrap_or_else(|e| e.into_inner());
     let mut stores: Vec<(String, String)> = control
         .stores()
-        .filter(|s| s.status == StoreStatus::Active)
-        .filter_map(|s| {
-            s.admin
-                .as_ref()
-                .map(|a| (s.domain.clone(), a.access_token_sealed.clone()))
-        })
+        .filter_map(|s| admin_token(s).map(|sealed| (s.domain.clone(), sealed)))
         .collect();
     stores.sort();
     stores
 }
 
+/// The store's sealed Admin API token if the Admin API sources read it: active (neither locked
+/// nor disconnected) and with Admin access.
+pub fn admin_token(store: &tributary_schemas::Store) -> Option<String> {
+    store
+        .admin
+        .as_ref()
+        .filter(|_| store.status == StoreStatus::Active)
+        .map(|a| a.access_token_sealed.clone())
+}
+
 fn observe(pass: &Reconciliation) {
+    observe_watermark(pass);
     let shop = pass.shop_domain.clone();
-    metrics::gauge!("tributary_reconcile_watermark_seconds", "shop" => shop.clone())
-        .set(pass.watermark_ms as f64 / 1000.0);
     metrics::gauge!("tributary_reconcile_held_back_orders", "shop" => shop.clone())
         .set(pass.held_back as f64);
     metrics::counter!("tributary_reconcile_orders_total", "shop" => shop.clone())

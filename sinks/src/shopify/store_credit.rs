@@ -449,11 +449,7 @@ impl StoreCreditStage {
         if todo.is_empty() {
             return Ok(());
         }
-        let token = match self.tokens.open(&order.shop_domain, &sealed_token).await {
-            Ok(token) => token,
-            Err(error) if error.is_transient() => return Err(Failure::Retry(error.to_string())),
-            Err(error) => return Err(Failure::DeadLetter(error.to_string())),
-        };
+        let token = self.tokens.open(&order.shop_domain, &sealed_token).await?;
         for movement in todo {
             let push = Push {
                 partition: message.partition(),
