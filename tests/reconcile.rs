@@ -27,9 +27,24 @@ fn attribution_revisions(bootstrap: &str) -> Vec<(u64, u64)> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_fifth_of_the_webhooks_lost_then_one_reconciliation_pass_matches_the_oracle() {
+async fn a_fifth_of_the_webhooks_lost_then_one_paged_reconciliation_pass_matches_the_oracle() {
+    lost_webhooks_then_one_pass_matches_the_oracle("reconcile_pages", 0).await;
+}
+
+/// The same through bulk operations: the first pass and the backfill cover 400 days, past
+/// `bulk_after_hours`; the second pass, from the watermark, reads by page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fifth_of_the_webhooks_lost_then_one_bulk_operation_matches_the_oracle() {
+    lost_webhooks_then_one_pass_matches_the_oracle("reconcile_bulk", 24).await;
+}
+
+async fn lost_webhooks_then_one_pass_matches_the_oracle(name: &str, bulk_after_hours: u64) {
     // The generated orders lie 150 to 349 days back: the stores granted read_all_orders.
-    let p = Pipeline::start("reconcile", |c| c.reconcile.backfill_days = 400).await;
+    let p = Pipeline::start(name, |c| {
+        c.reconcile.backfill_days = 400;
+        c.reconcile.bulk_after_hours = bulk_after_hours;
+    })
+    .await;
     let plan = demo_plan_with_losses(300, 29, 20);
     let orders = plan.orders.len();
     assert!(
@@ -105,6 +120,10 @@ async fn a_fifth_of_the_webhooks_lost_then_one_reconciliation_pass_matches_the_o
     assert!(matched, "{table}");
     let requests = p.shopify.requests(SHOP).0;
     assert!(requests > 0, "the pull went through the Admin API");
+    // The first pass and the backfill, each one operation per store, or none.
+    let bulk = p.shopify.writes(SHOP).get("bulkOperationRunQuery").copied();
+    let expected = (bulk_after_hours > 0).then_some(2);
+    assert_eq!(bulk, expected, "bulk operations run");
 }
 
 /// An order as the Admin API shows it: `total` after its edits, updated `updated_minute` after

@@ -113,6 +113,84 @@ pub fn actual_cost(field: &Field, value: &Value) -> f64 {
     }
 }
 
+/// The field's argument `name` when it is a string literal.
+pub fn string_argument(field: &Field, name: &str) -> Option<String> {
+    let argument = field.arguments.iter().find(|a| a.name == name)?;
+    match argument.value.as_ref() {
+        Literal::String(text) => Some(text.clone()),
+        _ => None,
+    }
+}
+
+/// The field that selects each node of the connection `field`: its `edges { node }`, or its
+/// `nodes`.
+pub fn connection_node(field: &Field) -> Option<Node<Field>> {
+    let children = fields(&field.selection_set);
+    if let Some(edges) = children.iter().find(|f| f.name == "edges") {
+        return fields(&edges.selection_set)
+            .into_iter()
+            .find(|f| f.name == "node")
+            .cloned();
+    }
+    children.into_iter().find(|f| f.name == "nodes").cloned()
+}
+
+/// One root object of a bulk query's answer as the lines of its JSONL: the object without its
+/// nested connections, then each of their nodes, with `__parentId` the `id` of the object that
+/// holds the connection (shopify.dev/docs/api/usage/bulk-operations/queries, "JSONL file format").
+pub fn jsonl_lines(mut root: Value) -> Vec<Value> {
+    let mut children = Vec::new();
+    let id = root.get("id").cloned();
+    lift_connections(&mut root, id.as_ref(), &mut children);
+    std::iter::once(root).chain(children).collect()
+}
+
+fn lift_connections(value: &mut Value, parent: Option<&Value>, out: &mut Vec<Value>) {
+    match value {
+        Value::Object(map) => {
+            let own = map.get("id").cloned();
+            let parent = own.as_ref().or(parent);
+            let keys: Vec<String> = map.keys().cloned().collect();
+            for key in keys {
+                let connection = map.get(&key).and_then(|v| {
+                    v.get("edges")
+                        .and_then(Value::as_array)
+                        .map(|edges| edges.iter().map(|e| e["node"].clone()).collect::<Vec<_>>())
+                        .or_else(|| v.get("nodes").and_then(Value::as_array).cloned())
+                });
+                match connection {
+                    Some(nodes) => {
+                        map.remove(&key);
+                        for mut node in nodes {
+                            let mut lifted = Vec::new();
+                            lift_connections(&mut node, None, &mut lifted);
+                            if let Value::Object(fields) = &mut node {
+                                fields.insert(
+                                    "__parentId".into(),
+                                    parent.cloned().unwrap_or(Value::Null),
+                                );
+                            }
+                            out.push(node);
+                            out.extend(lifted);
+                        }
+                    }
+                    None => {
+                        if let Some(child) = map.get_mut(&key) {
+                            lift_connections(child, parent, out);
+                        }
+                    }
+                }
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                lift_connections(item, parent, out);
+            }
+        }
+        _ => {}
+    }
+}
+
 fn response_key(field: &Field) -> &str {
     field.alias.as_ref().unwrap_or(&field.name).as_str()
 }

@@ -22,6 +22,14 @@
 //!   using a new one invalidates the one it replaced) or the client credentials grant; an access
 //!   token it issued opens the Admin API until it expires (then 401). It counts stale refresh
 //!   tokens and expired access tokens presented ([`OAuthStats`]).
+//! - Bulk queries over orders: `bulkOperationRunQuery` validates its inner query against the
+//!   request's version (user errors otherwise; at most 5 running per store, the 2026-01 limit),
+//!   and `bulkOperation(id:)` finds it `CREATED`, then `RUNNING`, then `COMPLETED` with a `url`
+//!   (`null` when nothing matched) to its JSONL, served by `GET /<shop>/bulk/<n>.jsonl`: one line
+//!   per order with only the fields selected, and one line per node of a nested connection (a
+//!   refund's transactions) with `__parentId`, the id of the object holding it
+//!   (shopify.dev/docs/api/usage/bulk-operations/queries). The result is the orders as they were
+//!   when the operation started.
 //! - Faults on demand: `THROTTLED`, 429 with `Retry-After`, 5xx, a hang, or a request applied
 //!   whose answer is lost (a 503 after the write).
 //! - Every mutation it accepts (no user errors) is counted, so tests can prove nothing was
@@ -38,7 +46,7 @@ use std::time::{Duration, Instant};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
@@ -203,8 +211,19 @@ struct BulkCreation {
     polls: u32,
 }
 
+/// A bulk query, answered when it starts and revealed by polling.
+struct BulkQuery {
+    jsonl: String,
+    objects: u64,
+    roots: u64,
+    polls: u32,
+}
+
 struct Shop {
     setup: ShopSetup,
+    /// Where its bulk results are downloaded from: `<base>/<shop>/bulk/<n>.jsonl`.
+    base_url: String,
+    bulk_queries: Vec<BulkQuery>,
     bucket: Bucket,
     /// Each fault with the root field it waits for (`None`: the next request).
     faults: VecDeque<(Option<String>, Fault)>,
@@ -254,6 +273,7 @@ impl FakeShopify {
         let app = Router::new()
             .route("/{shop}/admin/api/{version}/graphql.json", post(graphql))
             .route("/{shop}/admin/oauth/access_token", post(access_token))
+            .route("/{shop}/bulk/{file}", get(bulk_result))
             .with_state(stores.clone());
         let listener = tokio::net::TcpListener::bind(listen).await?;
         let address = listener.local_addr()?;
@@ -289,6 +309,8 @@ impl FakeShopify {
             setup.domain.clone(),
             Shop {
                 setup,
+                base_url: self.base_url(),
+                bulk_queries: Vec::new(),
                 bucket,
                 faults: VecDeque::new(),
                 orders: BTreeMap::new(),
@@ -774,7 +796,7 @@ fn charge_and_execute(stores: &Mutex<Stores>, shop: &str, request: &Request) -> 
     let mut actual = 0.0;
     let mut data = serde_json::Map::new();
     for field in request.fields {
-        match store.execute(field, request.variables) {
+        match store.execute(field, request.variables, request.version) {
             Ok(value) => {
                 let refused = value
                     .get("userErrors")
@@ -903,7 +925,7 @@ fn user_error(field: &[&str], message: &str) -> Value {
 }
 
 impl Shop {
-    fn execute(&mut self, field: &str, variables: &Value) -> Result<Value, String> {
+    fn execute(&mut self, field: &str, variables: &Value, version: &str) -> Result<Value, String> {
         let text = |name: &str| {
             variables
                 .get(name)
@@ -959,6 +981,8 @@ impl Shop {
                 node
             }
             "orders" => self.orders_page(variables)?,
+            "bulkOperationRunQuery" => self.run_bulk_query(&text("query"), version),
+            "bulkOperation" => self.poll_bulk_query(&text("id")),
             "tagsAdd" | "tagsRemove" => {
                 let id = order_id(variables)?;
                 let order = self.orders.entry(id).or_default();
@@ -1135,6 +1159,89 @@ impl Shop {
         }))
     }
 
+    /// `bulkOperationRunQuery(query:)`: the inner query must be valid for `version` and read
+    /// `orders` (all the fake bulk-queries); its JSONL is made now.
+    fn run_bulk_query(&mut self, query: &str, version: &str) -> Value {
+        let refuse = |message: String, code: &str| json!({"bulkOperation": null, "userErrors": [{"field": ["query"], "message": message, "code": code}]});
+        if let Err(errors) = crate::admin_schema::validate(version, query) {
+            return refuse(format!("Invalid bulk query: {errors}"), "INVALID");
+        }
+        let running = self.bulk_queries.iter().filter(|q| q.polls < 3).count();
+        if running >= 5 {
+            return refuse(
+                "A bulk query operation for this app and shop is already in progress: 5 at a time."
+                    .into(),
+                "OPERATION_IN_PROGRESS",
+            );
+        }
+        let Some(orders) = crate::graphql::root_field(version, query, "orders") else {
+            return refuse("The fake bulk-queries only orders.".into(), "INVALID");
+        };
+        let search = crate::graphql::string_argument(&orders, "query").unwrap_or_default();
+        let within = match updated_at_bounds(&search) {
+            Ok(within) => within,
+            Err(message) => return refuse(message, "INVALID"),
+        };
+        let Some(node) = crate::graphql::connection_node(&orders) else {
+            return refuse(
+                "A bulk query selects edges { node } or nodes.".into(),
+                "INVALID",
+            );
+        };
+        let mut matching: Vec<&(i64, Value)> = self
+            .order_nodes
+            .values()
+            .filter(|(updated_ms, _)| within(*updated_ms))
+            .collect();
+        matching
+            .sort_by_key(|(updated_ms, node)| (*updated_ms, node["legacyResourceId"].to_string()));
+        let mut lines = Vec::new();
+        for (_, stored) in &matching {
+            let order = crate::graphql::project(&node, &with_edges(stored), &Value::Null);
+            lines.extend(crate::graphql::jsonl_lines(order));
+        }
+        let mut jsonl = String::new();
+        for line in &lines {
+            jsonl.push_str(&line.to_string());
+            jsonl.push('\n');
+        }
+        self.bulk_queries.push(BulkQuery {
+            jsonl,
+            objects: lines.len() as u64,
+            roots: matching.len() as u64,
+            polls: 0,
+        });
+        let id = format!("gid://shopify/BulkOperation/{}", self.bulk_queries.len());
+        json!({"bulkOperation": {"id": id, "status": "CREATED"}, "userErrors": []})
+    }
+
+    /// `bulkOperation(id:)`: `CREATED`, `RUNNING`, then `COMPLETED`, a step per poll.
+    fn poll_bulk_query(&mut self, id: &str) -> Value {
+        let index = id
+            .strip_prefix("gid://shopify/BulkOperation/")
+            .and_then(|n| n.parse::<usize>().ok())
+            .and_then(|n| n.checked_sub(1))
+            .filter(|&n| n < self.bulk_queries.len());
+        let Some(index) = index else {
+            return Value::Null;
+        };
+        let url = format!(
+            "{}/{}/bulk/{}.jsonl",
+            self.base_url,
+            self.setup.domain,
+            index + 1
+        );
+        let query = &mut self.bulk_queries[index];
+        query.polls += 1;
+        let (status, url) = match query.polls {
+            1 => ("CREATED", None),
+            2 => ("RUNNING", None),
+            _ => ("COMPLETED", (query.objects > 0).then_some(url)),
+        };
+        json!({"id": id, "status": status, "errorCode": null, "url": url,
+               "objectCount": query.objects.to_string(), "rootObjectCount": query.roots.to_string()})
+    }
+
     fn move_store_credit(&mut self, credit: bool, variables: &Value) -> Value {
         let refuse = |field: &str, code: &str, message: &str| json!({"storeCreditAccountTransaction": null, "userErrors": [{"field": [field], "message": message, "code": code}]});
         let id = variables
@@ -1249,6 +1356,48 @@ fn updated_at_bounds(query: &str) -> Result<impl Fn(i64) -> bool, String> {
         }
     }
     Ok(move |ms: i64| (from..=to).contains(&ms))
+}
+
+/// `GET /<shop>/bulk/<n>.jsonl`: a completed bulk query's result (as Shopify's signed URL, no
+/// token needed).
+async fn bulk_result(
+    State(stores): State<Arc<Mutex<Stores>>>,
+    Path((shop, file)): Path<(String, String)>,
+) -> Response {
+    let stores = stores.lock().unwrap_or_else(|e| e.into_inner());
+    let found = file
+        .strip_suffix(".jsonl")
+        .and_then(|n| n.parse::<usize>().ok())
+        .and_then(|n| n.checked_sub(1))
+        .and_then(|n| stores.shops.get(&shop)?.bulk_queries.get(n))
+        .filter(|q| q.polls >= 3);
+    match found {
+        Some(query) => query.jsonl.clone().into_response(),
+        None => (StatusCode::NOT_FOUND, "NoSuchKey").into_response(),
+    }
+}
+
+/// A stored order node with each connection (`{"nodes": [...]}`) also given as `edges`, the form
+/// bulk queries select.
+fn with_edges(stored: &Value) -> Value {
+    match stored {
+        Value::Object(map) => {
+            let mut out: serde_json::Map<String, Value> = map
+                .iter()
+                .map(|(k, v)| (k.clone(), with_edges(v)))
+                .collect();
+            if let Some(Value::Array(nodes)) = map.get("nodes") {
+                let edges = nodes
+                    .iter()
+                    .map(|n| json!({"node": with_edges(n)}))
+                    .collect();
+                out.insert("edges".into(), Value::Array(edges));
+            }
+            Value::Object(out)
+        }
+        Value::Array(items) => Value::Array(items.iter().map(with_edges).collect()),
+        other => other.clone(),
+    }
 }
 
 fn decode_cursor(cursor: &str) -> Result<(i64, u64), String> {

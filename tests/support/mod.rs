@@ -73,6 +73,7 @@ pub fn test_config(name: &str, dir: &Path) -> Config {
     config.writeback.batch_ms = 50;
     // Reconciliation passes run when a test asks (tributary::reconcile::run).
     config.reconcile.interval_minutes = 0;
+    config.reconcile.bulk_poll_ms = 100;
     config
 }
 

@@ -166,13 +166,32 @@ pub const STORE_CREDIT_DEBIT: Operation = Operation {
 macro_rules! order_node {
     ($refunds:literal) => {
         concat!(
+            order_fields!(),
+            "refunds(first: ",
+            $refunds,
+            ") { legacyResourceId transactions(first: 5) { nodes { ",
+            refund_transaction_fields!(),
+            " } } }"
+        )
+    };
+}
+
+/// An order's fields other than its refunds (see [`order_node`]).
+macro_rules! order_fields {
+    () => {
+        concat!(
             "id legacyResourceId name createdAt updatedAt cancelledAt test sourceName tags email discountCodes displayFinancialStatus ",
             "currentTotalPriceSet { shopMoney { amount currencyCode } presentmentMoney { amount currencyCode } } ",
             "totalPriceSet { shopMoney { amount currencyCode } presentmentMoney { amount currencyCode } } ",
             "customer { legacyResourceId } ",
-            "customerJourneySummary { ready firstVisit { landingPage } } ",
-            "refunds(first: ", $refunds, ") { legacyResourceId transactions(first: 5) { nodes { kind status amountSet { shopMoney { amount currencyCode } } } } }"
+            "customerJourneySummary { ready firstVisit { landingPage } } "
         )
+    };
+}
+
+macro_rules! refund_transaction_fields {
+    () => {
+        "kind status amountSet { shopMoney { amount currencyCode } }"
     };
 }
 
@@ -230,15 +249,56 @@ pub const ORDER_ALL_REFUNDS: Operation = Operation {
     safe_to_repeat: true,
 };
 
+/// The inner query of a bulk operation ([`BULK_OPERATION_RUN_QUERY`]) over every order whose
+/// `updatedAt` matches `search` (the orders search syntax, as for [`RECONCILE_ORDERS`]): the same
+/// fields as a page's order, with every refund and every transaction. A bulk query takes no
+/// `first` and pays no query cost; its result is JSONL, one line per order and one per refund
+/// transaction carrying `__parentId`, the refund's `id`
+/// (shopify.dev/docs/api/usage/bulk-operations/queries).
+pub fn bulk_orders_query(search: &str) -> String {
+    // A JSON string literal is a GraphQL string literal for the characters a search holds.
+    let search = serde_json::Value::from(search).to_string();
+    let node = concat!(
+        order_fields!(),
+        "refunds { id legacyResourceId transactions { edges { node { ",
+        refund_transaction_fields!(),
+        " } } } }"
+    );
+    format!(
+        "{{ orders(query: {search}, sortKey: UPDATED_AT) {{ edges {{ node {{ {node} }} }} }} }}"
+    )
+}
+
+/// Starts a bulk operation running `$query` (see [`bulk_orders_query`]); Shopify answers with the
+/// operation's id, or user errors (an invalid query, too many operations running).
+pub const BULK_OPERATION_RUN_QUERY: Operation = Operation {
+    name: "TributaryBulkOperationRunQuery",
+    document: "mutation TributaryBulkOperationRunQuery($query: String!) { bulkOperationRunQuery(query: $query) { bulkOperation { id status } userErrors { field message code } } }",
+    charge: Charge::Fixed(10.0),
+    // A repeat may start a second operation; the first is left to expire, unread.
+    safe_to_repeat: true,
+};
+
+/// A bulk operation's progress and, once `COMPLETED`, the URL of its JSONL (`null` when it found
+/// nothing). `bulkOperation(id:)` is in every version tributary targets (from 2026-01).
+pub const BULK_OPERATION: Operation = Operation {
+    name: "TributaryBulkOperation",
+    document: "query TributaryBulkOperation($id: ID!) { bulkOperation(id: $id) { id status errorCode objectCount rootObjectCount url } }",
+    charge: Charge::Fixed(1.0),
+    safe_to_repeat: true,
+};
+
 /// The global id Shopify uses for an order.
 pub fn order_gid(order_id: u64) -> String {
     format!("gid://shopify/Order/{order_id}")
 }
 
 /// Every operation tributary sends.
-pub const ALL: [&Operation; 16] = [
+pub const ALL: [&Operation; 18] = [
     &SHOP,
     &RECONCILE_ORDERS,
+    &BULK_OPERATION_RUN_QUERY,
+    &BULK_OPERATION,
     &ORDER,
     &ORDER_ALL_REFUNDS,
     &WEBHOOK_SUBSCRIPTIONS,
@@ -285,5 +345,16 @@ mod tests {
             })
             .collect();
         assert!(invalid.is_empty(), "{}", invalid.join("\n"));
+    }
+
+    /// The bulk operation's inner query is a document of its own, validated by Shopify when the
+    /// operation starts.
+    #[test]
+    fn the_bulk_orders_query_is_valid_and_quotes_its_search() {
+        let query = bulk_orders_query("updated_at:>='2026-03-01T00:00:00Z' AND x:\"y\"");
+        assert!(query.contains(r#"query: "updated_at:>='2026-03-01T00:00:00Z' AND x:\"y\"""#));
+        for version in tributary_fakes::admin_schema::VERSIONS {
+            tributary_fakes::admin_schema::validate(version, &query).unwrap();
+        }
     }
 }

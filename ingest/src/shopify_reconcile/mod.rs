@@ -6,7 +6,8 @@
 //! 1. reads, oldest update first, every order whose `updatedAt` lies in
 //!    `[watermark − overlap, now − lag]` (the first pass of a store: the last `backfill_days`), page
 //!    by page ([`RECONCILE_ORDERS`]), each page as large as Shopify's 1,000-point query limit
-//!    allows (`max_query_cost`), paced by the client's cost bucket;
+//!    allows (`max_query_cost`), paced by the client's cost bucket; or, for a window longer than
+//!    `bulk_after_hours` (a backfill), in one bulk operation ([`bulk`]);
 //! 2. produces each order into `shopify.webhooks` as its own source
 //!    ([`WebhookEnvelope::SOURCE_RECONCILE`], topic [`WebhookEnvelope::TOPIC_ADMIN_ORDER`]), keyed
 //!    and so partitioned like the order's webhooks, with delivery id
@@ -20,10 +21,11 @@
 //! has the same delivery id. A reconciled order brings its refunds, cancellation and totals as any
 //! version does; one nobody delivered settles like a webhook would have.
 //!
-//! Why a page-by-page pull and not a bulk operation, for now: see `docs/decisions.md`.
+//! When each is used, and the figures behind it: `docs/decisions.md`.
 //!
 //! [`edits`]: an `orders/edited` webhook makes the edited order be read again the same way.
 
+pub mod bulk;
 pub mod edits;
 
 use std::collections::HashMap;
@@ -72,6 +74,11 @@ pub struct Config {
     /// false) is left for a later pass, for at most this many minutes after it was created; then
     /// it is taken without its landing page.
     pub journey_wait_minutes: u64,
+    /// A pass over a window longer than this many hours (a store's first backfill, a `--since`)
+    /// reads it in one bulk operation instead of page by page ([`bulk`]); 0: always by page.
+    pub bulk_after_hours: u64,
+    /// Milliseconds between polls of a running bulk operation.
+    pub bulk_poll_ms: u64,
     /// Consumer group of the stage that reads an order again after its `orders/edited`
     /// ([`edits`]), on `shopify.webhooks`.
     pub edits_group_id: String,
@@ -86,6 +93,8 @@ impl Default for Config {
             backfill_days: 60,
             max_query_cost: 1_000.0,
             journey_wait_minutes: 60,
+            bulk_after_hours: 24,
+            bulk_poll_ms: 5_000,
             edits_group_id: "tributary-order-edits".into(),
         }
     }
@@ -114,6 +123,8 @@ pub enum ReconcileError {
     Topic(#[from] TopicError),
     #[error(transparent)]
     Token(#[from] AccessTokenError),
+    #[error("{shop}: bulk operation: {detail}")]
+    Bulk { shop: String, detail: String },
 }
 
 /// Where a pass starts reading.
@@ -125,9 +136,44 @@ pub enum Start {
     Since(i64),
 }
 
+/// Reconciled orders a bulk pass has in flight to the broker at most.
+const BULK_IN_FLIGHT: usize = 1_000;
+
+/// What a pass has taken so far, and what it left for a later one.
+struct Taken {
+    started: i64,
+    journey_wait_ms: i64,
+    read: u64,
+    held_back: i64,
+    earliest_held_back: Option<i64>,
+}
+
+impl Taken {
+    /// Whether to produce the order now: not if Shopify has not built its customer journey yet
+    /// and it is young enough to wait for it (then the watermark stays before it).
+    fn take(&mut self, probe: &Probe) -> bool {
+        let journey_pending = probe
+            .customer_journey_summary
+            .as_ref()
+            .is_some_and(|j| !j.ready);
+        if journey_pending && self.started - probe.created_ms < self.journey_wait_ms {
+            self.held_back += 1;
+            self.earliest_held_back = Some(
+                self.earliest_held_back
+                    .map_or(probe.updated_ms, |e| e.min(probe.updated_ms)),
+            );
+            return false;
+        }
+        self.read += 1;
+        true
+    }
+}
+
 /// The reconciliation pull of every store, through one Admin API client.
 pub struct Reconciler {
     admin: Arc<AdminClient>,
+    /// Downloads bulk operations' results (a signed URL, no token).
+    http: reqwest::Client,
     producer: FutureProducer,
     config: Config,
 }
@@ -177,6 +223,7 @@ impl Reconciler {
     pub fn new(admin: Arc<AdminClient>, producer: FutureProducer, config: Config) -> Self {
         Self {
             admin,
+            http: reqwest::Client::new(),
             producer,
             config,
         }
@@ -198,8 +245,9 @@ impl Reconciler {
     }
 
     /// One complete pass over `shop` from `start`, with the store's token from `tokens`
-    /// (`sealed`: the store record's own), taken again for every page so a long backfill
-    /// outlives a token that expires; `progress` is told the orders read so far after each page.
+    /// (`sealed`: the store record's own), taken again for every call so a long backfill
+    /// outlives a token that expires; `progress` is told the orders read so far after each page
+    /// (each thousand orders of a bulk operation).
     /// Returns the record to keep (see [`Self::record`]); nothing is recorded here, so a pass
     /// that fails part way leaves the watermark where it was.
     pub async fn pass(
@@ -221,8 +269,53 @@ impl Reconciler {
             format_rfc3339_seconds(from_ms),
             format_rfc3339_seconds(to_ms)
         );
-        let journey_wait_ms = self.config.journey_wait_minutes as i64 * MINUTE_MS;
-        let (mut read, mut earliest_held_back, mut held_back) = (0u64, None::<i64>, 0i64);
+        let mut taken = Taken {
+            started,
+            journey_wait_ms: self.config.journey_wait_minutes as i64 * MINUTE_MS,
+            read: 0,
+            held_back: 0,
+            earliest_held_back: None,
+        };
+        let bulk_after_ms = self.config.bulk_after_hours as i64 * 60 * MINUTE_MS;
+        if bulk_after_ms > 0 && to_ms - from_ms > bulk_after_ms {
+            self.bulk_pass(shop, tokens, sealed, &query, &mut taken, progress)
+                .await?;
+        } else {
+            self.paged_pass(shop, tokens, sealed, &query, &mut taken, progress)
+                .await?;
+        }
+        let Taken {
+            read,
+            held_back,
+            earliest_held_back,
+            ..
+        } = taken;
+        // Every order updated up to `to_ms` is read, except those left for later: the next pass
+        // starts before the earliest of them.
+        let watermark_ms = match earliest_held_back {
+            Some(held) => to_ms.min(held - 1000),
+            None => to_ms,
+        };
+        Ok(Reconciliation {
+            shop_domain: shop.to_owned(),
+            watermark_ms,
+            pass_started_at_ms: started,
+            completed_at_ms: now_ms(),
+            orders_read: read as i64,
+            held_back,
+        })
+    }
+
+    /// The window's orders page by page, each page as large as the cost limit allows.
+    async fn paged_pass(
+        &self,
+        shop: &str,
+        tokens: &AccessTokens,
+        sealed: &str,
+        query: &str,
+        taken: &mut Taken,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<(), ReconcileError> {
         let mut after: Option<String> = None;
         loop {
             let token = tokens.open(shop, sealed).await?;
@@ -240,15 +333,7 @@ impl Reconciler {
             let mut deliveries = Vec::with_capacity(page.nodes.len());
             for mut node in page.nodes {
                 let probe = probe(shop, &node)?;
-                let journey_pending = probe
-                    .customer_journey_summary
-                    .as_ref()
-                    .is_some_and(|j| !j.ready);
-                if journey_pending && started - probe.created_ms < journey_wait_ms {
-                    held_back += 1;
-                    earliest_held_back = Some(
-                        earliest_held_back.map_or(probe.updated_ms, |e| e.min(probe.updated_ms)),
-                    );
+                if !taken.take(&probe) {
                     continue;
                 }
                 if probe.refunds >= PAGE_REFUNDS {
@@ -260,35 +345,59 @@ impl Reconciler {
                             detail: "no longer in the store".into(),
                         })?;
                 }
-                deliveries.push(self.produce(shop, &node, started)?);
-                read += 1;
+                deliveries.push(self.produce(shop, &node, taken.started)?);
             }
-            for delivery in futures::future::join_all(deliveries).await {
-                delivery.map_err(|detail| ReconcileError::Produce {
-                    shop: shop.into(),
-                    detail,
-                })?;
-            }
-            progress(read);
+            self.acknowledged(shop, deliveries).await?;
+            progress(taken.read);
             match (page.page_info.has_next_page, page.page_info.end_cursor) {
                 (true, Some(cursor)) => after = Some(cursor),
-                _ => break,
+                _ => return Ok(()),
             }
         }
-        // Every order updated up to `to_ms` is read, except those left for later: the next pass
-        // starts before the earliest of them.
-        let watermark_ms = match earliest_held_back {
-            Some(held) => to_ms.min(held - 1000),
-            None => to_ms,
-        };
-        Ok(Reconciliation {
-            shop_domain: shop.to_owned(),
-            watermark_ms,
-            pass_started_at_ms: started,
-            completed_at_ms: now_ms(),
-            orders_read: read as i64,
-            held_back,
-        })
+    }
+
+    /// The window's orders in one bulk operation (every refund and transaction included).
+    async fn bulk_pass(
+        &self,
+        shop: &str,
+        tokens: &AccessTokens,
+        sealed: &str,
+        query: &str,
+        taken: &mut Taken,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<(), ReconcileError> {
+        let poll = Duration::from_millis(self.config.bulk_poll_ms);
+        let mut orders =
+            bulk::read_orders(&self.admin, &self.http, tokens, (shop, sealed), query, poll).await?;
+        let mut deliveries = Vec::new();
+        while let Some(node) = orders.next().await? {
+            if taken.take(&probe(shop, &node)?) {
+                deliveries.push(self.produce(shop, &node, taken.started)?);
+            }
+            if deliveries.len() >= BULK_IN_FLIGHT {
+                self.acknowledged(shop, std::mem::take(&mut deliveries))
+                    .await?;
+                progress(taken.read);
+            }
+        }
+        self.acknowledged(shop, deliveries).await?;
+        progress(taken.read);
+        Ok(())
+    }
+
+    /// Waits until the broker has every one of `deliveries`.
+    async fn acknowledged(
+        &self,
+        shop: &str,
+        deliveries: Vec<impl std::future::Future<Output = Result<(), String>>>,
+    ) -> Result<(), ReconcileError> {
+        for delivery in futures::future::join_all(deliveries).await {
+            delivery.map_err(|detail| ReconcileError::Produce {
+                shop: shop.into(),
+                detail,
+            })?;
+        }
+        Ok(())
     }
 
     /// Sends one order into `shopify.webhooks`; the future resolves once the broker has it.
