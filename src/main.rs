@@ -694,7 +694,7 @@ async fn run() -> anyhow::Result<()> {
             for f in figures {
                 let seconds = f.elapsed.as_secs_f64().max(1e-9);
                 println!(
-                    "  {:<32} {:>7} orders in {:>7.2} s: {:>8.1} orders/s, {} requests",
+                    "  {:<40} {:>7} orders in {:>7.2} s: {:>8.1} orders/s, {} requests",
                     f.bucket,
                     f.orders,
                     seconds,

@@ -214,3 +214,43 @@ async fn an_edited_order_is_read_again_and_settles_with_its_edited_total() {
     .await;
     assert!(dead_letter_reasons(&p.bootstrap, 0).await.is_empty());
 }
+
+/// A bulk operation Shopify fails is a failed pass: no watermark is kept, the error names the
+/// operation's status, and the next pass runs it again and reads every order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_bulk_operation_keeps_no_watermark_and_the_next_pass_reads_it_all() {
+    // The test orders were made on 2025-11-28: a backfill of 400 days, in one bulk operation.
+    let p = Pipeline::start("reconcile_bulk_failed", |c| c.reconcile.backfill_days = 400).await;
+    for n in 0..3 {
+        let order = Order::new(8_200_000_000_001 + n, "25.00");
+        p.shopify
+            .put_order_node(SHOP, admin_node(&order, "25.00", 1));
+    }
+    p.shopify.fail_bulk_queries(SHOP, 1);
+    let request = Request {
+        shop: Some(SHOP.into()),
+        ..Request::default()
+    };
+    let error = tributary::reconcile::run(&p.config, &p.bootstrap, &request, &p.shutdown)
+        .await
+        .expect_err("the operation failed");
+    assert!(
+        format!("{error:#}").contains("ended FAILED (INTERNAL_SERVER_ERROR)"),
+        "{error:#}"
+    );
+    let watermarks =
+        tributary_ingest::shopify_reconcile::Watermarks::follow(&p.bootstrap, &p.shutdown)
+            .await
+            .unwrap();
+    assert_eq!(watermarks.get(SHOP), None, "a failed pass keeps nothing");
+
+    let passes = tributary::reconcile::run(&p.config, &p.bootstrap, &request, &p.shutdown)
+        .await
+        .expect("the second pass");
+    assert_eq!(passes.iter().map(|p| p.orders_read).sum::<i64>(), 3);
+    assert_eq!(
+        p.shopify.writes(SHOP).get("bulkOperationRunQuery"),
+        Some(&2)
+    );
+    eventually_orders(&p.clickhouse(), "3").await;
+}

@@ -24,7 +24,8 @@
 //!   tokens and expired access tokens presented ([`OAuthStats`]).
 //! - Bulk queries over orders: `bulkOperationRunQuery` validates its inner query against the
 //!   request's version (user errors otherwise; at most 5 running per store, the 2026-01 limit),
-//!   and `bulkOperation(id:)` finds it `CREATED`, then `RUNNING`, then `COMPLETED` with a `url`
+//!   and `bulkOperation(id:)` finds it `CREATED`, then `RUNNING`, then (after
+//!   [`BULK_RUN_TIME`], whether anyone polls or not) `COMPLETED` with a `url`
 //!   (`null` when nothing matched) to its JSONL, served by `GET /<shop>/bulk/<n>.jsonl`: one line
 //!   per order with only the fields selected, and one line per node of a nested connection (a
 //!   refund's transactions) with `__parentId`, the id of the object holding it
@@ -211,12 +212,23 @@ struct BulkCreation {
     polls: u32,
 }
 
-/// A bulk query, answered when it starts and revealed by polling.
+/// How long a bulk query runs in the fake (the first fifth of it `CREATED`).
+pub const BULK_RUN_TIME: Duration = Duration::from_millis(250);
+
+/// A bulk query, answered when it starts and revealed once it has run.
 struct BulkQuery {
+    started: Instant,
+    /// Ends `FAILED` (`INTERNAL_SERVER_ERROR`) instead of `COMPLETED`.
+    fails: bool,
     jsonl: String,
     objects: u64,
     roots: u64,
-    polls: u32,
+}
+
+impl BulkQuery {
+    fn done(&self) -> bool {
+        self.started.elapsed() >= BULK_RUN_TIME
+    }
 }
 
 struct Shop {
@@ -224,6 +236,8 @@ struct Shop {
     /// Where its bulk results are downloaded from: `<base>/<shop>/bulk/<n>.jsonl`.
     base_url: String,
     bulk_queries: Vec<BulkQuery>,
+    /// Bulk queries still to start that will fail.
+    bulk_failures: usize,
     bucket: Bucket,
     /// Each fault with the root field it waits for (`None`: the next request).
     faults: VecDeque<(Option<String>, Fault)>,
@@ -311,6 +325,7 @@ impl FakeShopify {
                 setup,
                 base_url: self.base_url(),
                 bulk_queries: Vec::new(),
+                bulk_failures: 0,
                 bucket,
                 faults: VecDeque::new(),
                 orders: BTreeMap::new(),
@@ -412,6 +427,11 @@ impl FakeShopify {
     /// Holds `node`, an Admin GraphQL `Order` with every field (`legacyResourceId` and
     /// `updatedAt` required; refunds' transactions as `{"nodes": [...]}`), replacing the order's
     /// earlier state: the order as Shopify shows it now.
+    /// The next `times` bulk queries of `shop` end `FAILED` with `INTERNAL_SERVER_ERROR`.
+    pub fn fail_bulk_queries(&self, shop: &str, times: usize) {
+        self.with_shop(shop, |s| s.bulk_failures += times);
+    }
+
     pub fn put_order_node(&self, shop: &str, node: Value) {
         let id = node
             .get("legacyResourceId")
@@ -1166,7 +1186,7 @@ impl Shop {
         if let Err(errors) = crate::admin_schema::validate(version, query) {
             return refuse(format!("Invalid bulk query: {errors}"), "INVALID");
         }
-        let running = self.bulk_queries.iter().filter(|q| q.polls < 3).count();
+        let running = self.bulk_queries.iter().filter(|q| !q.done()).count();
         if running >= 5 {
             return refuse(
                 "A bulk query operation for this app and shop is already in progress: 5 at a time."
@@ -1205,18 +1225,22 @@ impl Shop {
             jsonl.push_str(&line.to_string());
             jsonl.push('\n');
         }
+        let fails = self.bulk_failures > 0;
+        self.bulk_failures = self.bulk_failures.saturating_sub(1);
         self.bulk_queries.push(BulkQuery {
+            started: Instant::now(),
+            fails,
             jsonl,
             objects: lines.len() as u64,
             roots: matching.len() as u64,
-            polls: 0,
         });
         let id = format!("gid://shopify/BulkOperation/{}", self.bulk_queries.len());
         json!({"bulkOperation": {"id": id, "status": "CREATED"}, "userErrors": []})
     }
 
-    /// `bulkOperation(id:)`: `CREATED`, `RUNNING`, then `COMPLETED`, a step per poll.
-    fn poll_bulk_query(&mut self, id: &str) -> Value {
+    /// `bulkOperation(id:)`: `CREATED`, `RUNNING`, then `COMPLETED` (or `FAILED`) once it has
+    /// run.
+    fn poll_bulk_query(&self, id: &str) -> Value {
         let index = id
             .strip_prefix("gid://shopify/BulkOperation/")
             .and_then(|n| n.parse::<usize>().ok())
@@ -1231,14 +1255,14 @@ impl Shop {
             self.setup.domain,
             index + 1
         );
-        let query = &mut self.bulk_queries[index];
-        query.polls += 1;
-        let (status, url) = match query.polls {
-            1 => ("CREATED", None),
-            2 => ("RUNNING", None),
-            _ => ("COMPLETED", (query.objects > 0).then_some(url)),
+        let query = &self.bulk_queries[index];
+        let (status, url, error) = match query.started.elapsed() {
+            t if t < BULK_RUN_TIME / 5 => ("CREATED", None, None),
+            t if t < BULK_RUN_TIME => ("RUNNING", None, None),
+            _ if query.fails => ("FAILED", None, Some("INTERNAL_SERVER_ERROR")),
+            _ => ("COMPLETED", (query.objects > 0).then_some(url), None),
         };
-        json!({"id": id, "status": status, "errorCode": null, "url": url,
+        json!({"id": id, "status": status, "errorCode": error, "url": url,
                "objectCount": query.objects.to_string(), "rootObjectCount": query.roots.to_string()})
     }
 
@@ -1370,7 +1394,7 @@ async fn bulk_result(
         .and_then(|n| n.parse::<usize>().ok())
         .and_then(|n| n.checked_sub(1))
         .and_then(|n| stores.shops.get(&shop)?.bulk_queries.get(n))
-        .filter(|q| q.polls >= 3);
+        .filter(|q| q.done() && !q.fails);
     match found {
         Some(query) => query.jsonl.clone().into_response(),
         None => (StatusCode::NOT_FOUND, "NoSuchKey").into_response(),

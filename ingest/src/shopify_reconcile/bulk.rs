@@ -11,7 +11,10 @@
 //! 3. downloads the JSONL to a temporary file, so memory holds only the refund transactions;
 //! 4. puts each order back in the shape a page gives it: the transactions of a refund are lines of
 //!    their own carrying `__parentId`, the refund's `id`, and need not follow their order
-//!    immediately, so a first reading of the file gathers them and a second yields the orders.
+//!    immediately, so a first reading of the file gathers them and a second yields the orders;
+//! 5. checks the file holds as many orders as Shopify counted (`rootObjectCount`): a result cut
+//!    short, or a completed operation with objects and no URL, fails the pass rather than moving
+//!    the watermark past orders it never read.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -52,11 +55,17 @@ struct BulkOperation {
     error_code: Option<String>,
     #[serde(default)]
     url: Option<String>,
+    /// `UnsignedInt64`, a string in JSON.
+    #[serde(default)]
+    root_object_count: Option<String>,
 }
 
 /// The orders of a completed bulk query, read from its downloaded JSONL.
 pub struct BulkOrders {
     lines: Option<Lines<BufReader<tokio::fs::File>>>,
+    /// Orders Shopify counted, and those read so far.
+    expected: u64,
+    read: u64,
     /// A refund's transactions by the refund's id.
     transactions: HashMap<String, Vec<Value>>,
     shop: String,
@@ -90,7 +99,7 @@ pub async fn read_orders(
         .bulk_operation_run_query
         .bulk_operation
         .ok_or_else(|| failed("Shopify started no operation".into()))?;
-    let url = loop {
+    let (url, expected) = loop {
         tokio::time::sleep(poll).await;
         let token = tokens.open(shop, sealed).await?;
         let store = StoreAccess {
@@ -104,7 +113,13 @@ pub async fn read_orders(
             .ok_or_else(|| failed(format!("{} is not known to Shopify", started.id)))?;
         match operation.status.as_str() {
             "CREATED" | "RUNNING" => continue,
-            "COMPLETED" => break operation.url,
+            "COMPLETED" => {
+                let count = operation.root_object_count.as_deref().unwrap_or("0");
+                let expected = count
+                    .parse::<u64>()
+                    .map_err(|_| failed(format!("rootObjectCount {count:?}")))?;
+                break (operation.url, expected);
+            }
             status => {
                 return Err(failed(format!(
                     "{} ended {status} ({})",
@@ -117,6 +132,12 @@ pub async fn read_orders(
     let file = tempfile::tempfile().map_err(|e| failed(format!("a temporary file: {e}")))?;
     let mut file = tokio::fs::File::from_std(file);
     // Shopify gives no URL when nothing matched.
+    if url.is_none() && expected > 0 {
+        return Err(failed(format!(
+            "{} completed with {expected} orders and no result URL",
+            started.id
+        )));
+    }
     if let Some(url) = url {
         let mut response = http
             .get(&url)
@@ -137,12 +158,16 @@ pub async fn read_orders(
             .await
             .map_err(|e| failed(format!("writing the result: {e}")))?;
     }
-    BulkOrders::read(file, shop).await
+    BulkOrders::read(file, shop, expected).await
 }
 
 impl BulkOrders {
     /// Gathers the transactions (first reading) and readies the orders (second).
-    async fn read(mut file: tokio::fs::File, shop: &str) -> Result<Self, ReconcileError> {
+    async fn read(
+        mut file: tokio::fs::File,
+        shop: &str,
+        expected: u64,
+    ) -> Result<Self, ReconcileError> {
         let failed = |e: std::io::Error| ReconcileError::Bulk {
             shop: shop.into(),
             detail: format!("reading the result: {e}"),
@@ -152,6 +177,9 @@ impl BulkOrders {
         let mut transactions: HashMap<String, Vec<Value>> = HashMap::new();
         let mut lines = BufReader::new(file).lines();
         while let Some(line) = lines.next_line().await.map_err(failed)? {
+            if !line.contains("__parentId") {
+                continue;
+            }
             let mut value = parse(shop, &line)?;
             if let Some(parent) = value.as_object_mut().and_then(|v| v.remove("__parentId")) {
                 let parent = parent.as_str().unwrap_or_default().to_owned();
@@ -162,6 +190,8 @@ impl BulkOrders {
         again.rewind().await.map_err(failed)?;
         Ok(Self {
             lines: Some(BufReader::new(again).lines()),
+            expected,
+            read: 0,
             transactions,
             shop: shop.into(),
         })
@@ -189,9 +219,19 @@ impl BulkOrders {
                     refund["transactions"] = json!({ "nodes": nodes });
                 }
             }
+            self.read += 1;
             return Ok(Some(order));
         }
         self.lines = None;
+        if self.read != self.expected {
+            return Err(ReconcileError::Bulk {
+                shop,
+                detail: format!(
+                    "the result holds {} orders where Shopify counted {}",
+                    self.read, self.expected
+                ),
+            });
+        }
         Ok(None)
     }
 }
@@ -221,7 +261,7 @@ mod tests {
         .collect::<String>();
         let mut file = tokio::fs::File::from_std(tempfile::tempfile().unwrap());
         file.write_all(jsonl.as_bytes()).await.unwrap();
-        let mut orders = BulkOrders::read(file, "s.myshopify.com").await.unwrap();
+        let mut orders = BulkOrders::read(file, "s.myshopify.com", 2).await.unwrap();
         let first = orders.next().await.unwrap().unwrap();
         assert_eq!(
             first["refunds"],
@@ -239,10 +279,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_result_with_fewer_orders_than_shopify_counted_fails_the_pass() {
+        let mut file = tokio::fs::File::from_std(tempfile::tempfile().unwrap());
+        file.write_all(b"{\"id\": \"gid://shopify/Order/1\"}\n")
+            .await
+            .unwrap();
+        let mut orders = BulkOrders::read(file, "s.myshopify.com", 3).await.unwrap();
+        assert!(orders.next().await.unwrap().is_some());
+        let error = orders.next().await.unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("holds 1 orders where Shopify counted 3"),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
     async fn a_line_that_is_not_json_fails_the_pass() {
         let mut file = tokio::fs::File::from_std(tempfile::tempfile().unwrap());
-        file.write_all(b"{\"id\": 1}\nnot json\n").await.unwrap();
-        let error = BulkOrders::read(file, "s.myshopify.com")
+        file.write_all(b"{\"id\": 1}\n{\"__parentId\": not json\n")
+            .await
+            .unwrap();
+        let error = BulkOrders::read(file, "s.myshopify.com", 1)
             .await
             .err()
             .unwrap();
