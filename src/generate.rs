@@ -1114,7 +1114,7 @@ mod tests {
                 }
             }
         }
-        // Five stores, 2,000 orders, about 285 refunded.
+        // Two demo stores, 800 orders, about 115 refunded; counted in deliveries (redeliveries too).
         for (case, count) in [
             ("refund delivered before its order", before_order),
             ("refund only in presentment money", presentment_only),

@@ -44,19 +44,103 @@ fn fields(set: &SelectionSet) -> Vec<&Node<Field>> {
     out
 }
 
-/// The field's `first` (or `last`) argument, literal or variable.
+/// The field's `first` (or `last`) argument, literal or variable; or the length of its `ids`
+/// (`nodes(ids:)`).
 fn count(field: &Field, variables: &Value) -> Option<usize> {
     let argument = field
         .arguments
         .iter()
-        .find(|a| a.name == "first" || a.name == "last")?;
+        .find(|a| a.name == "first" || a.name == "last" || a.name == "ids")?;
     match argument.value.as_ref() {
         Literal::Int(n) => n.try_to_i32().ok().map(|n| n.max(0) as usize),
-        Literal::Variable(name) => variables
-            .get(name.as_str())
-            .and_then(Value::as_u64)
-            .map(|n| n as usize),
+        Literal::List(items) => Some(items.len()),
+        Literal::Variable(name) => match variables.get(name.as_str()) {
+            Some(Value::Array(items)) => Some(items.len()),
+            other => other.and_then(Value::as_u64).map(|n| n as usize),
+        },
         _ => None,
+    }
+}
+
+/// Shopify's rules for a bulk query beyond its schema (shopify.dev/docs/api/usage/bulk-operations/
+/// queries, and Shopify's refusals as public code records them): one top-level field, at least
+/// one connection and at most five, nested at most two deep, the object holding a nested
+/// connection selects `id`, and no connection inside a list field. Errors: Shopify's messages,
+/// one per line.
+pub fn bulk_query_errors(version: &str, query: &str) -> Result<(), String> {
+    let doc = ExecutableDocument::parse_and_validate(
+        crate::admin_schema::schema(version),
+        query,
+        "bulk.graphql",
+    )
+    .map_err(|with_errors| format!("Invalid bulk query: {}", with_errors.errors))?;
+    let roots = doc
+        .operations
+        .iter()
+        .next()
+        .map(|operation| fields(&operation.selection_set))
+        .unwrap_or_default();
+    let [root] = roots.as_slice() else {
+        return Err("Bulk queries must select exactly one top-level field.".into());
+    };
+    let mut shape = BulkShape::default();
+    shape.walk(root, 0, false, false);
+    let mut errors = Vec::new();
+    if shape.connections == 0 {
+        errors.push("Bulk queries must contain at least one connection.".to_owned());
+    }
+    if shape.connections > 5 {
+        errors.push("Bulk queries cannot contain more than 5 connections.".to_owned());
+    }
+    if shape.deepest > 2 {
+        errors.push(
+            "Bulk queries cannot contain connections with a nesting depth greater than 2."
+                .to_owned(),
+        );
+    }
+    if !shape.without_parent_id.is_empty() {
+        errors.push(format!("The parent 'node' field for a nested connection must select the 'id' field without an alias and must be of 'ID' return type. Connection fields without 'id': {}.", shape.without_parent_id.join(", ")));
+    }
+    if shape.connection_in_list {
+        errors.push("Queries that contain a connection field within a list field are not currently supported.".to_owned());
+    }
+    match errors.is_empty() {
+        true => Ok(()),
+        false => Err(errors.join("\n")),
+    }
+}
+
+#[derive(Default)]
+struct BulkShape {
+    connections: usize,
+    deepest: usize,
+    without_parent_id: Vec<String>,
+    connection_in_list: bool,
+}
+
+impl BulkShape {
+    /// `depth`: connections above `field`; `in_list`: a list field (not a connection's own
+    /// `edges` or `nodes`) above it; `holder_has_id`: the object holding it selects `id`.
+    fn walk(&mut self, field: &Field, depth: usize, in_list: bool, holder_has_id: bool) {
+        let connection = is_connection(field);
+        let depth = if connection {
+            self.connections += 1;
+            self.connection_in_list |= in_list;
+            if depth > 0 && !holder_has_id {
+                self.without_parent_id.push(field.name.to_string());
+            }
+            depth + 1
+        } else {
+            depth
+        };
+        self.deepest = self.deepest.max(depth);
+        let children = fields(&field.selection_set);
+        let has_id = children.iter().any(|c| c.name == "id" && c.alias.is_none());
+        for child in children {
+            let own_list = connection && (child.name == "edges" || child.name == "nodes");
+            let in_list = in_list || (child.definition.ty.is_list() && !own_list);
+            self.walk(child, depth, in_list, has_id);
+        }
     }
 }
 
@@ -246,6 +330,30 @@ fn project_object(field: &Field, stored: &Value, variables: &Value, nodes: Optio
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_bulk_query_with_a_connection_inside_a_list_is_refused_as_shopify_does() {
+        let refused = "{ orders { edges { node { id refunds { id transactions { edges { node { kind } } } } } } } }";
+        let errors = bulk_query_errors("2026-04", refused).unwrap_err();
+        assert!(
+            errors.contains("connection field within a list field"),
+            "{errors}"
+        );
+        let no_connection = "{ shop { name } }";
+        assert!(bulk_query_errors("2026-04", no_connection)
+            .unwrap_err()
+            .contains("at least one connection"));
+        let nested_without_id =
+            "{ orders { edges { node { name lineItems { edges { node { title } } } } } } }";
+        assert!(bulk_query_errors("2026-04", nested_without_id)
+            .unwrap_err()
+            .contains("Connection fields without 'id': lineItems"));
+        bulk_query_errors(
+            "2026-04",
+            "{ orders { edges { node { id refunds { id } lineItems { edges { node { title } } } } } } }",
+        )
+        .unwrap();
+    }
 
     const DOC: &str = "query Q($first: Int!) { orders(first: $first, query: \"\") { pageInfo { hasNextPage } nodes { id name refunds(first: 2) { legacyResourceId transactions(first: 1) { nodes { kind amountSet { shopMoney { amount } } } } } } } }";
 

@@ -424,14 +424,15 @@ impl FakeShopify {
         self.with_shop(shop, |s| s.orders.insert(order_id, order));
     }
 
-    /// Holds `node`, an Admin GraphQL `Order` with every field (`legacyResourceId` and
-    /// `updatedAt` required; refunds' transactions as `{"nodes": [...]}`), replacing the order's
-    /// earlier state: the order as Shopify shows it now.
     /// The next `times` bulk queries of `shop` end `FAILED` with `INTERNAL_SERVER_ERROR`.
     pub fn fail_bulk_queries(&self, shop: &str, times: usize) {
         self.with_shop(shop, |s| s.bulk_failures += times);
     }
 
+    /// Holds `node`, an Admin GraphQL `Order` with every field (`legacyResourceId` and
+    /// `updatedAt` required; refunds' transactions as `{"nodes": [...]}`), replacing the order's
+    /// earlier state: the order as Shopify shows it now. Its refunds are found by their `id` too
+    /// (`nodes(ids:)`).
     pub fn put_order_node(&self, shop: &str, node: Value) {
         let id = node
             .get("legacyResourceId")
@@ -678,7 +679,7 @@ struct Request<'a> {
 
 /// Root fields answered from stored nodes: their selection decides the answer and its cost
 /// (see [`crate::graphql`]).
-const SELECTED_FIELDS: [&str; 2] = ["orders", "order"];
+const SELECTED_FIELDS: [&str; 3] = ["orders", "order", "nodes"];
 
 /// `POST /{shop}/admin/oauth/access_token`: the refresh token grant (JSON) and the client
 /// credentials grant (form or JSON). A refresh token rotates on use: the answer carries a new one,
@@ -1002,6 +1003,16 @@ impl Shop {
             }
             "orders" => self.orders_page(variables)?,
             "bulkOperationRunQuery" => self.run_bulk_query(&text("query"), version),
+            "nodes" => {
+                let ids = string_list(variables, "ids");
+                if ids.len() > 250 {
+                    return Err(format!(
+                        "The ids argument of nodes may not hold more than 250 ids (got {})",
+                        ids.len()
+                    ));
+                }
+                Value::Array(ids.iter().map(|id| self.node(id)).collect())
+            }
             "bulkOperation" => self.poll_bulk_query(&text("id")),
             "tagsAdd" | "tagsRemove" => {
                 let id = order_id(variables)?;
@@ -1179,12 +1190,26 @@ impl Shop {
         }))
     }
 
+    /// A held order, or a refund one lists, by global id (`null` if none).
+    fn node(&self, id: &str) -> Value {
+        let orders = self.order_nodes.values().map(|(_, node)| node);
+        let refunds = orders
+            .clone()
+            .filter_map(|node| node["refunds"].as_array())
+            .flatten();
+        orders
+            .chain(refunds)
+            .find(|node| node["id"] == id)
+            .cloned()
+            .unwrap_or(Value::Null)
+    }
+
     /// `bulkOperationRunQuery(query:)`: the inner query must be valid for `version` and read
     /// `orders` (all the fake bulk-queries); its JSONL is made now.
     fn run_bulk_query(&mut self, query: &str, version: &str) -> Value {
         let refuse = |message: String, code: &str| json!({"bulkOperation": null, "userErrors": [{"field": ["query"], "message": message, "code": code}]});
-        if let Err(errors) = crate::admin_schema::validate(version, query) {
-            return refuse(format!("Invalid bulk query: {errors}"), "INVALID");
+        if let Err(errors) = crate::graphql::bulk_query_errors(version, query) {
+            return refuse(errors, "INVALID");
         }
         let running = self.bulk_queries.iter().filter(|q| !q.done()).count();
         if running >= 5 {

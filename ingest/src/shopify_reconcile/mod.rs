@@ -136,8 +136,9 @@ pub enum Start {
     Since(i64),
 }
 
-/// Reconciled orders a bulk pass has in flight to the broker at most.
-const BULK_IN_FLIGHT: usize = 1_000;
+/// Orders of a bulk result taken at a time: their refunds read together, then produced and
+/// acknowledged.
+const BULK_BATCH: usize = 1_000;
 
 /// What a pass has taken so far, and what it left for a later one.
 struct Taken {
@@ -223,7 +224,7 @@ impl Reconciler {
     pub fn new(admin: Arc<AdminClient>, producer: FutureProducer, config: Config) -> Self {
         Self {
             admin,
-            http: reqwest::Client::new(),
+            http: bulk::download_client(),
             producer,
             config,
         }
@@ -367,22 +368,32 @@ impl Reconciler {
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<(), ReconcileError> {
         let poll = Duration::from_millis(self.config.bulk_poll_ms);
+        let store = bulk::Store { shop, sealed };
         let mut orders =
-            bulk::read_orders(&self.admin, &self.http, tokens, (shop, sealed), query, poll).await?;
-        let mut deliveries = Vec::new();
-        while let Some(node) = orders.next().await? {
-            if taken.take(&probe(shop, &node)?) {
-                deliveries.push(self.produce(shop, &node, taken.started)?);
+            bulk::read_orders(&self.admin, &self.http, tokens, store, query, poll).await?;
+        let mut batch = Vec::with_capacity(BULK_BATCH);
+        loop {
+            let next = orders.next().await?;
+            let end = next.is_none();
+            if let Some(node) = next {
+                // A node it cannot read fails the pass: the watermark never passes it.
+                if taken.take(&probe(shop, &node)?) {
+                    batch.push(node);
+                }
             }
-            if deliveries.len() >= BULK_IN_FLIGHT {
-                self.acknowledged(shop, std::mem::take(&mut deliveries))
-                    .await?;
+            if batch.len() >= BULK_BATCH || (end && !batch.is_empty()) {
+                bulk::add_refund_transactions(&self.admin, tokens, store, &mut batch).await?;
+                let deliveries = batch
+                    .drain(..)
+                    .map(|node| self.produce(shop, &node, taken.started))
+                    .collect::<Result<Vec<_>, _>>()?;
+                self.acknowledged(shop, deliveries).await?;
                 progress(taken.read);
             }
+            if end {
+                return Ok(());
+            }
         }
-        self.acknowledged(shop, deliveries).await?;
-        progress(taken.read);
-        Ok(())
     }
 
     /// Waits until the broker has every one of `deliveries`.
