@@ -11,6 +11,7 @@ pub mod bench;
 pub mod config;
 #[cfg(feature = "dev")]
 pub mod dev;
+pub mod export;
 #[cfg(feature = "dev")]
 pub mod generate;
 pub mod progress;

@@ -154,6 +154,24 @@ enum Command {
     },
     /// Print per-advocate revenue from ClickHouse.
     Report,
+    /// Write the attributed orders as CSV (a header row, then one row per order in its current
+    /// state, from ClickHouse): shop_domain, order_id, order_name, created_at (UTC),
+    /// customer_email, advocate, source, code, currency, gross, refunded, net (shop money),
+    /// refund_status.
+    Export {
+        /// Only this store.
+        #[arg(long)]
+        shop: Option<String>,
+        /// Orders created at or after this RFC 3339 time.
+        #[arg(long)]
+        from: Option<String>,
+        /// Orders created before this RFC 3339 time.
+        #[arg(long)]
+        to: Option<String>,
+        /// Write to this file instead of standard output.
+        #[arg(long)]
+        output: Option<std::path::PathBuf>,
+    },
     /// Replay a topic for a consumer group from the beginning, a time or per-partition offsets
     /// (or skip to the end). Stop the group's services first; start them again and, with
     /// --follow, watch the group work through the topic. Only the groups of the config's stages
@@ -601,6 +619,26 @@ async fn run() -> anyhow::Result<()> {
                 progress: true,
             };
             tributary::reconcile::run(&config, &bootstrap, &request, &shutdown).await?;
+            Ok(())
+        }
+        Command::Export {
+            shop,
+            from,
+            to,
+            output,
+        } => {
+            let request = tributary::export::Request { shop, from, to };
+            let client = config.clickhouse.client();
+            let written = match &output {
+                Some(path) => {
+                    let file = std::fs::File::create(path)
+                        .with_context(|| format!("creating {}", path.display()))?;
+                    tributary::export::write_csv(&client, &request, std::io::BufWriter::new(file))
+                        .await?
+                }
+                None => tributary::export::write_csv(&client, &request, std::io::stdout()).await?,
+            };
+            eprintln!("{written} attributed order(s) exported");
             Ok(())
         }
         Command::Report => {

@@ -77,7 +77,7 @@ pub struct Config {
     /// A pass over a window longer than this many hours (a store's first backfill, a `--since`)
     /// reads it in one bulk operation instead of page by page ([`bulk`]); 0: always by page.
     pub bulk_after_hours: u64,
-    /// Milliseconds between polls of a running bulk operation.
+    /// Milliseconds between polls of a running bulk operation (at least 100).
     pub bulk_poll_ms: u64,
     /// Consumer group of the stage that reads an order again after its `orders/edited`
     /// ([`edits`]), on `shopify.webhooks`.

@@ -26,7 +26,7 @@ use tributary_runtime::stage::{
 };
 use tributary_schemas::{topics, Attribution, AvroRecord};
 
-pub use row::{AttributionRow, RewardRow};
+pub use row::{AttributionRow, ExportRow, RewardRow, MONEY_SCALE};
 
 /// Configuration of the ClickHouse sink (`[clickhouse]` in the config file).
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -3,7 +3,10 @@
 //! `mod.rs`. Amounts come back as text (`toString`) so that decimals keep their exact digits.
 
 use clickhouse::error::Error;
+use clickhouse::query::RowCursor;
 use clickhouse::Client;
+
+use super::row::ExportRow;
 
 /// Per (shop, advocate identifier): orders, gross and net as text, from the `advocate_stats` view.
 pub async fn advocate_revenue(
@@ -86,4 +89,29 @@ pub async fn orders_written_between(
         .bind(high)
         .fetch_all()
         .await
+}
+
+/// The attributed orders of one shop (`""`: every shop) created in `[from_s, to_s)` (seconds
+/// since the epoch), each in its current state, by shop, creation time and id: read as a stream,
+/// so an export of any size holds one row at a time.
+pub fn attributed_orders_for_export(
+    client: &Client,
+    shop: &str,
+    from_s: u64,
+    to_s: u64,
+) -> Result<RowCursor<ExportRow>, Error> {
+    client
+        .query(
+            "SELECT shop_domain, order_id, order_name, created_at, customer_email,
+                    advocate_identifier, source, code, currency, gross, refunded, net, refund_status
+             FROM attributions FINAL
+             WHERE outcome = 'ATTRIBUTED' AND (? = '' OR shop_domain = ?)
+               AND toUInt32(created_at) >= ? AND toUInt32(created_at) < ?
+             ORDER BY shop_domain, created_at, order_id",
+        )
+        .bind(shop)
+        .bind(shop)
+        .bind(from_s)
+        .bind(to_s)
+        .fetch()
 }

@@ -3,7 +3,7 @@
 
 use clickhouse::Row;
 use rust_decimal::Decimal;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tributary_schemas::{enum_label as label, Attribution, RewardEntry};
 
 pub const MONEY_SCALE: u32 = 4;
@@ -127,4 +127,25 @@ mod tests {
         assert_eq!(money(Decimal::from_str("0.001").unwrap()), 10);
         assert_eq!(money(Decimal::ZERO), 0);
     }
+}
+
+/// An attributed order as the CSV export reads it from `attributions FINAL` (see
+/// [`super::queries::attributed_orders_for_export`]).
+#[derive(Debug, Clone, Row, Deserialize)]
+pub struct ExportRow {
+    pub shop_domain: String,
+    pub order_id: u64,
+    pub order_name: String,
+    /// Seconds since the epoch, UTC.
+    pub created_at: u32,
+    pub customer_email: String,
+    pub advocate_identifier: String,
+    pub source: String,
+    pub code: String,
+    pub currency: String,
+    /// Ten-thousandths of the shop currency ([`MONEY_SCALE`]).
+    pub gross: i64,
+    pub refunded: i64,
+    pub net: i64,
+    pub refund_status: String,
 }
