@@ -312,9 +312,9 @@ fn build(
         // Each store's orders lie in their own month, so one store's event times never settle
         // another's orders. A store with a settle delay gets its whole stream inside the delay
         // less the 6 minutes an order's last record comes after it: nothing settles until the idle
-        // tick at the end, so
-        // every order settles with its newest version, whatever order the deliveries race in.
-        // (A refund in the hold window still counts: refunds wait with their held order.)
+        // tick at the end, so every order settles with its newest version, whatever order the
+        // deliveries race in. (A refund in the hold window still counts: refunds wait with their
+        // held order.)
         let store_start_ms = start_ms + store_index as i64 * 30 * 86_400_000;
         let delay_ms = i64::from(store.settle_delay_minutes.max(0)) * 60_000;
         let reward = store
