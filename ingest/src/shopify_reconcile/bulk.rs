@@ -29,9 +29,9 @@ use tributary_shopify::operations::{
     bulk_orders_query, BULK_OPERATION, BULK_OPERATION_RUN_QUERY, REFUNDS_PER_READ,
     REFUND_TRANSACTIONS,
 };
-use tributary_shopify::{AdminClient, StoreAccess};
+use tributary_shopify::AdminClient;
 
-use super::ReconcileError;
+use super::{call, ReconcileError, Store};
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -73,13 +73,6 @@ struct NodesData {
     nodes: Vec<Value>,
 }
 
-/// A store and its sealed Admin API token: whose bulk operation, with which credential.
-#[derive(Clone, Copy)]
-pub struct Store<'a> {
-    pub shop: &'a str,
-    pub sealed: &'a str,
-}
-
 /// The orders of a completed bulk query, read from its downloaded JSONL.
 pub struct BulkOrders {
     lines: Option<Lines<BufReader<tokio::fs::File>>>,
@@ -117,14 +110,14 @@ pub async fn read_orders(
         detail,
     };
     let variables = json!({"query": bulk_orders_query(search)});
-    let started = run::<RunData>(admin, tokens, store, &BULK_OPERATION_RUN_QUERY, variables)
+    let started = call::<RunData>(admin, tokens, store, &BULK_OPERATION_RUN_QUERY, variables)
         .await?
         .bulk_operation_run_query
         .bulk_operation
         .ok_or_else(|| failed("Shopify started no operation".into()))?;
     let (url, expected) = loop {
         tokio::time::sleep(poll.max(Duration::from_millis(100))).await;
-        let operation = run::<PollData>(
+        let operation = call::<PollData>(
             admin,
             tokens,
             store,
@@ -213,7 +206,7 @@ pub async fn add_refund_transactions(
     }
     let mut transactions: HashMap<String, Value> = HashMap::with_capacity(ids.len());
     for chunk in ids.chunks(REFUNDS_PER_READ) {
-        let nodes = run::<NodesData>(
+        let nodes = call::<NodesData>(
             admin,
             tokens,
             store,
@@ -241,22 +234,6 @@ pub async fn add_refund_transactions(
         }
     }
     Ok(())
-}
-
-/// One Admin API call for `store`, its token taken now.
-async fn run<T: serde::de::DeserializeOwned>(
-    admin: &AdminClient,
-    tokens: &AccessTokens,
-    store: Store<'_>,
-    operation: &tributary_shopify::operations::Operation,
-    variables: Value,
-) -> Result<T, ReconcileError> {
-    let token = tokens.open(store.shop, store.sealed).await?;
-    let access = StoreAccess {
-        shop_domain: store.shop,
-        access_token: token.expose(),
-    };
-    Ok(admin.run::<T>(access, operation, variables).await?)
 }
 
 impl BulkOrders {

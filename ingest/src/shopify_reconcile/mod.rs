@@ -136,6 +136,30 @@ pub enum Start {
     Since(i64),
 }
 
+/// A store and its sealed Admin API token: whose orders a pass reads, with which credential.
+#[derive(Clone, Copy)]
+pub struct Store<'a> {
+    pub shop: &'a str,
+    pub sealed: &'a str,
+}
+
+/// One Admin API call for `store`, its token taken now: a pass takes it again for every call,
+/// so a long one outlives a token that expires.
+async fn call<T: serde::de::DeserializeOwned>(
+    admin: &AdminClient,
+    tokens: &AccessTokens,
+    store: Store<'_>,
+    operation: &Operation,
+    variables: Value,
+) -> Result<T, ReconcileError> {
+    let token = tokens.open(store.shop, store.sealed).await?;
+    let access = StoreAccess {
+        shop_domain: store.shop,
+        access_token: token.expose(),
+    };
+    Ok(admin.run::<T>(access, operation, variables).await?)
+}
+
 /// Orders of a bulk result taken at a time: their refunds read together, then produced and
 /// acknowledged.
 const BULK_BATCH: usize = 1_000;
@@ -278,11 +302,12 @@ impl Reconciler {
             earliest_held_back: None,
         };
         let bulk_after_ms = self.config.bulk_after_hours as i64 * 60 * MINUTE_MS;
+        let store = Store { shop, sealed };
         if bulk_after_ms > 0 && to_ms - from_ms > bulk_after_ms {
-            self.bulk_pass(shop, tokens, sealed, &query, &mut taken, progress)
+            self.bulk_pass(store, tokens, &query, &mut taken, progress)
                 .await?;
         } else {
-            self.paged_pass(shop, tokens, sealed, &query, &mut taken, progress)
+            self.paged_pass(store, tokens, &query, &mut taken, progress)
                 .await?;
         }
         let Taken {
@@ -310,25 +335,18 @@ impl Reconciler {
     /// The window's orders page by page, each page as large as the cost limit allows.
     async fn paged_pass(
         &self,
-        shop: &str,
+        store: Store<'_>,
         tokens: &AccessTokens,
-        sealed: &str,
         query: &str,
         taken: &mut Taken,
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<(), ReconcileError> {
+        let shop = store.shop;
         let mut after: Option<String> = None;
         loop {
-            let token = tokens.open(shop, sealed).await?;
-            let store = StoreAccess {
-                shop_domain: shop,
-                access_token: token.expose(),
-            };
             let variables =
                 json!({"first": self.config.page_size(), "after": after, "query": query});
-            let page = self
-                .admin
-                .run::<OrdersData>(store, &RECONCILE_ORDERS, variables)
+            let page = call::<OrdersData>(&self.admin, tokens, store, &RECONCILE_ORDERS, variables)
                 .await?
                 .orders;
             let mut deliveries = Vec::with_capacity(page.nodes.len());
@@ -338,8 +356,10 @@ impl Reconciler {
                     continue;
                 }
                 if probe.refunds >= PAGE_REFUNDS {
-                    node = read_order(&self.admin, store, probe.order_id, &ORDER_ALL_REFUNDS)
+                    let id = json!({"id": order_gid(probe.order_id)});
+                    node = call::<OrderData>(&self.admin, tokens, store, &ORDER_ALL_REFUNDS, id)
                         .await?
+                        .order
                         .ok_or_else(|| ReconcileError::Order {
                             shop: shop.into(),
                             order: probe.order_id.to_string(),
@@ -360,15 +380,14 @@ impl Reconciler {
     /// The window's orders in one bulk operation (every refund and transaction included).
     async fn bulk_pass(
         &self,
-        shop: &str,
+        store: Store<'_>,
         tokens: &AccessTokens,
-        sealed: &str,
         query: &str,
         taken: &mut Taken,
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<(), ReconcileError> {
+        let shop = store.shop;
         let poll = Duration::from_millis(self.config.bulk_poll_ms);
-        let store = bulk::Store { shop, sealed };
         let mut orders =
             bulk::read_orders(&self.admin, &self.http, tokens, store, query, poll).await?;
         let mut batch = Vec::with_capacity(BULK_BATCH);
